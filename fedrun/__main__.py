@@ -1,0 +1,3 @@
+from fedrun.cli import main
+
+main()

@@ -1,0 +1,173 @@
+"""Config schemas registered with Hydra's ConfigStore, and value checks.
+
+The YAML files in ``conf/`` are the registry. Every group option with a ``_target_`` gets a dataclass
+schema generated from its target's signature (names, types, defaults), stored as
+``schema/<group>/<option>``; the YAML lists that schema first in its defaults
+(``- /schema/<group>/<option>@_here_``). An unknown key or a
+wrong type therefore fails when Hydra composes the config, naming the key. Values that are the right
+type but impossible (participation 1.5, a negative lr) are caught by :func:`validate` with one
+sentence that says what to change.
+
+Arguments that the runner supplies at build time (the dataset's shape, the seed, the labels to
+partition) are not config keys and are left out of the schemas (:data:`RUNTIME_ARGS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import inspect
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from fedrun.errors import FedrunError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# Arguments filled in by the runner, per group; never config keys.
+RUNTIME_ARGS = {
+    "algo": set(),
+    "data": {"num_clients", "seed"},
+    "partition": {"labels", "num_clients", "generator", "groups"},
+    "model": {"input_shape", "num_classes"},
+    "engine": set(),
+}
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Sampling(str, enum.Enum):
+    bernoulli = "bernoulli"
+    fixed = "fixed"
+
+
+@dataclass
+class Config:
+    """Top-level keys (the groups are filled in by their own schemas)."""
+
+    algo: Any = MISSING
+    data: Any = MISSING
+    partition: Any = MISSING
+    model: Any = MISSING
+    engine: Any = MISSING
+    participation: float = 0.1
+    sampling: Sampling = Sampling.bernoulli
+    num_clients: int = 100
+    rounds: int = 100
+    local_epochs: int = 10
+    batch_size: int = 10
+    lr: float = 0.1
+    lr_decay: float = 1.0
+    weight_decay: float = 1e-5
+    clip_norm: float = 10.0
+    seed: int = 0
+    device: Device = Device.auto
+    eval_every: int = 1
+    eval_active: bool = True
+    eval_all: bool = True
+    progress: Optional[bool] = None
+
+
+def _annotation(tp: Any) -> Any:
+    """Map a target's type hint onto one OmegaConf understands."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return Optional[_annotation(inner[0])]
+        return Any
+    if origin in (list, tuple, typing.Sequence, List) or tp in (list, tuple):
+        item = args[0] if args and args[0] is not Ellipsis else Any
+        return List[_annotation(item)] if item in (int, float, str, bool) else List[Any]
+    if tp in (int, float, str, bool) or (inspect.isclass(tp) and issubclass(tp, enum.Enum)):
+        return tp
+    return Any
+
+
+def schema_for(target: str, group: str) -> type:
+    """A dataclass with ``_target_`` and one field per config argument of ``target``."""
+    module_name, _, attr = target.rpartition(".")
+    obj = getattr(importlib.import_module(module_name), attr)
+    func = obj.__init__ if inspect.isclass(obj) else obj
+    hints = typing.get_type_hints(func)
+    fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=target))]
+    for name, param in inspect.signature(obj).parameters.items():
+        if name in RUNTIME_ARGS[group] or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        tp = _annotation(hints.get(name, Any))
+        default = param.default
+        if default is inspect.Parameter.empty:
+            spec = field(default=MISSING)
+        elif isinstance(default, (list, tuple)):
+            spec = field(default_factory=lambda d=default: list(d))
+        else:
+            spec = field(default=default)
+        fields.append((name, tp, spec))
+    return dataclasses.make_dataclass(f"{attr}Schema", fields)
+
+
+def register_configs(conf_dir: Path = CONF_DIR) -> None:
+    """Store the top-level schema and one generated schema per group option in ConfigStore."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for group in RUNTIME_ARGS:
+        for path in sorted((conf_dir / group).glob("*.yaml")):
+            content = yaml.safe_load(path.read_text()) or {}
+            target = content.get("_target_")
+            if target:
+                cs.store(group=f"schema/{group}", name=path.stem, node=schema_for(target, group))
+
+
+def build_object(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets a :class:`FedrunError` from the target through unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, FedrunError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def option_names(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise FedrunError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`FedrunError` with one sentence for the first impossible top-level value."""
+    p = cfg.participation
+    _check(0 < p <= 1, f"participation={p} is out of range: use the fraction of clients active per round, in (0, 1] (e.g. participation=0.1).")
+    _check(cfg.num_clients >= 1, f"num_clients={cfg.num_clients} is impossible: use at least 1 client.")
+    _check(cfg.rounds >= 1, f"rounds={cfg.rounds} is impossible: use at least 1 round.")
+    _check(cfg.local_epochs >= 1, f"local_epochs={cfg.local_epochs} is impossible: use at least 1 epoch.")
+    _check(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} is impossible: use a batch size of at least 1.")
+    _check(cfg.lr > 0 and math.isfinite(cfg.lr), f"lr={cfg.lr} is not a positive number: use a learning rate > 0 (e.g. lr=0.1).")
+    _check(0 < cfg.lr_decay <= 1, f"lr_decay={cfg.lr_decay} is out of range: use a per-round decay factor in (0, 1] (1 = constant).")
+    _check(cfg.weight_decay >= 0, f"weight_decay={cfg.weight_decay} is negative: use weight_decay >= 0.")
+    _check(math.isfinite(cfg.clip_norm), f"clip_norm={cfg.clip_norm} is not finite: use a positive norm, or 0 to turn clipping off.")
+    _check(cfg.clip_norm >= 0, f"clip_norm={cfg.clip_norm} is negative: use a positive norm, or 0 to turn clipping off.")
+    _check(cfg.eval_every >= 1, f"eval_every={cfg.eval_every} is impossible: evaluate every 1 or more rounds.")
+    _check(cfg.seed >= 0, f"seed={cfg.seed} is negative: use a seed >= 0.")

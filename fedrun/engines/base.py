@@ -1,0 +1,97 @@
+"""What every engine shares: the local-training hyperparameters, the batch schedule and the step.
+
+Local training is the FedDyn reference code's: plain SGD (no momentum); each step takes the
+gradient of ``CE(mean over the batch) + extra terms``, clips its norm to ``clip_norm`` (as
+``torch.nn.utils.clip_grad_norm_``: factor ``clip / (norm + 1e-6)`` capped at 1), adds
+``(weight_decay + decay_k) * w`` (torch SGD's weight decay, outside the clip) and moves by ``lr``.
+A client's batches come from its own generator seeded by (seed, round, client id), so the schedule
+does not depend on which engine runs it or in which order clients are processed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from fedrun.algorithms.base import LocalObjective
+from fedrun.data import FederatedData
+from fedrun.params import FlatModel
+from fedrun.seeding import generator
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    lr: float
+    epochs: int
+    batch_size: int
+    weight_decay: float
+    clip_norm: float  # <= 0 disables clipping
+
+
+@dataclass
+class LocalResult:
+    thetas: torch.Tensor  # [A, P] the active clients' models after training
+    loss: torch.Tensor  # [A] mean cross-entropy over each client's local steps
+    steps: torch.Tensor  # [A] int64, local steps taken
+
+
+def batch_schedule(
+    n: int, epochs: int, batch_size: int, g: torch.Generator, steps: Optional[int] = None
+) -> list[torch.Tensor]:
+    """Local indices of each step: passes over a fresh permutation, last batch of a pass smaller.
+
+    ``epochs`` passes by default; with ``steps`` exactly that many steps, passing over the data as
+    often as needed (SCAFFOLD's fixed K).
+    """
+    total = epochs * math.ceil(n / batch_size) if steps is None else int(steps)
+    out: list[torch.Tensor] = []
+    while len(out) < total:
+        out.extend(torch.randperm(n, generator=g).split(batch_size))
+    return out[:total]
+
+
+def client_generators(seed: int, round_idx: int, client: int) -> tuple[torch.Generator, torch.Generator]:
+    """(batch-order generator, augmentation generator) of one client in one round."""
+    return generator(seed, "local", round_idx, client), generator(seed, "augment", round_idx, client)
+
+
+def sgd_step(
+    w: torch.Tensor, grad: torch.Tensor, lr: float, decay: torch.Tensor | float, clip_norm: float
+) -> torch.Tensor:
+    """One SGD step for stacked parameters ``w`` [A, P] with gradients ``grad`` [A, P].
+
+    ``decay`` is the total weight decay, a float or an [A, 1] tensor.
+    """
+    if clip_norm > 0:
+        norm = torch.linalg.vector_norm(grad, dim=-1, keepdim=True)
+        grad = grad * (clip_norm / (norm + 1e-6)).clamp(max=1.0)
+    return w - lr * (grad + decay * w)
+
+
+def total_decay(objective: LocalObjective, hp: LocalTraining, count: int, device: torch.device) -> torch.Tensor:
+    """[A, 1] weight decay of each client: the config's plus the algorithm's."""
+    decay = torch.full((count, 1), hp.weight_decay, device=device)
+    if objective.decay is not None:
+        decay = decay + objective.decay.reshape(count, 1).to(device)
+    return decay
+
+
+class Engine:
+    """Runs local training of the active clients from the server model ``theta``."""
+
+    def train(
+        self,
+        model: FlatModel,
+        theta: torch.Tensor,
+        data: FederatedData,
+        partition: list[torch.Tensor],
+        clients: torch.Tensor,
+        objective: LocalObjective,
+        hp: LocalTraining,
+        seed: int,
+        round_idx: int,
+    ) -> LocalResult:
+        raise NotImplementedError

@@ -1,0 +1,68 @@
+"""The reference engine: clients one after another, one autograd step at a time.
+
+Plain and obviously correct; the vectorised engine is tested against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fedrun.algorithms.base import LocalObjective
+from fedrun.data import FederatedData
+from fedrun.engines.base import (
+    Engine,
+    LocalResult,
+    LocalTraining,
+    batch_schedule,
+    client_generators,
+    sgd_step,
+    total_decay,
+)
+from fedrun.params import FlatModel
+
+
+@dataclass
+class SequentialEngine(Engine):
+    def train(
+        self,
+        model: FlatModel,
+        theta: torch.Tensor,
+        data: FederatedData,
+        partition: list[torch.Tensor],
+        clients: torch.Tensor,
+        objective: LocalObjective,
+        hp: LocalTraining,
+        seed: int,
+        round_idx: int,
+    ) -> LocalResult:
+        count = len(clients)
+        decay = total_decay(objective, hp, count, theta.device)
+        thetas = torch.empty(count, theta.numel(), device=theta.device)
+        losses = torch.empty(count, device=theta.device)
+        steps = torch.empty(count, dtype=torch.long)
+        for a, client in enumerate(clients.tolist()):
+            own = objective.rows(slice(a, a + 1))
+            index = partition[client]
+            g_batch, g_aug = client_generators(seed, round_idx, client)
+            fixed = None if own.steps is None else int(own.steps[0])
+            schedule = batch_schedule(len(index), hp.epochs, hp.batch_size, g_batch, fixed)
+            w = theta.detach().clone().unsqueeze(0)
+            loss_sum = torch.zeros((), device=theta.device)
+            for local in schedule:
+                rows = index[local.to(index.device)]
+                x, y = data.x_train[rows], data.y_train[rows]
+                if data.augment is not None:
+                    x = data.augment(x, g_aug)
+                w.requires_grad_(True)
+                ce = F.cross_entropy(model(w[0], x), y)
+                (grad,) = torch.autograd.grad(ce + own.extra_loss(w), w)
+                with torch.no_grad():
+                    w = sgd_step(w.detach(), grad, hp.lr, decay[a : a + 1], hp.clip_norm)
+                loss_sum += ce.detach()
+            thetas[a] = w.detach()[0]
+            losses[a] = loss_sum / max(len(schedule), 1)
+            steps[a] = len(schedule)
+        return LocalResult(thetas, losses, steps)

@@ -1,0 +1,71 @@
+"""What a run writes into its run directory: ``metrics.csv``, ``summary.json``.
+
+``metrics.csv`` gets one row per evaluated round, appended and flushed as soon as it exists, so a
+killed run keeps every round it finished. ``summary.json`` is written atomically (temporary file,
+then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+
+class MetricsWriter:
+    """Appends rows to a CSV file, writing the header with the first row."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path = Path(path)
+        self.columns = columns
+        self.rows: list[dict[str, Any]] = []
+
+    def write(self, row: dict[str, Any]) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="raise")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.append(row)
+
+
+def _fmt(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return value
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def summarize(rows: list[dict[str, Any]], status: str, seconds: float, num_params: int, config: dict, extra: Optional[dict] = None) -> dict[str, Any]:
+    """The content of ``summary.json`` from the metrics rows written so far."""
+    accs = [(r["test_acc"], r["round"]) for r in rows if r.get("test_acc") is not None]
+    best_acc, best_round = max(accs, key=lambda t: (t[0], -t[1])) if accs else (None, None)
+    last = rows[-1] if rows else {}
+    summary = {
+        "status": status,
+        "rounds_done": last.get("round", 0),
+        "final_test_acc": last.get("test_acc"),
+        "final_test_loss": last.get("test_loss"),
+        "final_train_loss": last.get("train_loss"),
+        "best_test_acc": best_acc,
+        "best_round": best_round,
+        "seconds": seconds,
+        "num_params": num_params,
+        "config": config,
+    }
+    summary.update(extra or {})
+    return summary

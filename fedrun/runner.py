@@ -1,0 +1,209 @@
+"""The round loop: config → data → partition → model → algorithm → engine → evaluation → outputs.
+
+:func:`build` turns a composed config into the objects of a run; :func:`run` executes the rounds
+and writes ``metrics.csv`` (one row per evaluated round, flushed at once), ``summary.json`` and
+``convergence.png`` into the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fedrun.algorithms.base import Algorithm, FedContext, RoundInfo, ServerState
+from fedrun.config import build_object, validate
+from fedrun.data import FederatedData
+from fedrun.engines.base import Engine, LocalTraining
+from fedrun.errors import DivergenceError, FedrunError
+from fedrun.evaluation import evaluate
+from fedrun.outputs import MetricsWriter, summarize, write_json_atomic
+from fedrun.params import FlatModel
+from fedrun.plots import convergence_plot
+from fedrun.progress import Progress
+from fedrun.sampling import SAMPLERS
+from fedrun.seeding import derive_seed, generator
+from fedrun.state import ClientStateStore
+
+log = logging.getLogger("fedrun")
+
+BYTES_PER_PARAM = 4  # float32
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FedrunError("device=cuda was asked for but torch sees no CUDA GPU: use device=auto or device=cpu.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs, built from the config."""
+
+    cfg: DictConfig
+    device: torch.device
+    data: FederatedData
+    partition: list[torch.Tensor]
+    model: FlatModel
+    theta: torch.Tensor
+    algorithm: Algorithm
+    engine: Engine
+    store: ClientStateStore
+    ctx: FedContext
+    server: ServerState
+
+
+def build(cfg: DictConfig, state_dir: Optional[Path] = None) -> Experiment:
+    """Validate ``cfg`` and build data, partition, model, algorithm, engine and state."""
+    validate(cfg)
+    device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
+    m, seed = int(cfg.num_clients), int(cfg.seed)
+    data: FederatedData = build_object(cfg.data, num_clients=m, seed=seed)
+    partitioner = build_object(cfg.partition, _partial_=True)
+    kwargs = {} if data.groups is None else {"groups": data.groups}
+    partition = partitioner(data.y_train, m, generator(seed, "partition"), **kwargs)
+    data = data.to(device)
+    partition = [p.to(device) for p in partition]
+    torch.manual_seed(derive_seed(seed, "model"))
+    module = build_object(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes, _convert_="all")
+    model = FlatModel(module).to(device)
+    theta = model.initial_vector().to(device)
+    algorithm: Algorithm = build_object(cfg.algo, _convert_="all")
+    engine: Engine = build_object(cfg.engine, _convert_="all")
+    sizes = torch.tensor([len(p) for p in partition], dtype=torch.long)
+    ctx = FedContext(m, model.num_params, sizes, int(cfg.batch_size), int(cfg.local_epochs), device)
+    store = ClientStateStore(m, model.num_params, device, directory=state_dir)
+    server = algorithm.setup(ctx, theta, store)
+    if cfg.eval_all:
+        store.add("_latest_model", theta)
+        server["_latest_model_mean"] = theta.clone()
+    return Experiment(cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server)
+
+
+def metric_columns(cfg: DictConfig) -> list[str]:
+    cols = ["round", "active_clients", "lr", "train_loss", "test_loss", "test_acc"]
+    if cfg.eval_active:
+        cols += ["test_loss_active", "test_acc_active"]
+    if cfg.eval_all:
+        cols += ["test_loss_all", "test_acc_all"]
+    return cols + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
+
+
+def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
+    """One communication round; updates ``exp.theta``, ``exp.server`` and the store in place."""
+    cfg = exp.cfg
+    sampler = SAMPLERS[str(cfg.sampling.value if hasattr(cfg.sampling, "value") else cfg.sampling)]
+    clients = sampler(exp.ctx.num_clients, float(cfg.participation), int(cfg.seed), round_idx).to(exp.device)
+    lr = float(cfg.lr) * float(cfg.lr_decay) ** (round_idx - 1)
+    info = RoundInfo(round_idx, lr, clients, steps=torch.empty(0, dtype=torch.long))
+    objective = exp.algorithm.local_objective(exp.theta, exp.server, exp.store, info)
+    hp = LocalTraining(lr, int(cfg.local_epochs), int(cfg.batch_size), float(cfg.weight_decay), float(cfg.clip_norm))
+    result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, int(cfg.seed), round_idx)
+    info = replace(info, steps=result.steps.to(exp.device))
+    train_loss = float(result.loss.mean())
+    if not math.isfinite(train_loss) or not bool(torch.isfinite(result.thetas).all()):
+        raise DivergenceError(
+            f"training diverged in round {round_idx} (algo={cfg.algo._target_.rsplit('.', 1)[-1]}, lr={cfg.lr}): "
+            "a client's loss or model became non-finite; lower lr (or the algorithm's alpha/mu/server_lr)."
+        )
+    new_states = exp.algorithm.client_update(exp.theta, result.thetas, exp.server, exp.store, info)
+    theta, exp.server = exp.algorithm.server_update(exp.theta, result.thetas, new_states, exp.server, exp.store, info)
+    for name, rows in new_states.items():
+        exp.store.set(name, clients, rows)
+    if "_latest_model" in exp.store:
+        old = exp.store.get("_latest_model", clients)
+        exp.server["_latest_model_mean"] += (result.thetas - old).sum(0) / exp.ctx.num_clients
+        exp.store.set("_latest_model", clients, result.thetas)
+    exp.theta = theta
+    mb = len(clients) * exp.model.num_params * BYTES_PER_PARAM / 1e6
+    return {
+        "active_clients": len(clients),
+        "lr": lr,
+        "train_loss": train_loss,
+        "uplink_mb": mb * exp.algorithm.uplink,
+        "downlink_mb": mb * exp.algorithm.downlink,
+        "comm_fedavg_rounds": (exp.algorithm.uplink + exp.algorithm.downlink) / 2,
+        "client_thetas": result.thetas,
+    }
+
+
+def evaluate_round(exp: Experiment, client_thetas: torch.Tensor) -> dict[str, float]:
+    d = exp.data
+    out: dict[str, float] = {}
+    out["test_loss"], out["test_acc"] = evaluate(exp.model, exp.theta, d.x_test, d.y_test)
+    if exp.cfg.eval_active:
+        out["test_loss_active"], out["test_acc_active"] = evaluate(exp.model, client_thetas.mean(0), d.x_test, d.y_test)
+    if exp.cfg.eval_all:
+        out["test_loss_all"], out["test_acc_all"] = evaluate(exp.model, exp.server["_latest_model_mean"], d.x_test, d.y_test)
+    return out
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run all rounds of ``cfg`` and write the outputs into ``run_dir``; returns the summary."""
+    run_dir = Path(run_dir)
+    exp = build(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    writer = MetricsWriter(run_dir / "metrics.csv", metric_columns(cfg))
+    rounds = int(cfg.rounds)
+    log.info(
+        "fedrun: %s on %s (%d clients, %d params, device %s) -> %s",
+        type(exp.algorithm).__name__, exp.data.name, exp.ctx.num_clients, exp.model.num_params, exp.device, run_dir,
+    )
+    progress = Progress(rounds, enabled=cfg.progress)
+    start = time.perf_counter()
+    pending = {"train_loss": [], "uplink_mb": 0.0, "downlink_mb": 0.0}
+    comm = 0.0
+    status = "running"
+    try:
+        for r in range(1, rounds + 1):
+            step = run_round(exp, r)
+            comm += step["comm_fedavg_rounds"]
+            pending["train_loss"].append(step["train_loss"])
+            pending["uplink_mb"] += step["uplink_mb"]
+            pending["downlink_mb"] += step["downlink_mb"]
+            if r % int(cfg.eval_every) == 0 or r == rounds:
+                row = {
+                    "round": r,
+                    "active_clients": step["active_clients"],
+                    "lr": step["lr"],
+                    "train_loss": sum(pending["train_loss"]) / len(pending["train_loss"]),
+                    **evaluate_round(exp, step["client_thetas"]),
+                    "uplink_mb": pending["uplink_mb"],
+                    "downlink_mb": pending["downlink_mb"],
+                    "comm_fedavg_rounds": comm,
+                    "wall_s": time.perf_counter() - start,
+                }
+                writer.write(row)
+                pending = {"train_loss": [], "uplink_mb": 0.0, "downlink_mb": 0.0}
+                progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
+        status = "finished"
+    except DivergenceError:
+        status = "diverged"
+        raise
+    finally:
+        progress.close()
+        seconds = time.perf_counter() - start
+        if status == "running":
+            status = "failed"
+        summary = summarize(writer.rows, status, seconds, exp.model.num_params, config)
+        write_json_atomic(run_dir / "summary.json", summary)
+        if writer.rows:
+            convergence_plot(writer.rows, run_dir / "convergence.png", plot_title(cfg, exp))
+    return summary
+
+
+def plot_title(cfg: DictConfig, exp: Experiment) -> str:
+    algo = type(exp.algorithm).__name__
+    part = cfg.partition._target_.rsplit(".", 1)[-1]
+    return (
+        f"{algo} on {exp.data.name} ({part}), {exp.ctx.num_clients} clients, "
+        f"participation {cfg.participation}, E={cfg.local_epochs}, B={cfg.batch_size}, lr={cfg.lr}, seed={cfg.seed}"
+    )
