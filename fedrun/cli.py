@@ -7,6 +7,7 @@ run directory behind.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -29,11 +30,22 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a readable summary.json with status finished (skip_finished=true)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(cfg: DictConfig) -> None:
     from fedrun.runner import run  # imported here so `fedrun --help` stays fast
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.get("skip_finished") and _finished(run_dir):
+        log.info("fedrun: skipped, already finished: %s", run_dir)
+        return
     try:
         run(cfg, run_dir)
     except DivergenceError as err:

@@ -53,6 +53,11 @@ class Sampling(str, enum.Enum):
     fixed = "fixed"
 
 
+class OnNonfinite(str, enum.Enum):
+    stop = "stop"
+    drop = "drop"
+
+
 @dataclass
 class Config:
     """Top-level keys (the groups are filled in by their own schemas)."""
@@ -78,6 +83,13 @@ class Config:
     eval_active: bool = True
     eval_all: bool = True
     progress: Optional[bool] = None
+    checkpoint_every: int = 10
+    resume: str = "auto"
+    deterministic: bool = False
+    on_nonfinite: OnNonfinite = OnNonfinite.stop
+    divergence_factor: float = 100.0
+    targets: List[float] = field(default_factory=list)
+    skip_finished: bool = False
 
 
 def _annotation(tp: Any) -> Any:
@@ -171,3 +183,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.clip_norm >= 0, f"clip_norm={cfg.clip_norm} is negative: use a positive norm, or 0 to turn clipping off.")
     _check(cfg.eval_every >= 1, f"eval_every={cfg.eval_every} is impossible: evaluate every 1 or more rounds.")
     _check(cfg.seed >= 0, f"seed={cfg.seed} is negative: use a seed >= 0.")
+    _check(cfg.checkpoint_every >= 0, f"checkpoint_every={cfg.checkpoint_every} is negative: checkpoint every N >= 1 rounds, or 0 for only on SIGINT/SIGTERM.")
+    _check(str(cfg.resume).lower() in ("auto", "true", "false"), f"resume={cfg.resume} is not valid: use resume=auto, resume=true or resume=false.")
+    f = cfg.divergence_factor
+    _check(f == 0 or (f > 1 and math.isfinite(f)), f"divergence_factor={f} is out of range: use a factor > 1 over round 1's train loss (e.g. 100), or 0 to turn the check off.")

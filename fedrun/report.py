@@ -1,0 +1,449 @@
+"""The ``fedrun-report`` command: many run directories -> one table, markdown, figures.
+
+``fedrun-report DIR... [--out OUT] [--targets 0.8 0.85] [--group-by algo]`` (or ``python -m
+fedrun.report``) finds every run directory below the given directories (a directory with
+``.hydra/config.yaml`` and/or ``summary.json``), reads its config, ``summary.json`` and
+``metrics.csv`` and writes into ``--out`` (default: the first DIR):
+
+- ``runs.csv`` / ``runs.md``: one row per run: the config keys that vary across runs, final and best
+  accuracy, rounds and communication (FedAvg-round equivalents, ``comm_fedavg_rounds``) to reach
+  each target accuracy, seconds, status (finished, unfinished, diverged, failed, broken);
+- ``convergence.png``: accuracy against rounds, one curve per group (``--group-by``; by default the
+  varying keys except the seed) with a mean ± std band over the runs (seeds) in the group;
+- ``targets.csv`` / ``targets.md``: the paper-style table of rounds and communication to reach each
+  target, with the speed-up over FedAvg in the same setting and, with ``--published``, the
+  published numbers beside ours.
+
+A broken run (missing, empty or corrupt files) becomes a row with its status; it never stops the
+report. Accuracies are fractions in [0, 1]; a target above 1 is read as a percentage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+# Config keys never used to tell runs apart (they do not change what is computed).
+IGNORED_KEYS = {"progress", "skip_finished", "targets", "device", "eval_active", "eval_all"}
+SEED_KEYS = {"seed"}
+STATUSES = ("finished", "unfinished", "diverged", "failed", "broken")
+
+
+@dataclass
+class Run:
+    """One run directory as read from disk."""
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    status: str = "unfinished"
+    problems: list[str] = field(default_factory=list)
+    targets: list[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and reading runs
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "summary.json").is_file() or (path / ".hydra" / "config.yaml").is_file()
+
+
+def find_runs(dirs: Iterable[Path]) -> list[Path]:
+    """Every run directory at or below ``dirs``, sorted, without duplicates."""
+    found: set[Path] = set()
+    for d in dirs:
+        d = Path(d)
+        if not d.exists():
+            continue
+        candidates = [d] + [p.parent for p in d.rglob("summary.json")] + [p.parent.parent for p in d.rglob(".hydra/config.yaml")]
+        found.update(p.resolve() for p in candidates if p.is_dir() and is_run_dir(p))
+    return sorted(found)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"algo": {"alpha": 0.1}}`` -> ``{"algo.alpha": 0.1}``; lists become tuples."""
+    out: dict[str, Any] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                out.update(flatten(value, name))
+            else:
+                out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _group_names(config: dict[str, Any], choices: dict[str, Any]) -> dict[str, Any]:
+    """Replace each group's ``_target_`` by the option's name (``algo: feddyn``)."""
+    flat = flatten(config)
+    for key in [k for k in flat if k.endswith("._target_")]:
+        group = key[: -len("._target_")]
+        choice = choices.get(group)
+        flat[group] = choice if isinstance(choice, str) else str(flat[key]).rsplit(".", 1)[-1].lower()
+        del flat[key]
+    return flat
+
+
+def _read_yaml(path: Path, run: Run) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
+        run.problems.append(f"{path.name} unreadable ({type(err).__name__})")
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def load_run(path: Path) -> Run:
+    """Read one run directory; never raises on a broken run (the status says what is wrong)."""
+    run = Run(Path(path))
+    summary_path = run.path / "summary.json"
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+            if not isinstance(summary, dict):
+                raise ValueError("not an object")
+            run.summary = summary
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            run.problems.append(f"summary.json unreadable ({type(err).__name__})")
+    hydra_cfg = _read_yaml(run.path / ".hydra" / "config.yaml", run)
+    hydra_meta = _read_yaml(run.path / ".hydra" / "hydra.yaml", run) or {}
+    choices = ((hydra_meta.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    config = run.summary.get("config") if isinstance(run.summary.get("config"), dict) else hydra_cfg
+    run.config = _group_names(config or {}, choices)
+    targets = (config or {}).get("targets") or []
+    run.targets = [float(t) for t in targets if isinstance(t, (int, float))] if isinstance(targets, list) else []
+    metrics_path = run.path / "metrics.csv"
+    if metrics_path.is_file():
+        try:
+            df = pd.read_csv(metrics_path)
+            if "round" not in df.columns:
+                raise ValueError("no round column")
+            df = df.apply(pd.to_numeric, errors="coerce").dropna(subset=["round"])
+            run.metrics = df.drop_duplicates("round", keep="last").sort_values("round").reset_index(drop=True)
+        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            run.problems.append(f"metrics.csv unreadable ({type(err).__name__})")
+    run.status = _status(run)
+    return run
+
+
+def _status(run: Run) -> str:
+    status = run.summary.get("status")
+    if any(p.startswith("summary.json") for p in run.problems) or (not run.config and not run.summary):
+        return "broken"
+    if status in ("finished", "diverged", "failed"):
+        return str(status)
+    if status in (None, "running"):
+        return "unfinished"
+    return "failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-run numbers
+
+
+def normalize_target(target: float) -> float:
+    """Targets are accuracies in [0, 1]; 81.4 (a percentage) is read as 0.814."""
+    return float(target) / 100.0 if float(target) > 1.0 else float(target)
+
+
+def target_label(target: float) -> str:
+    return f"{100 * normalize_target(target):g}"
+
+
+def rounds_to_target(metrics: pd.DataFrame, target: float, metric: str = "test_acc") -> float:
+    """The first evaluated round whose ``metric`` is at or above ``target``; NaN if never reached."""
+    if metrics.empty or metric not in metrics.columns or "round" not in metrics.columns:
+        return math.nan
+    target = normalize_target(target)
+    hit = metrics.loc[metrics[metric] >= target - 1e-12, "round"]
+    return float(hit.iloc[0]) if len(hit) else math.nan
+
+
+def comm_to_target(metrics: pd.DataFrame, target: float, metric: str = "test_acc") -> float:
+    """Communication spent (``comm_fedavg_rounds``, FedAvg-round equivalents) when the target is first reached."""
+    r = rounds_to_target(metrics, target, metric)
+    if math.isnan(r):
+        return math.nan
+    if "comm_fedavg_rounds" not in metrics.columns:
+        return r
+    return float(metrics.loc[metrics["round"] == r, "comm_fedavg_rounds"].iloc[0])
+
+
+def _num(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out
+
+
+def run_row(run: Run, targets: Sequence[float], metric: str) -> dict[str, Any]:
+    m = run.metrics
+    has = not m.empty and metric in m.columns and m[metric].notna().any()
+    row: dict[str, Any] = {
+        "status": run.status,
+        "rounds_done": int(m["round"].max()) if not m.empty else int(np.nan_to_num(_num(run.summary.get("rounds_done")))),
+        "final_acc": float(m[metric].dropna().iloc[-1]) if has else _num(run.summary.get("final_test_acc")),
+        "best_acc": float(m[metric].max()) if has else _num(run.summary.get("best_test_acc")),
+    }
+    for t in targets:
+        row[f"rounds_to_{target_label(t)}"] = rounds_to_target(m, t, metric)
+        row[f"comm_to_{target_label(t)}"] = comm_to_target(m, t, metric)
+    seconds = _num(run.summary.get("seconds"))
+    if math.isnan(seconds) and not m.empty and "wall_s" in m.columns:
+        seconds = _num(m["wall_s"].iloc[-1])
+    row["seconds"] = seconds
+    row["problems"] = "; ".join(run.problems)
+    row["path"] = str(run.path)
+    return row
+
+
+def varying_keys(runs: Sequence[Run]) -> list[str]:
+    """Config keys whose value differs between runs (a key missing in some runs counts as varying)."""
+    keys: list[str] = []
+    for key in sorted({k for r in runs for k in r.config}):
+        if key in IGNORED_KEYS or key.startswith("hydra."):
+            continue
+        values = {repr(r.config.get(key, "<missing>")) for r in runs if r.config}
+        if len(values) > 1:
+            keys.append(key)
+    return keys
+
+
+def _order(keys: list[str]) -> list[str]:
+    """Groups first (data, partition, model, algo, engine), then the other keys, seed last."""
+    first = [k for k in ("data", "partition", "model", "algo", "engine") if k in keys]
+    last = [k for k in keys if k in SEED_KEYS]
+    return first + [k for k in keys if k not in first and k not in last] + last
+
+
+def collect(dirs: Sequence[Path], targets: Optional[Sequence[float]] = None, metric: str = "test_acc") -> tuple[pd.DataFrame, list[Run], list[str], list[float]]:
+    """Read every run below ``dirs``; returns (table, runs, varying keys, targets used)."""
+    runs = [load_run(p) for p in find_runs(dirs)]
+    if targets is None:
+        targets = sorted({normalize_target(t) for r in runs for t in r.targets})
+    targets = [normalize_target(t) for t in targets]
+    keys = _order(varying_keys(runs))
+    rows = []
+    for run in runs:
+        row = {k: _cell(run.config.get(k)) for k in keys}
+        row.update(run_row(run, targets, metric))
+        rows.append(row)
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=keys + ["status"])
+    return table, runs, keys, targets
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.4g}"
+    return str(value)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub markdown table; NaN shows as an empty cell."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row.tolist()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def target_table(table: pd.DataFrame, keys: Sequence[str], targets: Sequence[float], algo_key: str = "algo") -> pd.DataFrame:
+    """Rounds and communication to each target per setting (mean over seeds), with speed-up over FedAvg.
+
+    A setting reaches a target only if every one of its runs does; otherwise its cells are empty
+    and ``reached`` says how many runs did. ``speedup`` = FedAvg's communication / this algorithm's,
+    in the setting that differs only in the algorithm.
+    """
+    setting = [k for k in keys if k not in SEED_KEYS]
+    ok = table[table["status"].isin(["finished", "unfinished", "diverged"])] if "status" in table else table
+    rows = []
+    for t in targets:
+        label = target_label(t)
+        rcol, ccol = f"rounds_to_{label}", f"comm_to_{label}"
+        groups = ok.groupby(setting, dropna=False, sort=True) if setting else [((), ok)]
+        for values, g in groups:
+            values = values if isinstance(values, tuple) else (values,)
+            all_hit = g[rcol].notna().all() and len(g) > 0
+            rows.append({
+                **dict(zip(setting, values)),
+                "target_acc": 100 * t,
+                "runs": len(g),
+                "reached": int(g[rcol].notna().sum()),
+                "rounds": float(g[rcol].mean()) if all_hit else math.nan,
+                "rounds_std": float(g[rcol].std(ddof=0)) if all_hit else math.nan,
+                "comm_fedavg_rounds": float(g[ccol].mean()) if all_hit else math.nan,
+                "max_rounds": float(g["rounds_done"].max()) if len(g) else math.nan,
+            })
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["speedup"] = math.nan
+    if algo_key in setting:
+        others = [k for k in setting if k != algo_key] + ["target_acc"]
+        for idx, row in out.iterrows():
+            mask = out[algo_key].astype(str) == "fedavg"
+            for k in others:
+                mask &= out[k].astype(str) == str(row[k])
+            base = out[mask]
+            if len(base) == 1 and not math.isnan(row["comm_fedavg_rounds"]) and not math.isnan(base["comm_fedavg_rounds"].iloc[0]):
+                out.loc[idx, "speedup"] = base["comm_fedavg_rounds"].iloc[0] / row["comm_fedavg_rounds"]
+    return out
+
+
+def add_published(targets: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """Join published numbers (a CSV with key columns, ``target_acc`` and value columns) onto ``targets``.
+
+    Rows match on ``target_acc`` and every key column the two tables share; a published column
+    that matches nothing stays empty.
+    """
+    if targets.empty or published.empty:
+        return targets
+    value_cols = [c for c in published.columns if c.startswith("published") or c.startswith("reference")]
+    keys = [c for c in published.columns if c in targets.columns and c not in value_cols]
+    left, right = targets.copy(), published.copy()
+    for k in keys:
+        left[f"_k_{k}"] = left[k].map(_key)
+        right[f"_k_{k}"] = right[k].map(_key)
+    joined = left.merge(right[[f"_k_{k}" for k in keys] + value_cols], on=[f"_k_{k}" for k in keys], how="left")
+    return joined.drop(columns=[f"_k_{k}" for k in keys])
+
+
+def _key(value: Any) -> str:
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def convergence_figure(runs: Sequence[Run], table: pd.DataFrame, group_by: Sequence[str], path: Path, metric: str = "test_acc") -> int:
+    """Mean ± std (over the runs in each group) of ``metric`` against rounds; returns the number of curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups: dict[tuple, list[pd.Series]] = {}
+    for run, (_, row) in zip(runs, table.iterrows()):
+        m = run.metrics
+        if m.empty or metric not in m.columns or m[metric].notna().sum() == 0:
+            continue
+        key = tuple(_fmt(row[k]) if k in row else "" for k in group_by)
+        groups.setdefault(key, []).append(m.set_index("round")[metric].astype(float))
+    for key, curves in sorted(groups.items()):
+        frame = pd.concat(curves, axis=1)
+        mean = 100 * frame.mean(axis=1)
+        std = 100 * frame.std(axis=1, ddof=0).fillna(0.0)
+        label = ", ".join(f"{k}={v}" for k, v in zip(group_by, key)) or "all runs"
+        label += f" (n={len(curves)})"
+        (line,) = ax.plot(mean.index, mean.values, label=label)
+        ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=8)
+    ax.set_title("mean ± std over runs in each group")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return len(groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fedrun-report", description=__doc__.split("\n\n")[0])
+    p.add_argument("dirs", nargs="+", type=Path, help="directories holding run directories (searched recursively)")
+    p.add_argument("--out", type=Path, default=None, help="where to write runs.csv etc. (default: the first DIR)")
+    p.add_argument("--targets", type=float, nargs="*", default=None, help="target accuracies, fractions or percentages (default: the runs' `targets` config)")
+    p.add_argument("--group-by", nargs="*", default=None, help="keys to group curves and the target table by (default: the varying keys except seed)")
+    p.add_argument("--metric", default="test_acc", help="accuracy column of metrics.csv (test_acc, test_acc_active, test_acc_all)")
+    p.add_argument("--published", type=Path, default=None, help="CSV of published numbers to put beside ours in targets.csv")
+    p.add_argument("--no-figures", action="store_true", help="skip convergence.png")
+    return p.parse_args(argv)
+
+
+def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[Sequence[float]] = None,
+           group_by: Optional[Sequence[str]] = None, metric: str = "test_acc", published: Optional[Path] = None,
+           figures: bool = True) -> dict[str, Any]:
+    """Write runs.csv, runs.md, targets.csv, targets.md and convergence.png; returns what was made."""
+    out = Path(out) if out is not None else Path(dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    table, runs, keys, used_targets = collect(dirs, targets, metric)
+    table.to_csv(out / "runs.csv", index=False)
+    (out / "runs.md").write_text(to_markdown(table.drop(columns=["path"], errors="ignore")))
+    made: dict[str, Any] = {"runs": len(table), "keys": keys, "targets": used_targets, "files": ["runs.csv", "runs.md"]}
+    if group_by is None:
+        group_by = [k for k in keys if k not in SEED_KEYS]
+    unknown = [k for k in group_by if k not in table.columns]
+    if unknown:
+        for k in unknown:  # a key that does not vary: one value for all runs, still groupable
+            table[k] = [_cell(r.config.get(k)) for r in runs]
+    if used_targets and len(table):
+        tt = target_table(table, list(group_by) + [k for k in keys if k in SEED_KEYS], used_targets)
+        if published is not None and Path(published).is_file():
+            tt = add_published(tt, pd.read_csv(published))
+        tt.to_csv(out / "targets.csv", index=False)
+        (out / "targets.md").write_text(to_markdown(tt))
+        made["files"] += ["targets.csv", "targets.md"]
+        made["target_table"] = tt
+    if figures:
+        made["curves"] = convergence_figure(runs, table, list(group_by), out / "convergence.png", metric)
+        made["files"].append("convergence.png")
+    made["table"] = table
+    return made
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    missing = [str(d) for d in args.dirs if not d.exists()]
+    if missing:
+        print(f"fedrun-report: error: {missing[0]} does not exist: give directories that hold run directories.", file=sys.stderr)
+        return 2
+    made = report(args.dirs, args.out, args.targets, args.group_by, args.metric, args.published, not args.no_figures)
+    out = args.out or args.dirs[0]
+    counts = made["table"]["status"].value_counts().to_dict() if made["runs"] else {}
+    print(to_markdown(made["table"].drop(columns=["path", "problems"], errors="ignore")) if made["runs"] else "no runs found")
+    if "target_table" in made:
+        print(to_markdown(made["target_table"]))
+    print(f"{made['runs']} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}) -> {out}: {', '.join(made['files'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
