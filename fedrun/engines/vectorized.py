@@ -1,0 +1,245 @@
+"""The vectorised engine: every active client's local step at once, over stacked parameters.
+
+The active clients' flat models form one ``[A, P]`` tensor. Each client's batch schedule comes from
+the same generators and :func:`~fedrun.engines.base.batch_schedule` as the sequential engine;
+schedules are padded to ``[A, S, B]`` local indices with a mask, so at step ``s`` every client that
+has a step ``s`` takes exactly the step the sequential engine would (cross-entropy averaged over its
+real samples only) and every client that has none (fewer samples, SCAFFOLD's fixed step counts) is
+left unchanged. Batches are gathered by index from the data on the device (no DataLoader).
+
+The gradient of all clients comes from one backward of the sum of their losses (clients are
+independent, so row ``a`` of the gradient is client ``a``'s), through a hand-batched forward for
+Linear/ReLU models or ``torch.func.vmap`` for the rest (:mod:`fedrun.engines.stacked`). The
+algorithm's extra terms (:meth:`LocalObjective.extra_loss`) are added on the live stacked
+parameters; clipping, weight decay and the update are :func:`~fedrun.engines.base.sgd_step`.
+
+Active clients that do not fit in memory together are trained in chunks of ``chunk_size``
+(0 = as many as the memory estimate allows, :mod:`fedrun.memory`). Recurrent models (the
+Shakespeare LSTM) cannot be vectorised and are handed to the sequential engine automatically,
+logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from fedrun.algorithms.base import LocalObjective
+from fedrun.data import FederatedData
+from fedrun.engines.base import (
+    Engine,
+    LocalResult,
+    LocalTraining,
+    batch_schedule,
+    client_generators,
+    sgd_step,
+    total_decay,
+)
+from fedrun.engines.sequential import SequentialEngine
+from fedrun.engines.stacked import StackedForward, agrees, batched_forward, unflatten_stacked, vectorizable, vmap_forward
+from fedrun.errors import FedrunError
+from fedrun import memory
+from fedrun.params import FlatModel
+
+log = logging.getLogger("fedrun")
+
+GRADIENTS = ("auto", "batched", "vmap")
+_fallback_logged: set[str] = set()
+
+
+@dataclass
+class VectorizedEngine(Engine):
+    """``chunk_size``: clients trained at once (0 = automatic from free memory).
+    ``gradient``: ``auto`` (hand-batched where the model allows, else vmap), ``batched`` or ``vmap``.
+    ``compile``: run the stacked loss through ``torch.compile`` (an option; off by default).
+    """
+
+    chunk_size: int = 0
+    gradient: str = "auto"
+    compile: bool = False
+    _cache: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 0:
+            raise FedrunError(f"engine.chunk_size={self.chunk_size} is negative: use 0 (automatic) or a positive number of clients.")
+        if self.gradient not in GRADIENTS:
+            raise FedrunError(f"engine.gradient={self.gradient} is unknown: use one of {', '.join(GRADIENTS)}.")
+
+    # -- choices made once per model -------------------------------------------------------------
+    def forward_for(self, model: FlatModel, data: FederatedData) -> Optional[StackedForward]:
+        """The stacked forward for ``model`` (cached), or None when it must run sequentially."""
+        key = id(model)
+        if key in self._cache:
+            return self._cache[key][0]
+        forward: Optional[StackedForward] = None
+        sample = data.x_train[:2]
+        if data.augment is not None:
+            sample = data.augment(sample, torch.Generator().manual_seed(0))
+        if not vectorizable(model.module):
+            name = type(model.module).__name__
+            if name not in _fallback_logged:
+                _fallback_logged.add(name)
+                log.info("engine=vectorized: %s has recurrent layers, which cannot be vectorised; "
+                         "training its clients with the sequential engine.", name)
+        else:
+            if self.gradient in ("auto", "batched"):
+                forward = batched_forward(model.module)
+                if forward is not None and not agrees(model, forward, sample):
+                    forward = None
+                if forward is None and self.gradient == "batched":
+                    raise FedrunError(
+                        f"engine.gradient=batched does not support {type(model.module).__name__}: use engine.gradient=auto."
+                    )
+            if forward is None:
+                forward = vmap_forward(model.module)
+            if self.compile:
+                forward = torch.compile(forward, dynamic=False)
+        act = memory.activation_bytes_per_sample(model.module, sample[:1])
+        self._cache[key] = (forward, act, model)  # keep model alive so id() stays unique
+        return forward
+
+    def chunk_for(self, model: FlatModel, active: int, batch_size: int, device: torch.device) -> int:
+        """Clients per chunk: ``chunk_size`` checked against free memory, or the most that fit."""
+        act = self._cache[id(model)][1]
+        per_client = memory.client_training_bytes(model.num_params, batch_size, act)
+        free = memory.free_bytes(device)
+        if self.chunk_size > 0:
+            memory.check_chunk_fits(self.chunk_size, active, per_client, free, device)
+            return self.chunk_size
+        return memory.auto_chunk_size(active, per_client, free)
+
+    # -- training --------------------------------------------------------------------------------
+    def train(
+        self,
+        model: FlatModel,
+        theta: torch.Tensor,
+        data: FederatedData,
+        partition: list[torch.Tensor],
+        clients: torch.Tensor,
+        objective: LocalObjective,
+        hp: LocalTraining,
+        seed: int,
+        round_idx: int,
+    ) -> LocalResult:
+        forward = self.forward_for(model, data)
+        if forward is None:
+            return SequentialEngine().train(model, theta, data, partition, clients, objective, hp, seed, round_idx)
+        count, device = len(clients), theta.device
+        decay = total_decay(objective, hp, count, device)
+        chunk = self.chunk_for(model, count, hp.batch_size, device)
+        thetas = torch.empty(count, theta.numel(), device=device)
+        losses = torch.empty(count, device=device)
+        steps = torch.empty(count, dtype=torch.long)
+        for start in range(0, count, chunk):
+            part = slice(start, min(count, start + chunk))
+            thetas[part], losses[part], steps[part] = self._train_chunk(
+                model, forward, theta, data, partition, clients[part].tolist(),
+                objective.rows(part), decay[part], hp, seed, round_idx,
+            )
+        return LocalResult(thetas, losses, steps)
+
+    def _train_chunk(
+        self,
+        model: FlatModel,
+        forward: StackedForward,
+        theta: torch.Tensor,
+        data: FederatedData,
+        partition: list[torch.Tensor],
+        ids: list[int],
+        objective: LocalObjective,
+        decay: torch.Tensor,
+        hp: LocalTraining,
+        seed: int,
+        round_idx: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device, count, batch = theta.device, len(ids), hp.batch_size
+        plan = _Plan.build(ids, partition, objective, hp, seed, round_idx, device)
+        w = theta.detach().unsqueeze(0).repeat(count, 1)
+        loss_sum = torch.zeros(count, device=device)
+        extra = objective.linear is not None or objective.prox is not None
+        for s in range(plan.num_steps):
+            rows = plan.rows[:, s]
+            x, y = data.x_train[rows], data.y_train[rows]
+            if data.augment is not None:
+                x = _augment(data, x, plan.counts_cpu[:, s].tolist(), plan.aug_generators)
+            w.requires_grad_(True)
+            logits = forward(unflatten_stacked(model, w), x)
+            ce = F.cross_entropy(logits.reshape(count * batch, -1), y.reshape(-1), reduction="none")
+            client_ce = (ce.view(count, batch) * plan.weights[:, s]).sum(1)  # mean over real samples
+            total = client_ce.sum()
+            if extra:
+                total = total + objective.extra_loss(w)
+            (grad,) = torch.autograd.grad(total, w)
+            with torch.no_grad():
+                new = sgd_step(w.detach(), grad, hp.lr, decay, hp.clip_norm)
+                w = new if plan.everyone[s] else torch.where(plan.active[:, s : s + 1], new, w.detach())
+                loss_sum += client_ce.detach()
+        taken = plan.counts_cpu.gt(0).sum(1)
+        return w.detach(), loss_sum / taken.clamp(min=1).to(device), taken
+
+
+@dataclass
+class _Plan:
+    """Padded batch schedules of a chunk of clients: global rows [A, S, B], weights, activity."""
+
+    rows: torch.Tensor  # [A, S, B] int64 global sample ids (padding: the client's first sample)
+    weights: torch.Tensor  # [A, S, B] 1/count on real samples, 0 on padding
+    active: torch.Tensor  # [A, S] bool: client has a step s
+    everyone: list[bool]  # [S]: every client has a step s
+    counts_cpu: torch.Tensor  # [A, S] real samples per step
+    aug_generators: list[torch.Generator]
+    num_steps: int
+
+    @staticmethod
+    def build(
+        ids: list[int],
+        partition: list[torch.Tensor],
+        objective: LocalObjective,
+        hp: LocalTraining,
+        seed: int,
+        round_idx: int,
+        device: torch.device,
+    ) -> "_Plan":
+        schedules, aug = [], []
+        for a, client in enumerate(ids):
+            g_batch, g_aug = client_generators(seed, round_idx, client)
+            fixed = None if objective.steps is None else int(objective.steps[a])
+            schedules.append(batch_schedule(len(partition[client]), hp.epochs, hp.batch_size, g_batch, fixed))
+            aug.append(g_aug)
+        count, batch = len(ids), hp.batch_size
+        num_steps = max((len(s) for s in schedules), default=0)
+        local = torch.zeros(count, num_steps, batch, dtype=torch.long)
+        counts = torch.zeros(count, num_steps, dtype=torch.long)
+        for a, sched in enumerate(schedules):
+            if sched:
+                padded = pad_sequence(sched, batch_first=True)
+                local[a, : len(sched), : padded.shape[1]] = padded
+                counts[a, : len(sched)] = torch.tensor([len(t) for t in sched])
+        sizes = [len(partition[c]) for c in ids]
+        index = torch.zeros(count, max(sizes, default=1), dtype=torch.long, device=device)
+        for a, client in enumerate(ids):
+            index[a, : sizes[a]] = partition[client].to(device)
+        local_dev = local.to(device, non_blocking=True)
+        rows = torch.gather(index, 1, local_dev.view(count, -1)).view(count, num_steps, batch)
+        mask = torch.arange(batch).view(1, 1, batch) < counts.unsqueeze(-1)
+        weights = mask.float() / counts.clamp(min=1).unsqueeze(-1).float()
+        active = counts.gt(0)
+        return _Plan(
+            rows, weights.to(device), active.to(device), active.all(0).tolist(), counts, aug, num_steps
+        )
+
+
+def _augment(data: FederatedData, x: torch.Tensor, counts: list[int], generators: list[torch.Generator]) -> torch.Tensor:
+    """Apply ``data.augment`` to each client's real samples with that client's generator."""
+    pieces = [data.augment(x[a, :c], generators[a]) if c > 0 else None for a, c in enumerate(counts)]
+    first = next(p for p in pieces if p is not None)
+    out = first.new_zeros((x.shape[0], x.shape[1], *first.shape[1:]))
+    for a, p in enumerate(pieces):
+        if p is not None:
+            out[a, : p.shape[0]] = p
+    return out
