@@ -1,0 +1,108 @@
+"""A verified tensor cache: datasets converted once, then loaded in a fraction of a second.
+
+A cache entry is a ``torch.save`` file of named tensors plus a sidecar ``<file>.json`` that records the
+file's byte length and sha256. A load checks both before unpickling; a missing sidecar, a wrong length
+or hash (a truncated or corrupt file, or a write that was interrupted) or a file torch cannot read
+makes the entry invalid, and :func:`cached` rebuilds it. Writes go to a temporary file that is renamed
+into place, data first, sidecar last, so a crash never leaves an entry that verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from fedrun.errors import FedrunError
+
+log = logging.getLogger("fedrun")
+
+FORMAT = 1  # bump when the layout of cached tensors changes: old entries are then rebuilt
+
+
+def default_root(subdir: str = "") -> Path:
+    """``$FEDRUN_DATA``, else ``$XDG_CACHE_HOME/fedrun/data``, else ``~/.cache/fedrun/data``."""
+    env = os.environ.get("FEDRUN_DATA")
+    if env:
+        base = Path(env).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "fedrun" / "data"
+    return base / subdir if subdir else base
+
+
+def resolve_root(root: Optional[str], subdir: str = "") -> Path:
+    return Path(root).expanduser() if root else default_root(subdir)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(path: Path, tensors: dict[str, torch.Tensor], meta: Optional[dict] = None) -> None:
+    """Write ``tensors`` to ``path`` with its verifying sidecar."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save({k: v.contiguous() for k, v in tensors.items()}, buf)
+    payload = buf.getvalue()
+    record = {"format": FORMAT, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), **(meta or {})}
+    _sidecar(path).unlink(missing_ok=True)
+    _atomic_write(path, payload)
+    _atomic_write(_sidecar(path), json.dumps(record, indent=1).encode())
+
+
+def load(path: Path) -> Optional[dict[str, torch.Tensor]]:
+    """The tensors stored at ``path``, or None when the entry is missing, stale or fails verification."""
+    side = _sidecar(path)
+    if not path.is_file() or not side.is_file():
+        return None
+    try:
+        record = json.loads(side.read_text())
+        payload = path.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if record.get("format") != FORMAT or record.get("bytes") != len(payload):
+        log.warning("fedrun: cache %s is stale or truncated; rebuilding it", path)
+        return None
+    if hashlib.sha256(payload).hexdigest() != record.get("sha256"):
+        log.warning("fedrun: cache %s fails its checksum; rebuilding it", path)
+        return None
+    try:
+        out = torch.load(io.BytesIO(payload), weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is rebuilt
+        log.warning("fedrun: cache %s cannot be read; rebuilding it", path)
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def cached(path: Path, build: Callable[[], dict[str, torch.Tensor]], meta: Optional[dict] = None) -> dict[str, torch.Tensor]:
+    """Load ``path`` if it verifies, else ``build()`` the tensors and store them there."""
+    out = load(path)
+    if out is not None:
+        return out
+    out = build()
+    try:
+        save(path, out, meta)
+    except OSError as err:
+        raise FedrunError(f"cannot write the dataset cache {path} ({err.strerror}): set data.root to a writable folder.") from None
+    return out
