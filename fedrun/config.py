@@ -53,6 +53,13 @@ class Sampling(str, enum.Enum):
     fixed = "fixed"
 
 
+class StatePlacement(str, enum.Enum):
+    auto = "auto"  # the fastest that fits, from the memory estimate (fedrun/memory.py)
+    device = "device"
+    pinned = "pinned"
+    mmap = "mmap"
+
+
 class OnNonfinite(str, enum.Enum):
     stop = "stop"
     drop = "drop"
@@ -90,6 +97,7 @@ class Config:
     divergence_factor: float = 100.0
     targets: List[float] = field(default_factory=list)
     skip_finished: bool = False
+    state_placement: StatePlacement = StatePlacement.auto
 
 
 def _annotation(tp: Any) -> Any:
