@@ -278,12 +278,13 @@ def to_markdown(df: pd.DataFrame) -> str:
 def target_table(table: pd.DataFrame, keys: Sequence[str], targets: Sequence[float], algo_key: str = "algo") -> pd.DataFrame:
     """Rounds and communication to each target per setting (mean over seeds), with speed-up over FedAvg.
 
-    A setting reaches a target only if every one of its runs does; otherwise its cells are empty
-    and ``reached`` says how many runs did. ``speedup`` = FedAvg's communication / this algorithm's,
+    Only finished and diverged runs count (unfinished, failed and broken ones are left out). A
+    setting reaches a target only if every one of its runs does; otherwise its cells are empty and
+    ``reached`` says how many runs did. ``speedup`` = FedAvg's communication / this algorithm's,
     in the setting that differs only in the algorithm.
     """
     setting = [k for k in keys if k not in SEED_KEYS]
-    ok = table[table["status"].isin(["finished", "unfinished", "diverged"])] if "status" in table else table
+    ok = table[table["status"].isin(["finished", "diverged"])]  # a diverged run counts as never reaching what it had not
     rows = []
     for t in targets:
         label = target_label(t)
@@ -307,7 +308,8 @@ def target_table(table: pd.DataFrame, keys: Sequence[str], targets: Sequence[flo
         return out
     out["speedup"] = math.nan
     if algo_key in setting:
-        others = [k for k in setting if k != algo_key] + ["target_acc"]
+        # the same setting but FedAvg: every key except the algorithm and its own hyper-parameters
+        others = [k for k in setting if k != algo_key and not k.startswith(algo_key + ".")] + ["target_acc"]
         for idx, row in out.iterrows():
             mask = out[algo_key].astype(str) == "fedavg"
             for k in others:
@@ -366,7 +368,7 @@ def convergence_figure(runs: Sequence[Run], table: pd.DataFrame, group_by: Seque
         frame = pd.concat(curves, axis=1)
         mean = 100 * frame.mean(axis=1)
         std = 100 * frame.std(axis=1, ddof=0).fillna(0.0)
-        label = ", ".join(f"{k}={v}" for k, v in zip(group_by, key)) or "all runs"
+        label = ", ".join(f"{k}={v}" for k, v in zip(group_by, key) if v != "") or "all runs"
         label += f" (n={len(curves)})"
         (line,) = ax.plot(mean.index, mean.values, label=label)
         ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.2)
