@@ -23,13 +23,14 @@ from fedrun.data import FederatedData
 from fedrun.engines.base import Engine, LocalTraining
 from fedrun.errors import DivergenceError, FedrunError
 from fedrun.evaluation import evaluate
+from fedrun.memory import check_data_fits
 from fedrun.outputs import MetricsWriter, summarize, write_json_atomic
 from fedrun.params import FlatModel
 from fedrun.plots import convergence_plot
 from fedrun.progress import Progress
 from fedrun.sampling import SAMPLERS
 from fedrun.seeding import derive_seed, generator
-from fedrun.state import ClientStateStore
+from fedrun.state import ClientStateStore, store_for_run
 
 log = logging.getLogger("fedrun")
 
@@ -70,6 +71,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None) -> Experiment:
     partitioner = build_object(cfg.partition, _partial_=True)
     kwargs = {} if data.groups is None else {"groups": data.groups}
     partition = partitioner(data.y_train, m, generator(seed, "partition"), **kwargs)
+    check_data_fits(data, device)  # one sentence instead of a CUDA out-of-memory traceback
     data = data.to(device)
     partition = [p.to(device) for p in partition]
     torch.manual_seed(derive_seed(seed, "model"))
@@ -80,7 +82,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None) -> Experiment:
     engine: Engine = build_object(cfg.engine, _convert_="all")
     sizes = torch.tensor([len(p) for p in partition], dtype=torch.long)
     ctx = FedContext(m, model.num_params, sizes, int(cfg.batch_size), int(cfg.local_epochs), device)
-    store = ClientStateStore(m, model.num_params, device, directory=state_dir)
+    store = store_for_run(cfg, data, model, algorithm, device, state_dir)  # placement by estimated size
     server = algorithm.setup(ctx, theta, store)
     if cfg.eval_all:
         store.add("_latest_model", theta)

@@ -8,17 +8,29 @@ memory-mapped file) are handled here once for every algorithm.
 
 from __future__ import annotations
 
+import logging
+import math
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
+
+from fedrun import memory
+
+log = logging.getLogger("fedrun")
 
 
 class ClientStateStore:
     """Named ``[m, P]`` float32 tables with row access by client id.
 
     ``placement``: ``device`` keeps tables on the compute device; ``pinned`` in page-locked host
-    memory (rows are copied to the device per round); ``mmap`` in files under ``directory``.
+    memory (rows are copied to the device per round; plain host memory when there is no CUDA);
+    ``mmap`` in sparse files ``state_<name>.bin`` under ``directory`` (a temporary directory when
+    none is given), read and written a round's rows at a time, so the tables may exceed RAM. The
+    files are scratch space (checkpoints copy the tables) and are deleted with the store.
     """
 
     def __init__(
@@ -37,20 +49,27 @@ class ClientStateStore:
         self.placement = placement
         self.directory = Path(directory) if directory is not None else None
         self.tables: dict[str, torch.Tensor] = {}
+        self.paths: dict[str, Path] = {}
+        if placement == "mmap":
+            if self.directory is None:
+                self.directory = Path(tempfile.mkdtemp(prefix="fedrun-state-"))
+                weakref.finalize(self, shutil.rmtree, str(self.directory), True)
+            else:
+                self.directory.mkdir(parents=True, exist_ok=True)
 
     def _allocate(self, name: str) -> torch.Tensor:
         shape = (self.num_clients, self.num_params)
         if self.placement == "device":
             return torch.zeros(shape, device=self.device)
         if self.placement == "pinned":
-            table = torch.zeros(shape)
-            return table.pin_memory() if torch.cuda.is_available() else table
-        if self.directory is None:
-            raise ValueError("mmap placement needs a directory")
-        self.directory.mkdir(parents=True, exist_ok=True)
+            return torch.zeros(shape, pin_memory=torch.cuda.is_available())
+        assert self.directory is not None
         path = self.directory / f"state_{name}.bin"
+        with open(path, "wb") as f:  # a sparse file of zeros: nothing is written until rows are set
+            f.truncate(memory.BYTES * shape[0] * shape[1])
+        weakref.finalize(self, _unlink, path)
+        self.paths[name] = path
         table = torch.from_file(str(path), shared=True, size=shape[0] * shape[1], dtype=torch.float32)
-        table.zero_()
         return table.view(shape)
 
     def add(self, name: str, init: Optional[torch.Tensor] = None) -> None:
@@ -66,7 +85,14 @@ class ClientStateStore:
     def get(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """Rows of ``name`` for client ``ids``, as a new tensor on the compute device."""
         table = self.tables[name]
-        return table[ids.to(table.device)].to(self.device, non_blocking=True)
+        if table.device == self.device:
+            return table[ids.to(table.device)]
+        ids = ids.to(table.device)
+        if self.placement == "pinned" and table.is_pinned():  # gather into pinned memory, copy async
+            rows = torch.empty((len(ids), self.num_params), pin_memory=True)
+            torch.index_select(table, 0, ids, out=rows)
+            return rows.to(self.device, non_blocking=True)
+        return table[ids].to(self.device)
 
     def set(self, name: str, ids: torch.Tensor, rows: torch.Tensor) -> None:
         """Write ``rows`` (``[len(ids), P]``) at client ``ids``."""
@@ -95,4 +121,33 @@ class ClientStateStore:
 
     @staticmethod
     def bytes_needed(num_clients: int, num_params: int, num_tables: int) -> int:
-        return 4 * num_clients * num_params * num_tables
+        return memory.state_bytes(num_clients, num_params, num_tables)
+
+
+def store_for_run(
+    cfg: Any, data: Any, model: Any, algorithm: Any, device: torch.device, directory: Optional[Path] = None
+) -> ClientStateStore:
+    """The run's store, its placement from ``cfg.state_placement`` (``auto``: by estimated size).
+
+    The estimate counts the algorithm's tables (plus ``_latest_model`` when ``eval_all``) against
+    the free memory of the device, of the host and of the disk that would hold them, after a
+    reserve for local training of the expected active clients (:mod:`fedrun.memory`).
+    """
+    m, num_params = int(cfg.num_clients), int(model.num_params)
+    tables = len(getattr(algorithm, "client_states", ())) + (1 if cfg.get("eval_all", False) else 0)
+    requested = cfg.get("state_placement", "auto")
+    requested = str(getattr(requested, "value", requested))
+    budget = memory.current_budget(device, directory or Path(tempfile.gettempdir()))
+    act = memory.activation_bytes_per_sample(model.module, data.x_train[:1])
+    per_client = memory.client_training_bytes(num_params, int(cfg.batch_size), act)
+    active = max(1, math.ceil(float(cfg.participation) * m))
+    training = min(active * per_client, max(per_client, budget.device // 4))
+    state = memory.state_bytes(m, num_params, tables)
+    placement = memory.choose_placement(requested, state, training, budget, str(device))
+    if placement != "device":
+        log.info("client state (%s) placed: %s", memory.gib(state), placement)
+    return ClientStateStore(m, num_params, device, placement, directory)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
