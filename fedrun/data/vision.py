@@ -125,8 +125,9 @@ def raw_tensors(name: str, root: Optional[str], download: bool) -> tuple[dict[st
             raise
         except Exception as err:  # noqa: BLE001 - torchvision raises RuntimeError, URLError, OSError, ...
             how = "downloading failed" if download else "data.download=false"
+            detail = str(err).strip().splitlines()[0][:120].rstrip(":") if str(err).strip() else type(err).__name__
             raise FedrunError(
-                f"data={name}: {src.name} was not found in {folder / src.folder} ({how}: {str(err).strip().splitlines()[0][:120]}); "
+                f"data={name}: {src.name} was not found in {folder / src.folder} ({how}: {detail}); "
                 f"it needs the files {', '.join(src.files)} there: run once with internet and data.download=true, "
                 f"or copy torchvision's {src.name} files into that folder (or point data.root or $FEDRUN_DATA at a folder that has them)."
             ) from None
