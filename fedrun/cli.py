@@ -17,6 +17,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from fedrun.checkpoint import RunFinished
+from fedrun.cli_errors import Prepared, precheck
 from fedrun.config import CONF_DIR, register_configs
 from fedrun.errors import DivergenceError, FedrunError
 
@@ -48,15 +50,31 @@ def _main(cfg: DictConfig) -> None:
         return
     try:
         run(cfg, run_dir)
+    except RunFinished as done:
+        log.info("fedrun: %s", done)
     except DivergenceError as err:
         _fail(str(err), 3)
     except FedrunError as err:
-        if not (run_dir / "metrics.csv").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        _fail(str(err))
+        kept = ("metrics.csv", "checkpoint.pt", "summary.json")
+        if run_dir != _PREPARED.run_dir or not _PREPARED.existed:
+            if not any((run_dir / name).exists() for name in kept):
+                shutil.rmtree(run_dir, ignore_errors=True)
+        _fail(str(err), getattr(err, "exit_code", 2))
+
+
+_PREPARED = Prepared([])
 
 
 def main() -> None:
+    global _PREPARED
+    try:  # bad overrides, resume decisions and unwritable dirs: one sentence, before Hydra makes a run dir
+        _PREPARED = precheck(sys.argv[1:])
+    except RunFinished as done:
+        print(f"fedrun: {done}", file=sys.stderr)
+        return
+    except FedrunError as err:
+        _fail(str(err))
+    sys.argv[1:] = _PREPARED.argv
     _main()
 
 

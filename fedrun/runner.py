@@ -18,8 +18,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedrun.algorithms.base import Algorithm, FedContext, RoundInfo, ServerState
+from fedrun import checkpoint, guard
 from fedrun.config import build_object, validate
 from fedrun.data import FederatedData
+from fedrun.determinism import configure_determinism
 from fedrun.engines.base import Engine, LocalTraining
 from fedrun.errors import DivergenceError, FedrunError
 from fedrun.evaluation import evaluate
@@ -96,6 +98,8 @@ def metric_columns(cfg: DictConfig) -> list[str]:
         cols += ["test_loss_active", "test_acc_active"]
     if cfg.eval_all:
         cols += ["test_loss_all", "test_acc_all"]
+    if guard.on_nonfinite(cfg) == "drop":
+        cols += ["dropped_clients"]
     return cols + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
 
 
@@ -109,22 +113,20 @@ def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
     objective = exp.algorithm.local_objective(exp.theta, exp.server, exp.store, info)
     hp = LocalTraining(lr, int(cfg.local_epochs), int(cfg.batch_size), float(cfg.weight_decay), float(cfg.clip_norm))
     result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, int(cfg.seed), round_idx)
-    info = replace(info, steps=result.steps.to(exp.device))
-    train_loss = float(result.loss.mean())
-    if not math.isfinite(train_loss) or not bool(torch.isfinite(result.thetas).all()):
-        raise DivergenceError(
-            f"training diverged in round {round_idx} (algo={cfg.algo._target_.rsplit('.', 1)[-1]}, lr={cfg.lr}): "
-            "a client's loss or model became non-finite; lower lr (or the algorithm's alpha/mu/server_lr)."
-        )
-    new_states = exp.algorithm.client_update(exp.theta, result.thetas, exp.server, exp.store, info)
-    theta, exp.server = exp.algorithm.server_update(exp.theta, result.thetas, new_states, exp.server, exp.store, info)
-    for name, rows in new_states.items():
-        exp.store.set(name, clients, rows)
-    if "_latest_model" in exp.store:
-        old = exp.store.get("_latest_model", clients)
-        exp.server["_latest_model_mean"] += (result.thetas - old).sum(0) / exp.ctx.num_clients
-        exp.store.set("_latest_model", clients, result.thetas)
-    exp.theta = theta
+    kept = guard.screen_clients(cfg, round_idx, clients, result)  # stop on, or drop, non-finite clients
+    info = guard.with_clients(info, kept)
+    train_loss = float(kept.loss.mean()) if len(kept.clients) else math.nan
+    if len(kept.clients):  # every client dropped: the round changes nothing
+        new_states = exp.algorithm.client_update(exp.theta, kept.thetas, exp.server, exp.store, info)
+        theta, exp.server = exp.algorithm.server_update(exp.theta, kept.thetas, new_states, exp.server, exp.store, info)
+        guard.check_server(cfg, round_idx, theta)
+        for name, rows in new_states.items():
+            exp.store.set(name, kept.clients, rows)
+        if "_latest_model" in exp.store:
+            old = exp.store.get("_latest_model", kept.clients)
+            exp.server["_latest_model_mean"] += (kept.thetas - old).sum(0) / exp.ctx.num_clients
+            exp.store.set("_latest_model", kept.clients, kept.thetas)
+        exp.theta = theta
     mb = len(clients) * exp.model.num_params * BYTES_PER_PARAM / 1e6
     return {
         "active_clients": len(clients),
@@ -133,7 +135,8 @@ def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
         "uplink_mb": mb * exp.algorithm.uplink,
         "downlink_mb": mb * exp.algorithm.downlink,
         "comm_fedavg_rounds": (exp.algorithm.uplink + exp.algorithm.downlink) / 2,
-        "client_thetas": result.thetas,
+        "client_thetas": kept.thetas if len(kept.clients) else exp.theta[None, :],
+        "dropped_clients": kept.dropped,
     }
 
 
@@ -151,24 +154,36 @@ def evaluate_round(exp: Experiment, client_thetas: torch.Tensor) -> dict[str, fl
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run all rounds of ``cfg`` and write the outputs into ``run_dir``; returns the summary."""
     run_dir = Path(run_dir)
+    resumed = checkpoint.check_run_dir(cfg, run_dir)  # a checkpoint to continue from, or None; refuses a changed config
+    configure_determinism(cfg)
     exp = build(cfg)
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     writer = MetricsWriter(run_dir / "metrics.csv", metric_columns(cfg))
+    counters = checkpoint.Counters() if resumed is None else checkpoint.restore(resumed, exp, writer.path)
+    if resumed is not None:
+        writer.rows = list(resumed["rows"])
+        log.info("fedrun: resuming %s after round %d", run_dir, counters.round)
+    loss_guard = guard.LossGuard(cfg, counters.extra.get("reference_loss"))
+    signals = checkpoint.StopSignals()
     rounds = int(cfg.rounds)
     log.info(
         "fedrun: %s on %s (%d clients, %d params, device %s) -> %s",
         type(exp.algorithm).__name__, exp.data.name, exp.ctx.num_clients, exp.model.num_params, exp.device, run_dir,
     )
-    progress = Progress(rounds, enabled=cfg.progress)
-    start = time.perf_counter()
-    pending = {"train_loss": [], "uplink_mb": 0.0, "downlink_mb": 0.0}
-    comm = 0.0
+    progress = Progress(rounds, start=counters.round, enabled=cfg.progress)
+    start = time.perf_counter() - counters.wall_s
+    pending = counters.pending
+    comm = counters.comm
     status = "running"
+    signals.install()
     try:
-        for r in range(1, rounds + 1):
+        for r in range(counters.round + 1, rounds + 1):
             step = run_round(exp, r)
+            loss_guard.check_train(r, step["train_loss"])
             comm += step["comm_fedavg_rounds"]
-            pending["train_loss"].append(step["train_loss"])
+            if math.isfinite(step["train_loss"]):  # nan: every client of the round was dropped
+                pending["train_loss"].append(step["train_loss"])
+            pending["dropped_clients"] = pending.get("dropped_clients", 0) + step["dropped_clients"]
             pending["uplink_mb"] += step["uplink_mb"]
             pending["downlink_mb"] += step["downlink_mb"]
             if r % int(cfg.eval_every) == 0 or r == rounds:
@@ -176,21 +191,30 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     "round": r,
                     "active_clients": step["active_clients"],
                     "lr": step["lr"],
-                    "train_loss": sum(pending["train_loss"]) / len(pending["train_loss"]),
+                    "train_loss": sum(pending["train_loss"]) / len(pending["train_loss"]) if pending["train_loss"] else math.nan,
                     **evaluate_round(exp, step["client_thetas"]),
+                    "dropped_clients": pending.get("dropped_clients", 0),
                     "uplink_mb": pending["uplink_mb"],
                     "downlink_mb": pending["downlink_mb"],
                     "comm_fedavg_rounds": comm,
                     "wall_s": time.perf_counter() - start,
                 }
+                loss_guard.check_test(r, row)
                 writer.write(row)
                 pending = {"train_loss": [], "uplink_mb": 0.0, "downlink_mb": 0.0}
                 progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
+            state = checkpoint.Counters(r, comm, pending, time.perf_counter() - start, {"reference_loss": loss_guard.reference})
+            checkpoint.after_round(cfg, run_dir, exp, state, writer.rows, signals)  # periodic / on-signal checkpoint
         status = "finished"
+        checkpoint.remove(run_dir)
     except DivergenceError:
         status = "diverged"
         raise
+    except checkpoint.Interrupted:
+        status = "interrupted"
+        raise
     finally:
+        signals.restore()
         progress.close()
         seconds = time.perf_counter() - start
         if status == "running":

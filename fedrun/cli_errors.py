@@ -1,0 +1,238 @@
+"""Checks the command line before Hydra starts a run: bad overrides become one sentence each.
+
+:func:`precheck` composes the config from the command-line overrides with Hydra's compose API
+(every combination's values one at a time for ``-m`` sweeps), so that an unknown group option, an
+unknown key, a wrong type or an invalid choice is reported as one sentence, before Hydra creates a
+run dir. It also runs :func:`fedrun.config.validate`, checks that the output dir can be written,
+and applies ``resume``: a named run dir that holds a finished run of the same config is reported
+as finished (:class:`~fedrun.checkpoint.RunFinished`), one whose config differs is refused, and
+``resume=true`` without a named dir adds ``hydra.run.dir=<the latest matching run dir>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedrun import checkpoint
+from fedrun.config import CONF_DIR, Config, option_names, validate
+from fedrun.errors import FedrunError
+
+# Hydra flags after which fedrun does not interfere (help, printing the config, completion, ...).
+PASSTHROUGH_FLAGS = (
+    "-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion",
+    "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun",
+)
+GROUPS = ("algo", "data", "partition", "model", "engine")
+
+
+@dataclasses.dataclass
+class Prepared:
+    argv: list[str]  # the arguments to give Hydra (maybe with hydra.run.dir added)
+    run_dir: Optional[Path] = None  # the explicit or found run dir of a single run
+    existed: bool = False  # whether that dir existed before this command
+
+
+def split_args(argv: list[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, multirun, passthrough) of Hydra's command-line arguments."""
+    passthrough = any(a.split("=", 1)[0] in PASSTHROUGH_FLAGS for a in argv)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    return overrides, multirun, passthrough
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides, return_hydra_config=True)
+
+
+def _key_of(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _value_of(overrides: list[str], key: str) -> Optional[str]:
+    for o in overrides:
+        if "=" in o and _key_of(o) == key:
+            return o.split("=", 1)[1]
+    return None
+
+
+def _top_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _group_keys(overrides: list[str], group: str, skip_key: str) -> tuple[str, list[str]]:
+    """(option, keys) of ``group`` when composed without the override of ``skip_key``."""
+    others = [o for o in overrides if _key_of(o) != skip_key]
+    try:
+        cfg = compose(others)
+        option = str(cfg.hydra.runtime.choices.get(group, "?"))
+        return option, sorted(k for k in cfg[group].keys() if k != "_target_")
+    except Exception:  # noqa: BLE001 - best effort: the message still names the key
+        return "?", []
+
+
+def _choices(group: str) -> str:
+    return ", ".join(option_names(group)) or "(none found)"
+
+
+def translate(err: BaseException, overrides: list[str]) -> FedrunError:
+    """One sentence for a Hydra/OmegaConf composition error."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    text = str(err)
+    if isinstance(err, OverrideParseException):
+        m = re.search(r"override '(.*)'", text)
+        bad = m.group(1) if m else " ".join(overrides)
+        return FedrunError(f"cannot read the override '{bad}': write key=value (e.g. lr=0.1, algo=feddyn, partition.alpha=0.3).")
+    if isinstance(err, MissingConfigException):
+        missing = err.missing_cfg_file or ""
+        group, _, name = missing.rpartition("/")
+        if group:
+            options = list(err.options or []) or option_names(group)
+            return FedrunError(f"{group}={name} is not an option of {group}: use one of {', '.join(options)}.")
+        return FedrunError(f"config '{missing}' was not found: check the names given on the command line.")
+    cause = err.__cause__ or err.__context__
+    full_key = getattr(cause, "full_key", None)
+    cause_text = str(cause).split("\n", 1)[0] if cause is not None else ""
+    if full_key:
+        group, _, leaf = full_key.rpartition(".")
+        value = _value_of(overrides, full_key)
+        if type(cause).__name__ in ("ConfigAttributeError", "ConfigKeyError"):
+            if not group:
+                keys = _top_keys()
+                close = difflib.get_close_matches(leaf, keys, n=1)
+                hint = f"did you mean {close[0]}?" if close else f"the top-level keys are {', '.join(keys)}"
+                return FedrunError(f"{leaf} is not a config key: {hint} (a group's keys take its name first, e.g. algo.alpha).")
+            option, keys = _group_keys(overrides, group.split(".")[0], full_key)
+            close = difflib.get_close_matches(leaf, keys, n=1)
+            valid = ", ".join(keys) if keys else "none"
+            hint = f"did you mean {group}.{close[0]}? ({group}={option} has keys: {valid})" if close else f"{group}={option} has keys: {valid}"
+            return FedrunError(f"{full_key} is not a key of {group}={option}: {hint}.")
+        m = re.search(r"expected one of \[(.*)\]", cause_text)
+        if m:
+            return FedrunError(f"{full_key}={value} is not valid: use one of {m.group(1)}.")
+        m = re.search(r"converted to (\w+)", cause_text)
+        kind = {"Float": "a number", "Integer": "a whole number", "Boolean": "true or false", "String": "a string"}.get(
+            m.group(1) if m else "", "a " + (m.group(1).lower() if m else "value of another type")
+        )
+        if "valid bool" in cause_text:
+            kind = "true or false"
+        return FedrunError(f"{full_key}={value} has the wrong type: {full_key} takes {kind}.")
+    first = (cause_text or text).split("\n", 1)[0].rstrip(".")
+    return FedrunError(f"the command line cannot be composed into a config ({first}): check the overrides.")
+
+
+def check_extra_keys(cfg: DictConfig) -> None:
+    """Keys added with ``+key=value`` that no schema knows would be silently ignored: refuse them."""
+    known = set(_top_keys()) | {"hydra"}
+    extra = [k for k in cfg.keys() if k not in known]
+    if extra:
+        close = difflib.get_close_matches(str(extra[0]), sorted(known - {"hydra"}), n=1)
+        hint = f"did you mean {close[0]}" if close else "conf/config.yaml lists the keys"
+        raise FedrunError(f"{extra[0]} is not a config key fedrun uses ({hint}): drop +{extra[0]}.")
+    for group in GROUPS:
+        node = cfg.get(group)
+        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if schema is None or not dataclasses.is_dataclass(schema):
+            continue
+        fields = {f.name for f in dataclasses.fields(schema)}
+        unknown = [k for k in node.keys() if k not in fields]
+        if unknown:
+            option = cfg.hydra.runtime.choices.get(group, "?")
+            raise FedrunError(f"{group}.{unknown[0]} is not a key of {group}={option}: its keys are {', '.join(sorted(fields - {'_target_'}))}.")
+
+
+def sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """Override lists that together try every value of every sweep once (others at their first)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values: list[list[str]] = []
+    for text, o in zip(overrides, parsed):
+        if o.is_sweep_override():
+            try:
+                key = text.split("=", 1)[0]
+                values.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            except Exception:  # noqa: BLE001 - sweeps Hydra cannot list (globs, intervals): leave to Hydra
+                values.append([])
+        else:
+            values.append([text])
+    base = [v[0] for v in values if v]
+    variants = [base]
+    for i, vs in enumerate(values):
+        for v in vs[1:]:
+            variant = [vv[0] for vv in values[:i] if vv] + [v] + [vv[0] for vv in values[i + 1 :] if vv]
+            variants.append(variant)
+    return variants
+
+
+def ensure_writable(path: Path, key: str) -> None:
+    """Refuse an output dir that cannot be created or written, before Hydra tries."""
+    path = Path(path).absolute()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise FedrunError(f"{key}={path} cannot be created because {probe} is a file: choose another {key}.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise FedrunError(f"{key}={path} is not writable ({probe} does not allow writing): choose another {key}.")
+
+
+def _resolved(cfg: DictConfig, key: str) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(cfg)
+    return Path(str(OmegaConf.select(cfg, key)))
+
+
+def precheck(argv: list[str]) -> Prepared:
+    """Compose and check the command line; raise FedrunError / RunFinished, or return what to run."""
+    overrides, multirun, passthrough = split_args(argv)
+    if passthrough:
+        return Prepared(argv)
+    variants = sweep_variants(overrides) if multirun else [overrides]
+    cfg: Optional[DictConfig] = None
+    for variant in variants:
+        try:
+            composed = compose(variant)
+        except FedrunError:
+            raise
+        except Exception as err:  # noqa: BLE001 - every composition error gets one sentence
+            raise translate(err, variant) from None
+        check_extra_keys(composed)
+        validate(composed)
+        checkpoint.resume_mode(composed)
+        cfg = cfg or composed
+    assert cfg is not None
+    if multirun:
+        ensure_writable(_resolved(cfg, "hydra.sweep.dir"), "hydra.sweep.dir")
+        return Prepared(argv)
+    explicit = any(_key_of(o) == "hydra.run.dir" for o in overrides)
+    run_dir = _resolved(cfg, "hydra.run.dir")
+    ensure_writable(run_dir, "hydra.run.dir")
+    mode = checkpoint.resume_mode(cfg)
+    if explicit:
+        existed = run_dir.exists()
+        if existed and mode != "false":
+            checkpoint.check_run_dir(cfg, run_dir, clear=False)
+        return Prepared(argv, run_dir, existed)
+    if mode == "true":
+        found = checkpoint.find_resumable(cfg, run_dir.parent)
+        if found is None:
+            raise FedrunError(
+                f"resume=true found no checkpoint or finished run of this config under {run_dir.parent}: "
+                "name the run dir with hydra.run.dir=..., or drop resume=true to start a new run."
+            )
+        checkpoint.check_run_dir(cfg, found, clear=False)
+        return Prepared([*argv, f"hydra.run.dir={found}"], found, True)
+    return Prepared(argv, None, False)
