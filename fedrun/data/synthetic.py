@@ -51,7 +51,7 @@ def make_synthetic(
     g = generator(seed, "data")
     m = num_clients
     sizes = torch.exp(math.log(mean_samples) + sigma * torch.randn(m, generator=g, dtype=torch.float64))
-    sizes = sizes.floor().long().clamp(min=2 if test_fraction > 0 else 1)
+    sizes = (sizes + 1e-6).floor().long().clamp(min=2 if test_fraction > 0 else 1)  # exp(log(n)) may be n - ulp
     u = alpha * torch.randn(m, generator=g, dtype=torch.float64)
     b_mean = beta * torch.randn(m, generator=g, dtype=torch.float64)
     if iid_data:
