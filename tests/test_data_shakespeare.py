@@ -1,0 +1,196 @@
+"""Shakespeare: parsing Gutenberg plays, LEAF's samples and split, the paper's role selection, LEAF JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedrun.data import shakespeare as sh
+from fedrun.errors import FedrunError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare"
+
+PLAY = """THE TRAGEDY OF TESTING
+
+by William Shakespeare
+
+
+
+PERSONS REPRESENTED.
+
+Hamlet, a Prince.
+Horatio, his Friend.
+
+ACT I.
+
+Scene I. A platform.
+
+[Enter Hamlet and Horatio.]
+
+Ham.
+Who's there?  Speak_now.
+[Aside.] Nay, answer me.
+
+Hor.
+Friends to this ground. [Draws.]
+And liegemen to the Dane.
+[Exeunt, bearing off the
+dead bodies.]
+And so farewell.
+
+1 Clown.
+Is she to be buried?
+
+FIRST LORD. [Aside.]
+Peace!
+
+LYSANDER
+You have her father's love.
+
+ham.
+lower case speakers are not speakers
+
+Ham.
+Good night.
+
+[Exit.]
+"""
+
+
+def naive_leaf_samples(lines: list[str]) -> list[tuple[str, str]]:
+    """LEAF's shake_utils: each line (with its newline) prefixed by 80 spaces, one sample per character."""
+    out = []
+    for line in lines:
+        padded = " " * 80 + line + "\n"
+        out += [(padded[i : i + 80], padded[i + 80]) for i in range(len(padded) - 80)]
+    return out
+
+
+def write_play(folder: Path, name: str, roles: dict[str, list[str]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = [f"{name.upper()}\n\nby William Shakespeare\n\n\nACT I.\n\nScene I. Somewhere.\n"]
+    for speaker, lines in roles.items():
+        for line in lines:
+            parts.append(f"{speaker}.\n{line}\n")
+    (folder / f"{name}_gut.txt").write_text("\n".join(parts))
+
+
+def test_parse_play_finds_speeches_and_drops_directions_and_headings():
+    roles = sh.parse_play(PLAY)
+    assert roles == {
+        "HAM": ["Who's there? Speak_now.", "Nay, answer me.", "Good night."],
+        "HOR": ["Friends to this ground.", "And liegemen to the Dane.", "And so farewell."],
+        "1 CLOWN": ["Is she to be buried?"],
+        "FIRST LORD": ["Peace!"],
+        "LYSANDER": ["You have her father's love."],
+    }
+
+
+def test_samples_are_leafs_sliding_windows():
+    lines = ["Who's there?", "Nay, answer me: stand, and unfold yourself." * 3]
+    role = sh.role_from_lines("p/HAM", lines)
+    x, y = sh._windows(role.buffer, role.targets)
+    expect = naive_leaf_samples(lines)
+    assert len(y) == len(expect) == sum(len(l) + 1 for l in lines)
+    assert [(sh.decode(a), sh.decode([b])) for a, b in zip(x, y)] == expect
+    assert x.shape[1] == 80 and sh.decode(x[0]) == " " * 80 and sh.decode([y[len(lines[0])]]) == "\n"
+
+
+def test_vocabulary_is_leafs_and_unknown_characters_become_spaces():
+    assert len(sh.ALL_LETTERS) == 80 and len(set(sh.ALL_LETTERS)) == 80
+    text = "Hamlet: 'Tis [now] struck twelve?!\n"
+    assert sh.decode(sh.encode(text)) == text
+    assert sh.decode(sh.encode("a_b{c}é@")) == "a b c}  "  # '}' is in LEAF's vocabulary, '{' is not
+    assert sh.encode("\n ")[0] == 0 and sh.encode(" ")[0] == sh.UNKNOWN == 1
+
+
+def test_leaf_split_sizes_and_disjointness():
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 3, 10, 101):
+        role = sh.Role("r", np.zeros(n + 80, np.uint8), np.arange(80, 80 + n))
+        train, test = sh._split(role, 0.8, g)
+        assert len(train) == (1 if n == 2 else max(1, int(0.8 * n)))
+        assert sorted(np.concatenate([train, test]).tolist()) == role.targets.tolist()
+        assert list(train) == sorted(train)  # original order kept
+
+
+@pytest.fixture
+def small_plays(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["love", "night", "sword", "king", "fair", "death", "crown", "sweet", "o", "thee"]
+    for p in range(3):
+        roles = {}
+        for r in range(4):
+            n_lines = 6 + 8 * r  # roles of different sizes
+            roles[["KING", "QUEEN", "FOOL", "GHOST"][r]] = [" ".join(rng.choice(words, 6)) for _ in range(n_lines)]
+        write_play(tmp_path / "plays", f"play{p}", roles)
+    return tmp_path / "plays"
+
+
+def test_selection_crops_and_groups(small_plays):
+    found = sh.read_roles(small_plays)
+    assert len(found) == 12 and {r.name.split("/")[1] for r in found} == {"KING", "QUEEN", "FOOL", "GHOST"}
+    d = sh.load_shakespeare(5, 0, root=str(small_plays), train_per_client=200, test_per_client=40)
+    assert d.x_train.shape == (5 * 200, 80) and d.x_test.shape == (5 * 40, 80)
+    assert d.x_train.dtype == torch.int64 and int(d.x_train.max()) < 80 and d.num_classes == 80
+    assert torch.bincount(d.groups).tolist() == [200] * 5
+    # every client's samples are real samples of its own role (checked against LEAF's naive procedure)
+    roles = {r.name: r for r in found}
+    for c, name in enumerate(d.info["roles"]):
+        lines = sh.parse_play((small_plays / f"{name.split('/')[0]}_gut.txt").read_text())[name.split("/")[1]]
+        allowed = set(naive_leaf_samples(lines))
+        rows = torch.nonzero(d.groups == c).flatten()
+        assert all((sh.decode(d.x_train[i]), sh.decode([d.y_train[i]])) in allowed for i in rows.tolist())
+        assert len(roles[name].targets) > 250  # only roles with > 200 train and > 40 test samples
+    # too many clients for the eligible roles: one sentence that says what to set
+    with pytest.raises(FedrunError, match=r"set num_clients=\d+"):
+        sh.load_shakespeare(11, 0, root=str(small_plays), train_per_client=200, test_per_client=40)
+
+
+def test_iid_variant_deals_the_same_samples_at_random(small_plays):
+    kw = dict(root=str(small_plays), train_per_client=100, test_per_client=20)
+    a = sh.load_shakespeare(4, 3, iid=False, **kw)
+    b = sh.load_shakespeare(4, 3, iid=True, **kw)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.x_test, b.x_test)
+    assert torch.bincount(b.groups).tolist() == [100] * 4
+    assert len(set(a.groups[b.groups == 0].tolist())) > 1  # an IID client holds several roles' samples
+
+
+def test_leaf_json_train_test(tmp_path):
+    def user_data(n: int, seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        xs = ["".join(rng.choice(list("abc de"), 80)) for _ in range(n)]
+        return {"x": xs, "y": [x[-1] for x in xs]}
+
+    for split, n in (("train", 30), ("test", 8)):
+        (tmp_path / split).mkdir()
+        users = ["PLAY_A_HAMLET", "PLAY_B_LEAR", "PLAY_C_FOOL"]
+        blob = {"users": users, "num_samples": [n] * 3, "user_data": {u: user_data(n, i) for i, u in enumerate(users)}}
+        (tmp_path / split / f"all_data_niid_0_keep_0_{split}_8.json").write_text(json.dumps(blob))
+    d = sh.load_shakespeare(3, 0, root=str(tmp_path), train_per_client=20, test_per_client=5)
+    assert d.x_train.shape == (60, 80) and d.x_test.shape == (15, 80)
+    assert torch.equal(d.x_train[:, -1], d.y_train)  # in these files y is the window's last character
+    assert sorted(d.info["roles"]) == ["PLAY_A_HAMLET", "PLAY_B_LEAR", "PLAY_C_FOOL"]
+
+
+def test_no_source_is_one_clear_sentence(tmp_path):
+    with pytest.raises(FedrunError, match=str(tmp_path / "none")):
+        sh.load_shakespeare(2, 0, root=str(tmp_path / "none"))
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/shakespeare not present")
+def test_shared_plays_give_the_papers_selection():
+    roles = sh.read_roles(SHARED)
+    names = {r.name for r in roles}
+    assert len(roles) > 1000 and {"hamlet/HAM", "hamlet/HOR", "lear/LEAR", "othello/IAGO", "macbeth/MACBETH"} <= names
+    assert all(len(r.targets) > 0 for r in roles)
+    d = sh.load_shakespeare(100, 0, root=str(SHARED))
+    assert d.x_train.shape == (100 * 2000, 80) and d.x_test.shape == (100 * 400, 80)
+    assert torch.bincount(d.groups, minlength=100).tolist() == [2000] * 100
+    assert int(d.x_train.min()) >= 0 and int(d.x_train.max()) < 80 and int(d.y_train.max()) < 80
+    assert d.info["eligible"] >= 100 and len(set(d.info["roles"])) == 100
+    assert float((d.y_train == 0).float().mean()) > 0.01  # newlines end lines, as in LEAF
