@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedrun.errors import FedrunError
@@ -119,6 +117,8 @@ def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
 
 def load(path: Path) -> dict[str, Any]:
     """Read a checkpoint file; a truncated or foreign file is one clear sentence."""
+    import torch
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
@@ -173,6 +173,8 @@ def clear_outputs(run_dir: Path) -> None:
 
 def find_resumable(cfg: DictConfig, base: Path) -> Optional[Path]:
     """The most recent run dir under ``base`` with a checkpoint or finished summary of this config."""
+    import torch
+
     candidates: list[tuple[float, Path]] = []
     if not Path(base).is_dir():
         return None
@@ -199,6 +201,9 @@ def find_resumable(cfg: DictConfig, base: Path) -> Optional[Path]:
 
 
 def rng_states() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
     np_state = np.random.get_state()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -211,6 +216,9 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
     torch.set_rng_state(states["torch"])
     name, keys, *rest = states["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))
@@ -232,6 +240,8 @@ class Counters:
 
 def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]) -> Path:
     """Write ``checkpoint.pt`` atomically (temporary file, fsync, rename)."""
+    import torch
+
     path = Path(run_dir) / CHECKPOINT
     tmp = path.with_name(CHECKPOINT + ".tmp")
     payload = {
@@ -255,6 +265,8 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
 
 def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path) -> Counters:
     """Put the checkpoint's state into ``exp`` and cut ``metrics.csv`` back to its rows."""
+    import torch
+
     exp.theta = ckpt["theta"].to(exp.device)
     exp.server = {k: v.to(exp.device) if isinstance(v, torch.Tensor) else v for k, v in ckpt["server"].items()}
     exp.store.load_state_dict(ckpt["store"])
