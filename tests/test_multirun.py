@@ -1,0 +1,107 @@
+"""Hydra multirun through the real ``fedrun -m`` command on each launcher, then ``fedrun-report``.
+
+A 2x2 sweep (seed x lr) must give 4 run directories, each with metrics.csv, summary.json and
+.hydra/, and a 4-row report. Kept tiny (4 clients, 2 rounds) since every launcher but the basic
+one starts fresh Python processes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedrun import report as fedrun_report
+from fedrun.launch import acquire_slot
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["algo=fedavg", "num_clients=4", "data.mean_samples=20", "local_epochs=1", "participation=0.5", "rounds=2", "progress=false"]
+SWEEP = ["seed=0,1", "lr=0.1,0.05"]
+
+
+def fedrun(*args: str, cwd: Path = REPO, module: str = "fedrun") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def check_sweep(sweep_dir: Path, proc: subprocess.CompletedProcess, report_cli: bool = False) -> list[Path]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(runs) == 4, [p.name for p in runs]
+    seen = set()
+    for run in runs:
+        assert (run / ".hydra" / "config.yaml").exists()
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["rounds_done"] == 2
+        assert len(pd.read_csv(run / "metrics.csv")) == 2
+        seen.add((summary["config"]["seed"], summary["config"]["lr"]))
+    assert seen == {(0, 0.1), (0, 0.05), (1, 0.1), (1, 0.05)}  # every point of the grid, once
+    if report_cli:  # `python -m fedrun.report`, as a user would
+        report = fedrun(str(sweep_dir), "--targets", "0.3", module="fedrun.report")
+        assert report.returncode == 0, report.stderr
+    else:  # in-process: the same code without another interpreter start
+        assert fedrun_report.main([str(sweep_dir), "--targets", "0.3"]) == 0
+    table = pd.read_csv(sweep_dir / "runs.csv")
+    assert len(table) == 4 and (table["status"] == "finished").all()
+    assert list(table.columns[:2]) == ["lr", "seed"]  # the keys that vary, nothing else
+    assert (sweep_dir / "convergence.png").stat().st_size > 0
+    return runs
+
+
+def test_basic_launcher_sweep_report_and_skip_finished(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = fedrun("-m", *TINY, *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    runs = check_sweep(sweep_dir, proc, report_cli=True)
+    # re-running the same sweep with skip_finished=true leaves finished runs alone, in the same dirs
+    stamps = {r: (r / "summary.json").stat().st_mtime_ns for r in runs}
+    again = fedrun("-m", *TINY, *SWEEP, "skip_finished=true", f"hydra.sweep.dir={sweep_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) == runs
+    assert {r: (r / "summary.json").stat().st_mtime_ns for r in runs} == stamps
+    assert (again.stdout + again.stderr).count("skipped, already finished") == 4
+
+
+@pytest.mark.skipif(not has("hydra_plugins.hydra_joblib_launcher"), reason="hydra-joblib-launcher not installed (pip install -e '.[dev]')")
+def test_joblib_launcher_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = fedrun("-m", *TINY, *SWEEP, "hydra/launcher=joblib_gpu", "hydra.launcher.n_jobs=2", "hydra/callbacks=gpu_slots",
+                  f"hydra.callbacks.gpu_slots.lock_dir={tmp_path / 'slots'}", f"hydra.sweep.dir={sweep_dir}")
+    check_sweep(sweep_dir, proc)
+
+
+@pytest.mark.skipif(not has("hydra_plugins.hydra_submitit_launcher"), reason="hydra-submitit-launcher not installed (pip install -e '.[dev]')")
+def test_submitit_local_launcher_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = fedrun("-m", *TINY, *SWEEP, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={sweep_dir}")
+    check_sweep(sweep_dir, proc)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has("ray") or not has("hydra_plugins.hydra_ray_launcher"), reason="ray / hydra-ray-launcher not installed (pip install -e '.[ray]')")
+def test_ray_local_launcher_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = fedrun("-m", *TINY, *SWEEP, "hydra/launcher=ray_local", "hydra.launcher.ray.init.num_cpus=2", f"hydra.sweep.dir={sweep_dir}")
+    check_sweep(sweep_dir, proc)
+
+
+def test_gpu_slots_never_hand_out_more_than_the_slots(tmp_path):
+    first, h1 = acquire_slot(tmp_path, 2)
+    second, h2 = acquire_slot(tmp_path, 2)
+    assert (first, second) == (0, 1)
+    with pytest.raises(TimeoutError):
+        acquire_slot(tmp_path, 2, poll_s=0.01, timeout_s=0.05)  # both taken: a third run waits
+    h1.close()  # the run holding slot 0 ended (or its process died): its lock is gone
+    again, h3 = acquire_slot(tmp_path, 2, timeout_s=1)
+    assert again == 0
+    assert (tmp_path / "slot-0.lock").read_text().strip() == str(os.getpid())
+    h2.close()
+    h3.close()
