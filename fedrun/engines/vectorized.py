@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -180,8 +179,11 @@ class VectorizedEngine(Engine):
                 x = _augment(data, x, plan.counts_cpu[:, s].tolist(), plan.aug_generators)
             w.requires_grad_(True)
             logits = forward(unflatten_stacked(model, w), x)
-            ce = F.cross_entropy(logits.reshape(count * batch, -1), y.reshape(-1), reduction="none")
-            client_ce = (ce.view(count, batch) * plan.weights[:, s]).sum(1)  # mean over real samples
+            # per-sample cross-entropy as log_softmax + gather: same numbers as F.cross_entropy, but
+            # reduction="none" there runs a thread-parallel loop that stalls on a busy 2-core CPU.
+            logp = torch.log_softmax(logits, dim=-1)
+            ce = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # [A, B]
+            client_ce = (ce * plan.weights[:, s]).sum(1)  # mean over each client's real samples
             total = client_ce.sum()
             if extra:
                 total = total + objective.extra_loss(w)
