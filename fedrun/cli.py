@@ -12,6 +12,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -41,7 +42,7 @@ def _finished(run_dir: Path) -> bool:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> Optional[float]:
     from fedrun.runner import run  # imported here so `fedrun --help` stays fast
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -49,7 +50,8 @@ def _main(cfg: DictConfig) -> None:
         log.info("fedrun: skipped, already finished: %s", run_dir)
         return
     try:
-        run(cfg, run_dir)
+        summary = run(cfg, run_dir)
+        return summary.get("final_test_acc")  # what a sweeper maximises (conf/hparams_search/)
     except RunFinished as done:
         log.info("fedrun: %s", done)
     except DivergenceError as err:
