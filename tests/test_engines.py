@@ -32,6 +32,15 @@ SMALL = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids stalls on a busy 2-core machine (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -39,6 +48,7 @@ def compose_cfg(overrides: list[str]):
 
 def run_rounds(overrides: list[str], rounds: int = 3):
     exp = build(compose_cfg(overrides))
+    exp.initial = exp.theta.clone()
     for r in range(1, rounds + 1):
         run_round(exp, r)
     return exp
@@ -50,7 +60,8 @@ def test_engines_agree_after_three_rounds(algo: str, partition: str) -> None:
     base = SMALL + [f"algo={algo}", f"partition={partition}"]
     seq = run_rounds(base + ["engine=sequential"])
     vec = run_rounds(base + ["engine=vectorized"])
-    assert not torch.equal(seq.theta, build(compose_cfg(base)).theta), "training must move the model"
+    torch.testing.assert_close(vec.initial, seq.initial, rtol=0, atol=0)
+    assert not torch.allclose(seq.theta, seq.initial, atol=1e-3), "training must move the model"
     torch.testing.assert_close(vec.theta, seq.theta, rtol=1e-4, atol=1e-5)
     for name, table in seq.store.items():
         torch.testing.assert_close(vec.store.tables[name], table, rtol=1e-4, atol=1e-5)

@@ -24,6 +24,15 @@ register_configs()
 GiB = 1024**3
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids stalls on a busy 2-core machine (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("placement", ["device", "pinned", "mmap"])
 def test_rows_round_trip(placement: str, tmp_path) -> None:
     store = ClientStateStore(6, 4, torch.device("cpu"), placement, tmp_path / "s")
