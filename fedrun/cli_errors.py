@@ -60,7 +60,7 @@ def _key_of(override: str) -> str:
 
 
 def _value_of(overrides: list[str], key: str) -> Optional[str]:
-    for o in overrides:
+    for o in reversed(overrides):  # the last one wins, as in Hydra
         if "=" in o and _key_of(o) == key:
             return o.split("=", 1)[1]
     return None

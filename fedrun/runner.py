@@ -154,6 +154,7 @@ def evaluate_round(exp: Experiment, client_thetas: torch.Tensor) -> dict[str, fl
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run all rounds of ``cfg`` and write the outputs into ``run_dir``; returns the summary."""
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     resumed = checkpoint.check_run_dir(cfg, run_dir)  # a checkpoint to continue from, or None; refuses a changed config
     configure_determinism(cfg)
     exp = build(cfg)
