@@ -16,6 +16,7 @@ from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedrun.checkpoint import RunFinished
@@ -55,6 +56,9 @@ def _main(cfg: DictConfig) -> Optional[float]:
     except RunFinished as done:
         log.info("fedrun: %s", done)
     except DivergenceError as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one diverged run must not stop the sweep:
+            log.error("fedrun: %s", err)  # its summary.json says diverged, fedrun-report marks it
+            return float("nan")
         _fail(str(err), 3)
     except FedrunError as err:
         kept = ("metrics.csv", "checkpoint.pt", "summary.json")

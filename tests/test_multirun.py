@@ -105,3 +105,15 @@ def test_gpu_slots_never_hand_out_more_than_the_slots(tmp_path):
     assert (tmp_path / "slot-0.lock").read_text().strip() == str(os.getpid())
     h2.close()
     h3.close()
+
+
+def test_a_diverged_run_does_not_stop_the_sweep_and_is_marked(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    tiny = [o for o in TINY if not o.startswith("rounds=")]
+    proc = fedrun("-m", *tiny, "rounds=3", "lr=1e6,0.1", f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]  # the sweep goes on past the diverged run
+    assert "diverged" in proc.stderr + proc.stdout
+    assert fedrun_report.main([str(sweep_dir)]) == 0
+    table = pd.read_csv(sweep_dir / "runs.csv").set_index("lr")
+    assert table.loc[1e6, "status"] == "diverged" and table.loc[0.1, "status"] == "finished"
+    assert table.loc[0.1, "rounds_done"] == 3 and table.loc[1e6, "rounds_done"] < 3
