@@ -349,7 +349,8 @@ def _key(value: Any) -> str:
 # Figures
 
 
-def convergence_figure(runs: Sequence[Run], table: pd.DataFrame, group_by: Sequence[str], path: Path, metric: str = "test_acc") -> int:
+def convergence_figure(runs: Sequence[Run], table: pd.DataFrame, group_by: Sequence[str], path: Path, metric: str = "test_acc",
+                       title: str = "") -> int:
     """Mean ± std (over the runs in each group) of ``metric`` against rounds; returns the number of curves."""
     import matplotlib
 
@@ -377,7 +378,7 @@ def convergence_figure(runs: Sequence[Run], table: pd.DataFrame, group_by: Seque
     ax.grid(alpha=0.3)
     if groups:
         ax.legend(fontsize=8)
-    ax.set_title("mean ± std over runs in each group")
+    ax.set_title(f"{title + ': ' if title else ''}mean ± std over the runs in each group", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -396,13 +397,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--group-by", nargs="*", default=None, help="keys to group curves and the target table by (default: the varying keys except seed)")
     p.add_argument("--metric", default="test_acc", help="accuracy column of metrics.csv (test_acc, test_acc_active, test_acc_all)")
     p.add_argument("--published", type=Path, default=None, help="CSV of published numbers to put beside ours in targets.csv")
+    p.add_argument("--facet", nargs="*", default=None, help="also one figure per value of these keys (convergence_<key>=<value>....png)")
     p.add_argument("--no-figures", action="store_true", help="skip convergence.png")
     return p.parse_args(argv)
 
 
 def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[Sequence[float]] = None,
            group_by: Optional[Sequence[str]] = None, metric: str = "test_acc", published: Optional[Path] = None,
-           figures: bool = True) -> dict[str, Any]:
+           figures: bool = True, facet: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Write runs.csv, runs.md, targets.csv, targets.md and convergence.png; returns what was made."""
     out = Path(out) if out is not None else Path(dirs[0])
     out.mkdir(parents=True, exist_ok=True)
@@ -419,7 +421,12 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[S
     if used_targets and len(table):
         tt = target_table(table, list(group_by) + [k for k in keys if k in SEED_KEYS], used_targets)
         if published is not None and Path(published).is_file():
-            tt = add_published(tt, pd.read_csv(published))
+            pub = pd.read_csv(published)
+            for k in pub.columns:  # a key all runs share (data=cifar10) is not a column: add it to match on
+                values = {repr(r.config.get(k)) for r in runs}
+                if k not in tt.columns and k in runs[0].config and len(values) == 1:
+                    tt[k] = runs[0].config[k]
+            tt = add_published(tt, pub)
         tt.to_csv(out / "targets.csv", index=False)
         (out / "targets.md").write_text(to_markdown(tt))
         made["files"] += ["targets.csv", "targets.md"]
@@ -427,6 +434,18 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[S
     if figures:
         made["curves"] = convergence_figure(runs, table, list(group_by), out / "convergence.png", metric)
         made["files"].append("convergence.png")
+        for k in facet or []:
+            if k not in table.columns:
+                table[k] = [_cell(r.config.get(k)) for r in runs]
+        if facet:
+            inner = [k for k in group_by if k not in facet]
+            keyed = table[list(facet)].map(_fmt).apply(tuple, axis=1)
+            for values in sorted(set(keyed)):
+                idx = [i for i, v in enumerate(keyed) if v == values]
+                name = "convergence_" + "_".join(f"{k}={v}" for k, v in zip(facet, values)) + ".png"
+                title = ", ".join(f"{k}={v}" for k, v in zip(facet, values))
+                convergence_figure([runs[i] for i in idx], table.iloc[idx], inner, out / name, metric, title)
+                made["files"].append(name)
     made["table"] = table
     return made
 
@@ -437,7 +456,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if missing:
         print(f"fedrun-report: error: {missing[0]} does not exist: give directories that hold run directories.", file=sys.stderr)
         return 2
-    made = report(args.dirs, args.out, args.targets, args.group_by, args.metric, args.published, not args.no_figures)
+    made = report(args.dirs, args.out, args.targets, args.group_by, args.metric, args.published, not args.no_figures, args.facet)
     out = args.out or args.dirs[0]
     counts = made["table"]["status"].value_counts().to_dict() if made["runs"] else {}
     print(to_markdown(made["table"].drop(columns=["path", "problems"], errors="ignore")) if made["runs"] else "no runs found")

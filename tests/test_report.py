@@ -170,3 +170,19 @@ def test_cli_exit_codes(sweep: Path, tmp_path: Path, capsys):
     assert "4 runs (4 finished)" in out
     assert "rounds_to_80" in pd.read_csv(sweep / "runs.csv").columns
     assert not (sweep / "convergence.png").exists()
+
+
+def test_published_numbers_of_another_dataset_are_not_attached(sweep: Path, tmp_path: Path):
+    pub = tmp_path / "published.csv"  # the runs are all synthetic: the data column is constant, not varying
+    pd.DataFrame({"data": ["cifar10"], "algo": ["feddyn"], "target_acc": [50.0], "published_rounds": [67]}).to_csv(pub, index=False)
+    tt = report.report([sweep], published=pub, figures=False)["target_table"]
+    assert tt["published_rounds"].isna().all()
+    pub.write_text("data,algo,target_acc,published_rounds\nsynthetic,feddyn,50,3\n")
+    tt = report.report([sweep], published=pub, figures=False)["target_table"].set_index(["algo", "target_acc"])
+    assert tt.loc[("feddyn", 50.0), "published_rounds"] == 3 and math.isnan(tt.loc[("fedavg", 50.0), "published_rounds"])
+
+
+def test_facet_writes_one_figure_per_value(sweep: Path):
+    made = report.report([sweep], group_by=["algo"], facet=["seed"])
+    assert {"convergence_seed=0.png", "convergence_seed=1.png"} <= set(made["files"])
+    assert all((sweep / f).stat().st_size > 0 for f in made["files"])
