@@ -19,6 +19,9 @@ lint:  ## byte-compile everything and check the configs compose
 	$(PY) -m compileall -q fedrun scripts tests
 	$(PY) -m pytest -q tests/test_config.py
 
+bench:  ## time both engines: make bench ARGS="model=logreg num_clients=100 participation=0.1 out=bench.json"
+	$(PY) scripts/bench.py $(ARGS)
+
 clean:  ## remove run outputs and caches
 	rm -rf outputs multirun .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

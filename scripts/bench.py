@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""Benchmark the engines: seconds per round, client-samples per second and peak memory.
+
+    python scripts/bench.py [fedrun overrides ...] [out=PATH] [bench.<option>=VALUE ...]
+    make bench ARGS="model=logreg participation=0.1 local_epochs=10 batch_size=10 out=bench.json"
+
+Takes the same overrides as ``fedrun`` (Hydra syntax) plus ``out=PATH`` for the JSON and these
+bench options:
+
+- ``bench.engines=sequential,vectorized`` engines to time;
+- ``bench.warmup=2`` untimed rounds first (allocations, caches, torch.compile);
+- ``bench.rounds=3`` rounds per timed repeat; ``bench.repeats=3`` repeats (the same round numbers,
+  so the same clients, each time); ``s_per_round`` is the best repeat, ``s_per_round_median`` the
+  median (on a shared machine the best is the closest to what the hardware can do);
+- ``bench.threads=0`` torch intra-op threads (0 = torch's default);
+- ``bench.ceiling=true`` also time one large-batch training of the same model (batch = expected
+  active clients x B, plain SGD): the practical throughput ceiling;
+- ``bench.fake_data=mnist`` writes random images in MNIST's real file format and shape
+  (60000x1x28x28 + 10000 test) once to a temporary folder and runs ``data=mnist`` on them (for
+  timing where the real files are not available; the accuracy is meaningless);
+- ``bench.tf32=false`` allow TF32 matmuls on CUDA (off: the default stays exact float32).
+
+Each engine runs in its own subprocess so that its peak memory (CUDA max allocated on a GPU, the
+process's max RSS on CPU) is its own. CUDA work is synchronised before every clock reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BENCH_DEFAULTS = {
+    "engines": "sequential,vectorized",
+    "warmup": "2",
+    "rounds": "3",
+    "repeats": "3",
+    "threads": "0",
+    "ceiling": "true",
+    "fake_data": "",
+    "tf32": "false",
+}
+
+
+def parse(argv: list[str]) -> tuple[list[str], dict[str, str], str | None]:
+    """Split the arguments into fedrun overrides, bench options and the JSON path."""
+    overrides, bench, out = [], dict(BENCH_DEFAULTS), None
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key == "out":
+            out = value
+        elif key.startswith("bench."):
+            name = key[len("bench."):]
+            if name not in BENCH_DEFAULTS:
+                sys.exit(f"bench: error: unknown option {key}; known: {', '.join('bench.' + k for k in BENCH_DEFAULTS)}")
+            bench[name] = value
+        else:
+            overrides.append(arg)
+    return overrides, bench, out
+
+
+def fake_mnist_root() -> Path:
+    """Random uint8 images in torchvision's MNIST raw files (IDX format), written once."""
+    root = Path(tempfile.gettempdir()) / "fedrun-bench-fake-mnist"
+    raw = root / "MNIST" / "raw"
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 60000), ("t10k", 10000)):
+        images, labels = raw / f"{split}-images-idx3-ubyte", raw / f"{split}-labels-idx1-ubyte"
+        if images.exists() and labels.exists():
+            continue
+        raw.mkdir(parents=True, exist_ok=True)
+        pixels = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+        targets = torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
+        images.write_bytes((0x803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28)) + pixels.numpy().tobytes())
+        labels.write_bytes((0x801).to_bytes(4, "big") + n.to_bytes(4, "big") + targets.numpy().tobytes())
+    return root
+
+
+def compose_cfg(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from fedrun.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": "cuda max allocated"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return {"peak_memory_bytes": int(rss), "peak_memory_kind": "process max RSS"}
+
+
+def setup_worker(bench: dict[str, str]) -> None:
+    if int(bench["threads"]) > 0:
+        torch.set_num_threads(int(bench["threads"]))
+    if bench["tf32"].lower() == "true":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dict[str, Any]:
+    """Seconds per round of ``engine`` after warm-up (runs in a worker process)."""
+    from fedrun.runner import build, run_round
+
+    setup_worker(bench)
+    cfg = compose_cfg(overrides + [f"engine={engine}", "progress=false"])
+    exp = build(cfg)
+    if exp.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(exp.device)
+    samples = {"n": 0, "clients": 0}
+    train = exp.engine.train
+
+    def counting_train(model, theta, data, partition, clients, objective, hp, seed, round_idx):
+        result = train(model, theta, data, partition, clients, objective, hp, seed, round_idx)
+        sizes = torch.tensor([len(partition[c]) for c in clients.tolist()])
+        if objective.steps is None:
+            samples["n"] += int(hp.epochs * sizes.sum())
+        else:
+            samples["n"] += int((objective.steps.cpu() * sizes.clamp(max=hp.batch_size)).sum())
+        samples["clients"] += len(clients)
+        return result
+
+    exp.engine.train = counting_train  # type: ignore[method-assign]
+    warmup, rounds, repeats = int(bench["warmup"]), int(bench["rounds"]), int(bench["repeats"])
+    for r in range(1, warmup + 1):
+        run_round(exp, r)
+    times = []
+    for _ in range(repeats):
+        samples.update(n=0, clients=0)
+        sync(exp.device)
+        start = time.perf_counter()
+        for r in range(warmup + 1, warmup + rounds + 1):
+            run_round(exp, r)
+        sync(exp.device)
+        times.append((time.perf_counter() - start) / rounds)
+    best = min(times)
+    return {
+        "s_per_round": best,
+        "s_per_round_median": statistics.median(times),
+        "s_per_round_all": times,
+        "client_samples_per_s": samples["n"] / rounds / best,
+        "active_clients_per_round": samples["clients"] / rounds,
+        "device": str(exp.device),
+        "num_params": exp.model.num_params,
+        **peak_memory(exp.device),
+    }
+
+
+def time_ceiling(overrides: list[str], bench: dict[str, str]) -> dict[str, Any]:
+    """Throughput of one large-batch SGD training of the same model: batch = E[active] x B."""
+    import torch.nn.functional as F
+
+    from fedrun.runner import build
+
+    setup_worker(bench)
+    cfg = compose_cfg(overrides + ["progress=false", "engine=sequential"])
+    exp = build(cfg)
+    batch = max(1, round(float(cfg.participation) * int(cfg.num_clients))) * int(cfg.batch_size)
+    n = len(exp.data.y_train)
+    batch = min(batch, n)
+    g = torch.Generator().manual_seed(0)
+    g_aug = torch.Generator().manual_seed(1)
+    w = exp.theta.clone()
+
+    def step(w: torch.Tensor) -> torch.Tensor:
+        rows = torch.randint(0, n, (batch,), generator=g).to(exp.device)
+        x, y = exp.data.x_train[rows], exp.data.y_train[rows]
+        if exp.data.augment is not None:
+            x = exp.data.augment(x, g_aug)
+        w = w.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(exp.model(w, x), y), w)
+        return (w - 0.01 * grad).detach()
+
+    for _ in range(5):
+        w = step(w)
+    steps, times = 20, []
+    for _ in range(int(bench["repeats"])):
+        sync(exp.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            w = step(w)
+        sync(exp.device)
+        times.append(time.perf_counter() - start)
+    return {"batch_size": batch, "samples_per_s": batch * steps / min(times), "device": str(exp.device)}
+
+
+def worker(argv: list[str]) -> None:
+    what = argv[0]
+    overrides, bench, _ = parse(argv[1:])
+    result = time_ceiling(overrides, bench) if what == "ceiling" else time_engine(overrides, bench, what)
+    print("BENCH-RESULT " + json.dumps(result))
+
+
+def run_worker(what: str, argv: list[str]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", what, *argv], capture_output=True, text=True
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            return json.loads(line[len("BENCH-RESULT "):])
+    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+    sys.exit(f"bench: error: the {what} run failed (exit {proc.returncode}); its output is above.")
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| engine | s / round (best) | s / round (median) | client-samples / s | peak memory |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in result["engines"].items():
+        lines.append(
+            f"| {name} | {r['s_per_round']:.4f} | {r['s_per_round_median']:.4f} | {r['client_samples_per_s']:,.0f} "
+            f"| {r['peak_memory_bytes'] / 2**20:,.0f} MiB ({r['peak_memory_kind']}) |"
+        )
+    if "speedup" in result:
+        lines.append(f"\nvectorized / sequential speed-up per round: **{result['speedup']:.2f}x**")
+    if "ceiling" in result:
+        c = result["ceiling"]
+        lines.append(
+            f"large-batch ceiling (batch {c['batch_size']}): {c['samples_per_s']:,.0f} samples/s; "
+            f"vectorized reaches {result.get('vectorized_fraction_of_ceiling', float('nan')):.0%} of it"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if argv and argv[0] == "--worker":
+        worker(argv[1:])
+        return
+    overrides, bench, out = parse(argv)
+    worker_args = list(argv)
+    if bench["fake_data"]:
+        if bench["fake_data"] != "mnist":
+            sys.exit("bench: error: bench.fake_data supports only mnist")
+        root = fake_mnist_root()
+        extra = ["data=mnist", f"data.root={root}", "data.download=false"]
+        overrides += extra
+        worker_args = [a for a in worker_args if not a.startswith(("bench.fake_data", "out="))] + extra
+    result: dict[str, Any] = {"overrides": overrides, "bench": bench, "machine": machine(), "engines": {}}
+    for engine in [e for e in bench["engines"].split(",") if e]:
+        print(f"bench: timing engine={engine} ...", file=sys.stderr)
+        result["engines"][engine] = run_worker(engine, worker_args)
+    engines = result["engines"]
+    if "sequential" in engines and "vectorized" in engines:
+        result["speedup"] = engines["sequential"]["s_per_round"] / engines["vectorized"]["s_per_round"]
+    if bench["ceiling"].lower() == "true":
+        print("bench: timing the large-batch ceiling ...", file=sys.stderr)
+        result["ceiling"] = run_worker("ceiling", worker_args)
+        if "vectorized" in engines:
+            result["vectorized_fraction_of_ceiling"] = (
+                engines["vectorized"]["client_samples_per_s"] / result["ceiling"]["samples_per_s"]
+            )
+    result["markdown"] = markdown(result)
+    print(result["markdown"])
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"bench: wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
