@@ -1,0 +1,117 @@
+"""Run several algorithms on the same problem and draw their convergence curves in one figure.
+
+The README's comparison (synthetic data with heterogeneous solutions and data, 100 clients,
+participation 0.1, 200 rounds):
+
+    python scripts/compare_algorithms.py
+
+runs ``fedrun algo=X`` for each algorithm (one run directory each under ``--runs``), or with
+``--reuse`` only reads the ``metrics.csv`` files already there, then writes the figure and prints a
+markdown table of the final round. Every run sees the same data, initial model and active clients
+(everything is seeded by ``seed``), so the curves differ only by the algorithm.
+
+On the synthetic data the test set is the training data (``data.test_fraction=0``, the reference
+code's choice), so ``test_loss`` is the server model's loss on all training data, the federated
+objective; ``train_loss`` is the mean cross-entropy of the active clients over their local steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SETTING = [
+    "data=synthetic", "data.alpha=1", "data.beta=1", "data.iid_solution=false", "data.iid_data=false",
+    "partition=natural", "num_clients=100", "participation=0.1", "rounds=200", "seed=0",
+]
+LABELS = {"feddyn": "FedDyn", "fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD", "fedadam": "FedAdam"}
+
+
+def run_algorithm(algo: str, run_dir: Path, overrides: list[str]) -> None:
+    """``fedrun algo=<algo>`` with the comparison's setting into ``run_dir``."""
+    # One intra-op thread: the models are tiny, and on a shared machine extra threads only contend.
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    cmd = [sys.executable, "-m", "fedrun", f"algo={algo}", *SETTING, *overrides, "progress=false", f"hydra.run.dir={run_dir}"]
+    print("+", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+
+
+def load(runs: Path, algos: list[str]) -> dict[str, pd.DataFrame]:
+    out = {}
+    for algo in algos:
+        path = runs / algo / "metrics.csv"
+        if not path.exists():
+            raise SystemExit(f"compare_algorithms: {path} does not exist: run without --reuse first.")
+        out[algo] = pd.read_csv(path)
+    return out
+
+
+def figure(frames: dict[str, pd.DataFrame], path: Path, title: str) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = [
+        ("test_loss", "loss of the server model on all training data", True),
+        ("train_loss", "local training loss (active clients)", True),
+        ("test_acc", "accuracy of the server model", False),
+    ]
+    for ax, (col, label, log) in zip(axes, panels):
+        for algo, df in frames.items():
+            ax.plot(df["round"], df[col], label=LABELS.get(algo, algo), lw=1.4)
+        ax.set_xlabel("round")
+        ax.set_ylabel(label)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"figure: {path}")
+
+
+def table(frames: dict[str, pd.DataFrame], last: int) -> str:
+    rows = [
+        "| algorithm | server-model loss on training data (final) | mean over last "
+        f"{last} rounds | local train loss (final) | accuracy (final) | comm (FedAvg rounds) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for algo, df in frames.items():
+        end = df.iloc[-1]
+        rows.append(
+            f"| {LABELS.get(algo, algo)} | {end['test_loss']:.4f} | {df['test_loss'].tail(last).mean():.4f} | "
+            f"{end['train_loss']:.4f} | {100 * end['test_acc']:.2f}% | {end['comm_fedavg_rounds']:g} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algos", nargs="+", default=["feddyn", "fedavg", "fedprox", "scaffold"])
+    parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "compare" / "synthetic")
+    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "figures" / "synthetic_compare.png")
+    parser.add_argument("--reuse", action="store_true", help="only read the run directories already under --runs")
+    parser.add_argument("--last", type=int, default=20, help="rounds averaged in the table's smoothed column")
+    parser.add_argument("overrides", nargs="*", help="extra fedrun overrides for every run (e.g. rounds=50)")
+    args = parser.parse_args(argv)
+    if not args.reuse:
+        for algo in args.algos:
+            run_algorithm(algo, args.runs / algo, args.overrides)
+    frames = load(args.runs, args.algos)
+    merged = dict(item.split("=", 1) for item in SETTING + args.overrides)  # later overrides win, as in Hydra
+    setting = " ".join(f"{k}={v}" for k, v in merged.items() if k != "data")
+    figure(frames, args.figure, f"synthetic, heterogeneous solutions and data: {setting}")
+    print(table(frames, args.last))
+
+
+if __name__ == "__main__":
+    main()
