@@ -38,8 +38,9 @@ CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 METRICS = "metrics.csv"
 FORMAT_VERSION = 1
-# Keys that may differ between a run and its resumption: they do not change any result.
-IGNORED_KEYS = ("resume", "progress", "checkpoint_every", "targets", "skip_finished")
+# Keys that may differ between a run and its resumption: they change no result (state_placement only
+# moves the client-state tables between GPU, pinned host memory and files: resume after an OOM with it).
+IGNORED_KEYS = ("resume", "progress", "checkpoint_every", "targets", "skip_finished", "state_placement")
 RESUME_VALUES = ("auto", "true", "false")
 
 

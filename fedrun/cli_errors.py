@@ -115,8 +115,8 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
                 return FedrunError(f"{leaf} is not a config key: {hint} (a group's keys take its name first, e.g. algo.alpha).")
             option, keys = _group_keys(overrides, group.split(".")[0], full_key)
             close = difflib.get_close_matches(leaf, keys, n=1)
-            valid = ", ".join(keys) if keys else "none"
-            hint = f"did you mean {group}.{close[0]}? ({group}={option} has keys: {valid})" if close else f"{group}={option} has keys: {valid}"
+            valid = f"has keys: {', '.join(keys)}" if keys else "takes no keys"
+            hint = f"did you mean {group}.{close[0]}? ({group}={option} {valid})" if close else f"{group}={option} {valid}"
             return FedrunError(f"{full_key} is not a key of {group}={option}: {hint}.")
         m = re.search(r"expected one of \[(.*)\]", cause_text)
         if m:

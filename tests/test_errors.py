@@ -143,7 +143,7 @@ def test_missing_dataset_files(monkeypatch, capsys, tmp_path, mnist_root):
     empty = tmp_path / "empty"
     empty.mkdir()
     code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*MNIST, f"data.root={empty}", "num_clients=4"])
-    assert code == 2 and "data" in sentence
+    assert code == 2 and sentence.startswith("data=mnist: MNIST was not found in") and "data.download=true" in sentence
     assert files_under(tmp_path / "outputs") == []
 
 
@@ -151,7 +151,7 @@ def test_corrupt_dataset_file(monkeypatch, capsys, tmp_path, mnist_root):
     labels = mnist_root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:10])  # truncated
     code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*MNIST, f"data.root={mnist_root}", "num_clients=4"])
-    assert code == 2 and sentence
+    assert code == 2 and sentence.startswith("data=mnist: ") and "data.root" in sentence
     assert files_under(tmp_path / "outputs") == []
 
 
