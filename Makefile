@@ -1,7 +1,7 @@
 # fedrun developer commands. `make install` then `make test` is all a fresh machine needs.
 PY ?= python3
 
-.PHONY: install run test test-full lint clean bench
+.PHONY: install run test test-full lint clean bench reproduce-paper reproduce-paper-quick
 
 install:  ## install fedrun (editable) with its test tools
 	$(PY) -m pip install -e ".[dev]"
@@ -21,6 +21,12 @@ lint:  ## byte-compile everything and check the configs compose
 
 bench:  ## time both engines: make bench ARGS="model=logreg num_clients=100 participation=0.1 out=bench.json"
 	$(PY) scripts/bench.py $(ARGS)
+
+reproduce-paper:  ## the paper's full grid (GPU job; finished runs skipped on a re-run) + report into outputs/paper/: make reproduce-paper ARGS="hydra/launcher=joblib_gpu"
+	scripts/reproduce_paper.sh $(ARGS)
+
+reproduce-paper-quick:  ## reduced grid (synthetic + Shakespeare texts, few rounds) in minutes on a CPU, report into outputs/paper-quick/
+	scripts/reproduce_paper_quick.sh $(ARGS)
 
 clean:  ## remove run outputs and caches
 	rm -rf outputs multirun .pytest_cache

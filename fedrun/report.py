@@ -419,7 +419,7 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[S
         for k in unknown:  # a key that does not vary: one value for all runs, still groupable
             table[k] = [_cell(r.config.get(k)) for r in runs]
     if used_targets and len(table):
-        tt = target_table(table, list(group_by) + [k for k in keys if k in SEED_KEYS], used_targets)
+        tt = target_table(table, keys, used_targets)  # per setting: every varying key but the seed
         if published is not None and Path(published).is_file():
             pub = pd.read_csv(published)
             for k in pub.columns:  # a key all runs share (data=cifar10) is not a column: add it to match on

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `make reproduce-paper`: the FedDyn paper's grid (conf/experiment/paper_<dataset>.yaml) through Hydra
+# multirun, then fedrun-report into outputs/paper/ with PAPER.md's published numbers beside ours.
+# A GPU job: thousands of runs of up to 1000 rounds. Re-running it skips every finished run
+# (skip_finished: true and one fixed dir per config), so it can be stopped and started again.
+#   DATASETS="cifar10" scripts/reproduce_paper.sh                       # one dataset
+#   scripts/reproduce_paper.sh hydra/launcher=joblib_gpu hydra.launcher.n_jobs=4 hydra/callbacks=gpu_slots
+#   scripts/reproduce_paper.sh hydra/launcher=slurm_gpu hydra.launcher.partition=gpu
+# Extra arguments go to every `fedrun -m` call (launcher, device, data.root, fewer seeds: seed=0 ...).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-outputs/paper}
+DATASETS=${DATASETS:-"cifar10 cifar100 mnist emnist_l shakespeare synthetic"}
+status=0
+for d in $DATASETS; do
+  echo "== $d: fedrun -m +experiment=paper_$d $*"
+  fedrun -m "+experiment=paper_$d" "hydra.sweep.dir=$OUT/runs/$d" "$@" || { echo "warning: the $d sweep stopped early (rerun to go on)"; status=1; }
+done
+for d in $DATASETS; do  # per dataset: its own targets; curves by algorithm, one figure per setting
+  [ -d "$OUT/runs/$d" ] && fedrun-report "$OUT/runs/$d" --out "$OUT/$d" --published scripts/paper_published.csv \
+    --group-by algo partition participation --facet partition participation > /dev/null
+done
+fedrun-report "$OUT/runs" --out "$OUT" --published scripts/paper_published.csv --group-by data algo partition participation --targets
+exit $status
