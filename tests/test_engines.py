@@ -209,3 +209,18 @@ def test_bad_engine_settings_are_one_sentence() -> None:
     conv = FlatModel(CNN((1, 6, 6), 3, channels=(2,), hidden=(4,), kernel_size=3))
     with pytest.raises(FedrunError, match="engine.gradient=auto"):
         VectorizedEngine(gradient="batched").forward_for(conv, data)
+
+
+def test_flip_crop_augmentation_batched_over_clients_matches_sequential() -> None:
+    from fedrun.data.augment import FlipCrop
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(22, 2, 8, 8, generator=g)
+    y = torch.randint(0, 3, (22,), generator=g)
+    data = FederatedData("img", x, y, x, y, 3, augment=FlipCrop(pad=2))
+    partition = list(torch.arange(22).split([3, 12, 7]))  # uneven: padded samples in most steps
+    model = FlatModel(MLP((2, 8, 8), 3, hidden=(6,)))
+    theta = model.initial_vector()
+    hp = LocalTraining(lr=0.1, epochs=2, batch_size=5, weight_decay=0.0, clip_norm=0.0)
+    seq, vec = both(model, theta, data, partition, LocalObjective(), hp)
+    torch.testing.assert_close(vec.thetas, seq.thetas, rtol=1e-5, atol=1e-6)

@@ -255,10 +255,27 @@ class _Plan:
 
 
 def _augment(data: FederatedData, x: torch.Tensor, counts: list[int], generators: list[torch.Generator]) -> torch.Tensor:
-    """Apply ``data.augment`` to each client's real samples with that client's generator."""
-    pieces = [data.augment(x[a, :c], generators[a]) if c > 0 else None for a, c in enumerate(counts)]
+    """Apply ``data.augment`` to each client's real samples with that client's generator.
+
+    An augmentation that splits into ``draw(n, g)`` (random numbers, per client) and
+    ``apply(x, *drawn)`` (per sample, e.g. :class:`~fedrun.data.augment.FlipCrop`) is applied to
+    all clients in one call; any other callable is called once per client.
+    """
+    aug, count, batch = data.augment, x.shape[0], x.shape[1]
+    if hasattr(aug, "draw") and hasattr(aug, "apply"):
+        drawn = [aug.draw(c, generators[a]) if c > 0 else None for a, c in enumerate(counts)]
+        first = next(d for d in drawn if d is not None)
+        parts = []
+        for k, t in enumerate(first):  # padding samples get zeros (valid draws; masked out of the loss)
+            full = t.new_zeros((count, batch, *t.shape[1:]))
+            for a, d in enumerate(drawn):
+                if d is not None:
+                    full[a, : counts[a]] = d[k]
+            parts.append(full.reshape(count * batch, *t.shape[1:]))
+        return aug.apply(x.reshape(count * batch, *x.shape[2:]), *parts).view(count, batch, *x.shape[2:])
+    pieces = [aug(x[a, :c], generators[a]) if c > 0 else None for a, c in enumerate(counts)]
     first = next(p for p in pieces if p is not None)
-    out = first.new_zeros((x.shape[0], x.shape[1], *first.shape[1:]))
+    out = first.new_zeros((count, batch, *first.shape[1:]))
     for a, p in enumerate(pieces):
         if p is not None:
             out[a, : p.shape[0]] = p
