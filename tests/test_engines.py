@@ -102,7 +102,7 @@ def both(model, theta, data, partition, objective, hp, **engine):
     return seq, vec
 
 
-@pytest.mark.parametrize("gradient", ["auto", "vmap"])
+@pytest.mark.parametrize("gradient", ["auto", "batched", "vmap"])
 def test_uneven_clients_are_masked(gradient: str) -> None:
     sizes = [1, 5, 13, 40]  # 1, 1, 2, 5 batches of 8: clients run out of steps at different times
     data, partition = toy(sizes)

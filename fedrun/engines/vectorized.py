@@ -46,7 +46,7 @@ from fedrun.engines.base import (
     total_decay,
 )
 from fedrun.engines.sequential import SequentialEngine
-from fedrun.engines.stacked import StackedForward, agrees, batched_forward, unflatten_stacked, vmap_forward
+from fedrun.engines.stacked import LinearChain, StackedForward, agrees, batched_forward, unflatten_stacked, vmap_forward
 from fedrun.errors import FedrunError
 from fedrun import memory
 from fedrun.params import FlatModel
@@ -60,7 +60,8 @@ _fallback_logged: set[str] = set()
 @dataclass
 class VectorizedEngine(Engine):
     """``chunk_size``: clients trained at once (0 = automatic from free memory).
-    ``gradient``: ``auto`` (hand-batched where the model allows, else vmap), ``batched`` or ``vmap``.
+    ``gradient``: ``auto`` (Linear/ReLU chains as batched matmuls with an explicit backward, other
+    models through vmap), ``batched`` (the same matmuls through autograd) or ``vmap``.
     ``compile``: run the stacked loss through ``torch.compile`` (an option; off by default).
     """
 
@@ -172,28 +173,56 @@ class VectorizedEngine(Engine):
         w = theta.detach().unsqueeze(0).repeat(count, 1)
         loss_sum = torch.zeros(count, device=device)
         extra = objective.linear is not None or objective.prox is not None
+        manual = isinstance(forward, LinearChain) and self.gradient == "auto" and (not extra or _extra_grad_ok(objective, w))
         for s in range(plan.num_steps):
             rows = plan.rows[:, s]
             x, y = data.x_train[rows], data.y_train[rows]
             if data.augment is not None:
                 x = _augment(data, x, plan.counts_cpu[:, s].tolist(), plan.aug_generators)
-            w.requires_grad_(True)
-            logits = forward(unflatten_stacked(model, w), x)
-            # per-sample cross-entropy as log_softmax + gather: same numbers as F.cross_entropy, but
-            # reduction="none" there runs a thread-parallel loop that stalls on a busy 2-core CPU.
-            logp = torch.log_softmax(logits, dim=-1)
-            ce = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # [A, B]
-            client_ce = (ce * plan.weights[:, s]).sum(1)  # mean over each client's real samples
-            total = client_ce.sum()
-            if extra:
-                total = total + objective.extra_loss(w)
-            (grad,) = torch.autograd.grad(total, w)
+            if manual:  # explicit backward, no autograd graph
+                with torch.no_grad():
+                    client_ce, grad = forward.ce_grad(model, w, x, y, plan.weights[:, s])
+                    if extra:
+                        grad = grad + _extra_grad(objective, w)
+            else:
+                w.requires_grad_(True)
+                logits = forward(unflatten_stacked(model, w), x)
+                # per-sample cross-entropy as log_softmax + gather: same numbers as F.cross_entropy,
+                # but reduction="none" there runs a thread-parallel loop that stalls on a busy CPU.
+                logp = torch.log_softmax(logits, dim=-1)
+                ce = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # [A, B]
+                client_ce = (ce * plan.weights[:, s]).sum(1)  # mean over each client's real samples
+                total = client_ce.sum()
+                if extra:
+                    total = total + objective.extra_loss(w)
+                (grad,) = torch.autograd.grad(total, w)
             with torch.no_grad():
                 new = sgd_step(w.detach(), grad, hp.lr, decay, hp.clip_norm)
                 w = new if plan.everyone[s] else torch.where(plan.active[:, s : s + 1], new, w.detach())
                 loss_sum += client_ce.detach()
         taken = plan.counts_cpu.gt(0).sum(1)
         return w.detach(), loss_sum / taken.clamp(min=1).to(device), taken
+
+
+def _extra_grad(objective: LocalObjective, w: torch.Tensor) -> torch.Tensor:
+    """Gradient of :meth:`LocalObjective.extra_loss`: ``linear + prox * (w - anchor)``."""
+    grad = torch.zeros_like(w) if objective.linear is None else objective.linear
+    if objective.prox is not None:
+        grad = grad + objective.prox.reshape(-1, 1) * (w - objective.anchor)
+    return grad
+
+
+def _extra_grad_ok(objective: LocalObjective, w: torch.Tensor) -> bool:
+    """Does :func:`_extra_grad` equal autograd's gradient of ``extra_loss`` (checked per chunk)?
+
+    Guards the explicit-backward path against a change to :class:`LocalObjective`'s terms.
+    """
+    probe = (w + 0.01 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)).to(w.device)).requires_grad_(True)
+    (auto,) = torch.autograd.grad(objective.extra_loss(probe), probe)
+    ok = bool(torch.allclose(auto, _extra_grad(objective, probe.detach()), rtol=1e-4, atol=1e-6))
+    if not ok:
+        log.warning("engine=vectorized: LocalObjective.extra_loss has terms the explicit gradient does not know; using autograd.")
+    return ok
 
 
 def _log_fallback(model: FlatModel, why: str) -> None:
