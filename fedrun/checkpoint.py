@@ -121,7 +121,7 @@ def load(path: Path) -> dict[str, Any]:
     import torch
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
         raise FedrunError(
             f"{path} cannot be read ({type(err).__name__}): delete it, or add resume=false to start this run dir over."
@@ -183,7 +183,7 @@ def find_resumable(cfg: DictConfig, base: Path) -> Optional[Path]:
         ckpt, summary = run_dir / CHECKPOINT, run_dir / SUMMARY
         if ckpt.exists():
             try:
-                config = torch.load(ckpt, map_location="cpu", weights_only=False)["config"]
+                config = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["config"]  # maps, reads little
             except Exception:  # noqa: BLE001 - an unreadable checkpoint is just not a candidate
                 continue
             stamp = ckpt.stat().st_mtime
@@ -268,8 +268,9 @@ def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path) -> Counters:
     """Put the checkpoint's state into ``exp`` and cut ``metrics.csv`` back to its rows."""
     import torch
 
-    exp.theta = ckpt["theta"].to(exp.device)
-    exp.server = {k: v.to(exp.device) if isinstance(v, torch.Tensor) else v for k, v in ckpt["server"].items()}
+    # clone: the checkpoint is memory-mapped (read lazily); the run's own tensors must not alias it
+    exp.theta = ckpt["theta"].to(exp.device).clone()
+    exp.server = {k: v.to(exp.device).clone() if isinstance(v, torch.Tensor) else v for k, v in ckpt["server"].items()}
     exp.store.load_state_dict(ckpt["store"])
     set_rng_states(ckpt["rng"])
     truncate_metrics(Path(metrics_path), len(ckpt["rows"]))

@@ -423,3 +423,16 @@ def test_checkpoint_is_written_atomically(tmp_path):
     assert [s[0] for s in ckpts] == ["checkpoint.pt.tmp"] * 2  # rounds 2 and 4
     assert ckpts[1][2]  # the second replaced the first in one rename
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+def test_resume_between_evaluations_keeps_pending_rounds(tmp_path):
+    """eval_every=3, checkpoint_every=2: the checkpoint of round 4 carries round 4's train loss and
+    megabytes (not yet in a row); resuming after a crash in round 6 gives the uninterrupted rows."""
+    args = [*TINY, "algo=scaffold", "rounds=7", "eval_every=3", "checkpoint_every=2"]
+    runner.run(plain(compose(args)), tmp_path / "ref")
+    stop_after(plain(compose(args)), tmp_path / "run", 5)
+    assert [r["round"] for r in read_rows(tmp_path / "run" / "metrics.csv")] == ["3"]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["round"] == 4
+    runner.run(plain(compose(args)), tmp_path / "run")
+    assert metrics_without_wall(tmp_path / "run" / "metrics.csv") == metrics_without_wall(tmp_path / "ref" / "metrics.csv")
+    assert [r["round"] for r in read_rows(tmp_path / "run" / "metrics.csv")] == ["3", "6", "7"]
