@@ -109,7 +109,7 @@ def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
     sampler = SAMPLERS[str(cfg.sampling.value if hasattr(cfg.sampling, "value") else cfg.sampling)]
     clients = sampler(exp.ctx.num_clients, float(cfg.participation), int(cfg.seed), round_idx).to(exp.device)
     lr = float(cfg.lr) * float(cfg.lr_decay) ** (round_idx - 1)
-    info = RoundInfo(round_idx, lr, clients, steps=torch.empty(0, dtype=torch.long))
+    info = RoundInfo(round_idx, lr, clients, steps=torch.empty(0, dtype=torch.long), base_lr=float(cfg.lr))
     objective = exp.algorithm.local_objective(exp.theta, exp.server, exp.store, info)
     hp = LocalTraining(lr, int(cfg.local_epochs), int(cfg.batch_size), float(cfg.weight_decay), float(cfg.clip_norm))
     result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, int(cfg.seed), round_idx)

@@ -98,6 +98,7 @@ class RoundInfo:
     lr: float  # this round's local learning rate, lr · decay^(round-1)
     clients: torch.Tensor  # sorted active client ids, on the device
     steps: torch.Tensor  # [A] local SGD steps each active client took (filled after training)
+    base_lr: Optional[float] = None  # the configured (round-1) lr; SCAFFOLD's reference c update divides by it
 
 
 ServerState = dict[str, torch.Tensor]
