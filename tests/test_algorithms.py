@@ -185,23 +185,28 @@ def test_fedprox_two_rounds():
         close(exp.theta, ref.theta)
 
 
-def test_scaffold_two_rounds():
-    exp = tiny("algo=scaffold")
+@pytest.mark.parametrize("variant", ["reference", "paper"])
+def test_scaffold_two_rounds(variant):
+    exp = tiny("algo=scaffold", f"algo.variant={variant}")
     ref = Reference(exp)
     P = exp.model.num_params
     N = float(ref.sizes.sum())
     K = int(exp.cfg.local_epochs) * math.ceil((N / M) / int(exp.cfg.batch_size))
+    # reference code: c scaled by w_k = n_k m / N, and the c_k update divides by the configured lr
+    # even though round 2 trains with lr * lr_decay; Algorithm 1: unscaled c, this round's lr.
+    weights = ref.weights if variant == "reference" else torch.ones(M)
     c_k = torch.zeros(M, P)
     c = torch.zeros(P)
     for r in (1, 2):
         active = ref.active(r)
+        lr_c = float(exp.cfg.lr) if variant == "reference" else ref.lr(r)
         delta_c_sum = torch.zeros(P)
         new = {}
         for k in active:
-            corr = -c_k[k] + c / float(ref.weights[k])
+            corr = -c_k[k] + c / float(weights[k])
             new[k] = ref.train(k, r, extra=lambda w, corr=corr: torch.sum(w * corr), steps=K)
-            c_new = c_k[k] - c + (ref.theta - new[k]) / (K * ref.lr(r))
-            delta_c_sum += (c_new - c_k[k]) * float(ref.weights[k])
+            c_new = c_k[k] - c + (ref.theta - new[k]) / (K * lr_c)
+            delta_c_sum += (c_new - c_k[k]) * float(weights[k])
             c_k[k] = c_new
         ref.theta = torch.stack([new[k] for k in active]).mean(0)
         c = c + delta_c_sum / M
@@ -355,7 +360,8 @@ def test_fedadam_with_sgd_lr1_is_unweighted_fedavg():
 
 @pytest.mark.parametrize("participation", [1.0, 0.6])
 def test_scaffold_server_c_is_weighted_mean_of_client_c(participation):
-    """c += Σ w_k (c_k⁺ - c_k)/m from zero keeps c = Σ_k w_k c_k / m = Σ n_k c_k / N (all clients)."""
+    """c += Σ w_k (c_k⁺ - c_k)/m from zero keeps c = Σ_k w_k c_k / m = Σ n_k c_k / N (all clients);
+    Algorithm 1's form keeps the plain mean."""
     exp = tiny("algo=scaffold", f"participation={participation}", "data.sigma=1.0")
     fedrun_rounds(exp, 3)
     w = exp.ctx.weights
@@ -364,6 +370,9 @@ def test_scaffold_server_c_is_weighted_mean_of_client_c(participation):
     torch.testing.assert_close(exp.server["c"], (w[:, None] * c_k).sum(0) / M, rtol=1e-5, atol=1e-6)
     n = exp.ctx.client_sizes.float()
     torch.testing.assert_close(exp.server["c"], (n[:, None] * c_k).sum(0) / n.sum(), rtol=1e-5, atol=1e-6)
+    paper = tiny("algo=scaffold", "algo.variant=paper", f"participation={participation}", "data.sigma=1.0")
+    fedrun_rounds(paper, 3)
+    torch.testing.assert_close(paper.server["c"], paper.store.tables["c"].mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_scaffold_server_lr():
@@ -432,6 +441,7 @@ def test_communication_accounting(tmp_path, algo, factor):
         (["algo=feddyn", "algo.variant=papr"], "algo.variant"),
         (["algo=fedprox", "algo.mu=-0.1"], "algo.mu"),
         (["algo=scaffold", "algo.server_lr=0"], "algo.server_lr"),
+        (["algo=scaffold", "algo.variant=ref"], "algo.variant"),
         (["algo=fedadam", "algo.beta1=1.0"], "algo.beta1"),
         (["algo=fedadam", "algo.beta2=-0.1"], "algo.beta2"),
         (["algo=fedadam", "algo.tau=0"], "algo.tau"),
