@@ -56,16 +56,18 @@ def load(runs: Path, algos: list[str]) -> dict[str, pd.DataFrame]:
     return out
 
 
-def figure(frames: dict[str, pd.DataFrame], path: Path, title: str) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+def figure(frames: dict[str, pd.DataFrame], path: Path, title: str, smooth: int = 10) -> None:
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
     panels = [
-        ("test_loss", "loss of the server model on all training data", True),
-        ("train_loss", "local training loss (active clients)", True),
-        ("test_acc", "accuracy of the server model", False),
+        ("test_loss", "server model: loss on all training data", True, 1),
+        ("test_loss_all", "mean of all clients' latest models: loss", True, 1),
+        ("train_loss", f"local training loss, {smooth}-round mean", True, smooth),
+        ("test_acc", "server model: accuracy", False, 1),
     ]
-    for ax, (col, label, log) in zip(axes, panels):
+    for ax, (col, label, log, window) in zip(axes, panels):
         for algo, df in frames.items():
-            ax.plot(df["round"], df[col], label=LABELS.get(algo, algo), lw=1.4)
+            if col in df:
+                ax.plot(df["round"], df[col].rolling(window, min_periods=1).mean(), label=LABELS.get(algo, algo), lw=1.3)
         ax.set_xlabel("round")
         ax.set_ylabel(label)
         if log:
@@ -75,21 +77,22 @@ def figure(frames: dict[str, pd.DataFrame], path: Path, title: str) -> None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     print(f"figure: {path}")
 
 
 def table(frames: dict[str, pd.DataFrame], last: int) -> str:
     rows = [
-        "| algorithm | server-model loss on training data (final) | mean over last "
-        f"{last} rounds | local train loss (final) | accuracy (final) | comm (FedAvg rounds) |",
+        f"| algorithm | server-model loss on training data, final (mean of last {last}) | accuracy, final | "
+        "loss of mean of all clients' models, final | local train loss, final | comm (FedAvg rounds) |",
         "|---|---|---|---|---|---|",
     ]
     for algo, df in frames.items():
         end = df.iloc[-1]
+        all_loss = f"{end['test_loss_all']:.4f}" if "test_loss_all" in df else "-"
         rows.append(
-            f"| {LABELS.get(algo, algo)} | {end['test_loss']:.4f} | {df['test_loss'].tail(last).mean():.4f} | "
-            f"{end['train_loss']:.4f} | {100 * end['test_acc']:.2f}% | {end['comm_fedavg_rounds']:g} |"
+            f"| {LABELS.get(algo, algo)} | {end['test_loss']:.4f} ({df['test_loss'].tail(last).mean():.4f}) | "
+            f"{100 * end['test_acc']:.2f}% | {all_loss} | {end['train_loss']:.4f} | {end['comm_fedavg_rounds']:g} |"
         )
     return "\n".join(rows)
 
