@@ -109,7 +109,7 @@ class VectorizedEngine(Engine):
                 forward = None
                 _log_fallback(model, "cannot run under torch.func.vmap")
         if forward is not None and self.compile:
-            forward = torch.compile(forward, dynamic=False)
+            forward = torch.compile(forward)  # dynamic shapes after the first recompile (A varies)
         act = memory.activation_bytes_per_sample(model.module, sample[:1])
         self._cache[key] = (forward, act, model)  # keep model alive so id() stays unique
         return forward
