@@ -70,15 +70,22 @@ def _top_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
 
-def _group_keys(overrides: list[str], group: str, skip_key: str) -> tuple[str, list[str]]:
-    """(option, keys) of ``group`` when composed without the override of ``skip_key``."""
-    others = [o for o in overrides if _key_of(o) != skip_key]
+def _group_keys(overrides: list[str], node: str, skip_key: str) -> tuple[str, list[str]]:
+    """(where, keys) of config node ``node`` (``algo``, ``hydra.run``) composed without ``skip_key``'s overrides.
+
+    ``where`` is ``algo=feddyn`` for a group, else the node's path.
+    """
+    others = [o for o in overrides if not (_key_of(o) == skip_key or _key_of(o).startswith(skip_key + "."))]
+    top = node.split(".")[0]
     try:
         cfg = compose(others)
-        option = str(cfg.hydra.runtime.choices.get(group, "?"))
-        return option, sorted(k for k in cfg[group].keys() if k != "_target_")
+        option = cfg.hydra.runtime.choices.get(top) if top in GROUPS and node == top else None
+        where = f"{node}={option}" if option else node
+        value = OmegaConf.select(cfg, node)
+        keys = sorted(k for k in value.keys() if k != "_target_") if isinstance(value, DictConfig) else []
+        return where, keys
     except Exception:  # noqa: BLE001 - best effort: the message still names the key
-        return "?", []
+        return node, []
 
 
 def _choices(group: str) -> str:
@@ -106,18 +113,21 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
     cause_text = str(cause).split("\n", 1)[0] if cause is not None else ""
     if full_key:
         group, _, leaf = full_key.rpartition(".")
-        value = _value_of(overrides, full_key)
+        merging = re.search(r"Error merging override (.+?)=(.*)$", text.split("\n", 1)[0])
+        value = merging.group(2) if merging else _value_of(overrides, full_key)
         if type(cause).__name__ in ("ConfigAttributeError", "ConfigKeyError"):
             if not group:
                 keys = _top_keys()
                 close = difflib.get_close_matches(leaf, keys, n=1)
                 hint = f"did you mean {close[0]}?" if close else f"the top-level keys are {', '.join(keys)}"
                 return FedrunError(f"{leaf} is not a config key: {hint} (a group's keys take its name first, e.g. algo.alpha).")
-            option, keys = _group_keys(overrides, group.split(".")[0], full_key)
+            where, keys = _group_keys(overrides, group, full_key)
             close = difflib.get_close_matches(leaf, keys, n=1)
             valid = f"has keys: {', '.join(keys)}" if keys else "takes no keys"
-            hint = f"did you mean {group}.{close[0]}? ({group}={option} {valid})" if close else f"{group}={option} {valid}"
-            return FedrunError(f"{full_key} is not a key of {group}={option}: {hint}.")
+            hint = f"did you mean {group}.{close[0]}? ({where} {valid})" if close else f"{where} {valid}"
+            return FedrunError(f"{full_key} is not a key of {where}: {hint}.")
+        if "is not Optional" in cause_text:
+            return FedrunError(f"{full_key} cannot be null: give it a value (conf/ lists its default).")
         m = re.search(r"expected one of \[(.*)\]", cause_text)
         if m:
             return FedrunError(f"{full_key}={value} is not valid: use one of {m.group(1)}.")
@@ -128,6 +138,9 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
         if "valid bool" in cause_text:
             kind = "true or false"
         return FedrunError(f"{full_key}={value} has the wrong type: {full_key} takes {kind}.")
+    if "Config group override must be" in text:
+        group = next((_key_of(o) for o in overrides if _key_of(o) in GROUPS and o.split("=", 1)[1] in ("null", "")), "a group")
+        return FedrunError(f"{group}=null is not an option: use one of {_choices(group) if group in GROUPS else 'the files in conf/'}.")
     first = (cause_text or text).split("\n", 1)[0].rstrip(".")
     return FedrunError(f"the command line cannot be composed into a config ({first}): check the overrides.")
 
@@ -135,6 +148,9 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
 def check_extra_keys(cfg: DictConfig) -> None:
     """Keys added with ``+key=value`` that no schema knows would be silently ignored: refuse them."""
     known = set(_top_keys()) | {"hydra"}
+    removed = [k for k in _top_keys() if k not in cfg]
+    if removed:
+        raise FedrunError(f"{removed[0]} was removed from the config (~{removed[0]}) but every run needs it: drop ~{removed[0]}.")
     extra = [k for k in cfg.keys() if k not in known]
     if extra:
         close = difflib.get_close_matches(str(extra[0]), sorted(known - {"hydra"}), n=1)
