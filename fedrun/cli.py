@@ -80,6 +80,8 @@ def main() -> None:
         return
     except FedrunError as err:
         _fail(str(err))
+    except Exception:  # noqa: BLE001 - a case the pre-check does not know: let Hydra report it
+        _PREPARED = Prepared(sys.argv[1:])
     sys.argv[1:] = _PREPARED.argv
     _main()
 
