@@ -146,3 +146,12 @@ def test_activation_estimate_counts_leaf_outputs() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(10, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
     # input 10 + outputs 7 + 7 + 3 floats
     assert memory.activation_bytes_per_sample(model, torch.zeros(1, 10)) == 4 * (10 + 7 + 7 + 3)
+
+
+def test_dataset_too_big_for_the_gpu_names_device_cpu(monkeypatch) -> None:
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1 * GiB)
+    data = SimpleNamespace(x_train=torch.zeros(2, 3), y_train=torch.zeros(2), x_test=None, y_test=None, groups=None)
+    monkeypatch.setattr(memory, "data_bytes", lambda d: 5 * GiB)
+    with pytest.raises(FedrunError, match="device=cpu"):
+        memory.check_data_fits(data, torch.device("cuda"))
+    memory.check_data_fits(data, torch.device("cpu"))  # host data is already in memory: no check

@@ -1,0 +1,41 @@
+"""scripts/bench.py end to end on a tiny setting: JSON keys the README and CI read, sane numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_bench_writes_both_engine_timings(tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "bench.py"), "num_clients=6", "participation=0.5", "sampling=fixed",
+        "data.mean_samples=20", "local_epochs=1", "bench.warmup=1", "bench.rounds=1", "bench.repeats=2",
+        "bench.threads=1", f"out={out}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for engine in ("sequential", "vectorized"):
+        r = result["engines"][engine]
+        assert 0 < r["s_per_round"] <= r["s_per_round_median"]
+        assert r["active_clients_per_round"] == 3
+        assert r["client_samples_per_s"] > 0 and r["peak_memory_bytes"] > 0
+    assert result["speedup"] == pytest.approx(
+        result["engines"]["sequential"]["s_per_round"] / result["engines"]["vectorized"]["s_per_round"]
+    )
+    assert result["ceiling"]["batch_size"] == 3 * 10  # expected active clients x B
+    assert "| vectorized |" in proc.stdout
+
+
+def test_bench_rejects_unknown_bench_option() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "bench.nope=1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "bench.nope" in proc.stderr
