@@ -145,7 +145,7 @@ def _status(run: Run) -> str:
         return "broken"
     if status in ("finished", "diverged", "failed"):
         return str(status)
-    if status in (None, "running"):
+    if status in (None, "running", "interrupted"):  # interrupted: stopped by a signal, resumable
         return "unfinished"
     return "failed"
 

@@ -119,6 +119,7 @@ def test_report_marks_failed_unfinished_diverged_and_broken_runs_without_crashin
     write_run(sweep / "5_diverged", "fedavg", 3, [0.1, float("nan")], status="diverged")
     write_run(sweep / "6_unfinished", "feddyn", 2, [0.2], status=None, extra_algo={"alpha": 0.01})  # killed: no summary
     write_run(sweep / "7_running", "feddyn", 3, [0.2], status="running", extra_algo={"alpha": 0.01})
+    write_run(sweep / "7b_interrupted", "feddyn", 4, [0.2], status="interrupted", extra_algo={"alpha": 0.01})
     broken = write_run(sweep / "8_broken", "fedavg", 4, None, status="finished")
     (broken / "summary.json").write_text("{not json")
     (broken / "metrics.csv").write_text("")
@@ -128,9 +129,9 @@ def test_report_marks_failed_unfinished_diverged_and_broken_runs_without_crashin
     made = report.report([sweep], targets=[0.5])
     table = pd.read_csv(sweep / "runs.csv").set_index("path")
     status = {Path(p).name: s for p, s in table["status"].items()}
-    assert len(table) == 10
+    assert len(table) == 11
     assert status["4_failed"] == "failed" and status["5_diverged"] == "diverged"
-    assert status["6_unfinished"] == "unfinished" and status["7_running"] == "unfinished"
+    assert status["6_unfinished"] == status["7_running"] == status["7b_interrupted"] == "unfinished"
     assert status["8_broken"] == "broken" and status["9_started"] == "broken"
     assert sum(s == "finished" for s in status.values()) == 4
     good = table[table["status"] == "finished"]
