@@ -49,6 +49,9 @@ def _sidecar(path: Path) -> Path:
 def _atomic_write(path: Path, payload: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a cache is as readable as any other file
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
