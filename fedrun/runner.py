@@ -207,7 +207,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             state = checkpoint.Counters(r, comm, pending, time.perf_counter() - start, {"reference_loss": loss_guard.reference})
             checkpoint.after_round(cfg, run_dir, exp, state, writer.rows, signals)  # periodic / on-signal checkpoint
         status = "finished"
-        checkpoint.remove(run_dir)
     except DivergenceError:
         status = "diverged"
         raise
@@ -222,6 +221,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             status = "failed"
         summary = summarize(writer.rows, status, seconds, exp.model.num_params, config)
         write_json_atomic(run_dir / "summary.json", summary)
+        if status == "finished":  # only now: a kill before this line leaves the checkpoint to resume from
+            checkpoint.remove(run_dir)
         if writer.rows:
             convergence_plot(writer.rows, run_dir / "convergence.png", plot_title(cfg, exp))
     return summary
