@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from fedrun import report as fedrun_report
 from fedrun.launch import acquire_slot
@@ -117,3 +118,26 @@ def test_a_diverged_run_does_not_stop_the_sweep_and_is_marked(tmp_path):
     table = pd.read_csv(sweep_dir / "runs.csv").set_index("lr")
     assert table.loc[1e6, "status"] == "diverged" and table.loc[0.1, "status"] == "finished"
     assert table.loc[0.1, "rounds_done"] == 3 and table.loc[1e6, "rounds_done"] < 3
+
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_paper_experiment_composes_with_every_value_of_its_grid(name):
+    from conftest import compose_config
+
+    base = compose_config(f"+experiment={name}")
+    grid = yaml.safe_load((REPO / "conf" / "experiment" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    assert {"algo", "participation", "seed"} <= set(grid)
+    assert [float(v) for v in str(grid["participation"]).split(",")] in ([0.1, 1.0], [1.0, 0.1])
+    axes = {key: str(values).split(",") for key, values in grid.items()}
+    for i in range(max(len(v) for v in axes.values())):  # every value of every axis appears in some compose
+        cfg = compose_config(f"+experiment={name}", *(f"{k}={v[i % len(v)]}" for k, v in axes.items()))
+        assert cfg.skip_finished is True
+    assert base.clip_norm == 10.0 and base.skip_finished is True
+    if name != "paper_synthetic":
+        assert base.num_clients == 100  # the paper's 100 devices
+    if name == "paper_cifar10":  # PAPER.md's reference setting
+        assert (base.local_epochs, base.batch_size, base.lr, base.weight_decay) == (5, 50, 0.1, 1e-3)
+        assert list(base.targets) == [0.814, 0.85]
