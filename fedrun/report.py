@@ -356,6 +356,7 @@ def convergence_figure(runs: Sequence[Run], table: pd.DataFrame, group_by: Seque
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (MaxNLocator)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     groups: dict[tuple, list[pd.Series]] = {}
@@ -374,6 +375,7 @@ def convergence_figure(runs: Sequence[Run], table: pd.DataFrame, group_by: Seque
         (line,) = ax.plot(mean.index, mean.values, label=label)
         ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(alpha=0.3)
     if groups:
