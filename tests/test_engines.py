@@ -162,8 +162,10 @@ def test_cnn_through_vmap_matches() -> None:
     model = FlatModel(CNN((1, 10, 10), 4, channels=(3,), hidden=(8,), kernel_size=3))
     theta = model.initial_vector()
     hp = LocalTraining(lr=0.05, epochs=1, batch_size=4, weight_decay=1e-5, clip_norm=10.0)
-    seq, vec = both(model, theta, data, partition, objective_for(theta, 3), hp)
+    seq, vec = both(model, theta, data, partition, objective_for(theta, 3), hp, gradient="vmap")
     torch.testing.assert_close(vec.thetas, seq.thetas, rtol=1e-5, atol=1e-6)
+    assert VectorizedEngine(gradient="vmap").forward_for(model, data) is not None
+    assert VectorizedEngine().forward_for(model, data) is None  # auto on CPU: sequential, measured faster
 
 
 def test_lstm_falls_back_to_sequential_and_vmap_agrees(caplog: pytest.LogCaptureFixture) -> None:
