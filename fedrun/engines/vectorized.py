@@ -179,6 +179,9 @@ class VectorizedEngine(Engine):
         loss_sum = torch.zeros(count, device=device)
         extra = objective.linear is not None or objective.prox is not None
         manual = isinstance(forward, LinearChain) and self.gradient == "auto" and (not extra or _extra_grad_ok(objective, w))
+        if manual and extra:  # gradient of the extra terms = const + prox * w; const fixed for the round
+            const = _extra_grad(objective, torch.zeros_like(w))
+            prox = None if objective.prox is None else objective.prox.reshape(-1, 1).to(w.dtype)
         for s in range(plan.num_steps):
             rows = plan.rows[:, s]
             x, y = data.x_train[rows], data.y_train[rows]
@@ -188,7 +191,9 @@ class VectorizedEngine(Engine):
                 with torch.no_grad():
                     client_ce, grad = forward.ce_grad(model, w, x, y, plan.weights[:, s])
                     if extra:
-                        grad = grad + _extra_grad(objective, w)
+                        grad.add_(const)
+                        if prox is not None:
+                            grad.addcmul_(prox, w)
             else:
                 w.requires_grad_(True)
                 logits = forward(unflatten_stacked(model, w), x)
