@@ -141,3 +141,21 @@ def test_paper_experiment_composes_with_every_value_of_its_grid(name):
     if name == "paper_cifar10":  # PAPER.md's reference setting
         assert (base.local_epochs, base.batch_size, base.lr, base.weight_decay) == (5, 50, 0.1, 1e-3)
         assert list(base.targets) == [0.814, 0.85]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has("hydra_plugins.hydra_optuna_sweeper"), reason="hydra-optuna-sweeper not installed (pip install -e '.[optuna]')")
+def test_optuna_search_tunes_feddyn_alpha_and_lr(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    tiny = [o for o in TINY if not o.startswith("algo=")]  # the search config picks FedDyn
+    proc = fedrun("-m", "+hparams_search=feddyn_optuna", "hydra.sweeper.n_trials=3", *tiny, f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert set(result["best_params"]) == {"algo.alpha", "lr"}
+    finals = []
+    for summary_path in sweep_dir.glob("*/summary.json"):
+        summary = json.loads(summary_path.read_text())
+        assert summary["config"]["algo"]["_target_"].endswith("FedDyn")
+        assert 1e-3 <= summary["config"]["algo"]["alpha"] <= 1.0 and 0.01 <= summary["config"]["lr"] <= 0.5
+        finals.append(summary["final_test_acc"])
+    assert len(finals) == 3 and result["best_value"] == pytest.approx(max(finals))  # the objective is the final accuracy
