@@ -425,9 +425,10 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[S
         if published is not None and Path(published).is_file():
             pub = pd.read_csv(published)
             for k in pub.columns:  # a key all runs share (data=cifar10) is not a column: add it to match on
-                values = {repr(r.config.get(k)) for r in runs}
-                if k not in tt.columns and k in runs[0].config and len(values) == 1:
-                    tt[k] = runs[0].config[k]
+                if k in tt.columns or k.startswith(("published", "reference")):
+                    continue
+                values = {_key(r.config.get(k)) for r in runs if r.config}  # broken runs have no config
+                tt[k] = values.pop() if len(values) == 1 else None  # missing or mixed: matches nothing
             tt = add_published(tt, pub)
         tt.to_csv(out / "targets.csv", index=False)
         (out / "targets.md").write_text(to_markdown(tt))

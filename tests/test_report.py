@@ -178,6 +178,10 @@ def test_published_numbers_of_another_dataset_are_not_attached(sweep: Path, tmp_
     pd.DataFrame({"data": ["cifar10"], "algo": ["feddyn"], "target_acc": [50.0], "published_rounds": [67]}).to_csv(pub, index=False)
     tt = report.report([sweep], published=pub, figures=False)["target_table"]
     assert tt["published_rounds"].isna().all()
+    (sweep / "00_broken").mkdir()  # a broken run (no config) must not make the data key unknown
+    (sweep / "00_broken" / "summary.json").write_text("{")
+    tt = report.report([sweep], published=pub, figures=False)["target_table"]
+    assert tt["published_rounds"].isna().all()
     pub.write_text("data,algo,target_acc,published_rounds\nsynthetic,feddyn,50,3\n")
     tt = report.report([sweep], published=pub, figures=False)["target_table"].set_index(["algo", "target_acc"])
     assert tt.loc[("feddyn", 50.0), "published_rounds"] == 3 and math.isnan(tt.loc[("fedavg", 50.0), "published_rounds"])
