@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 SETTING = [
     "data=synthetic", "data.alpha=1", "data.beta=1", "data.iid_solution=false", "data.iid_data=false",
-    "partition=natural", "num_clients=100", "participation=0.1", "rounds=200", "seed=0",
+    "partition=natural", "num_clients=100", "participation=0.1", "rounds=200", "seed=0", "engine=sequential",
 ]
 LABELS = {"feddyn": "FedDyn", "fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD", "fedadam": "FedAdam"}
 
