@@ -320,6 +320,38 @@ def target_table(table: pd.DataFrame, keys: Sequence[str], targets: Sequence[flo
     return out
 
 
+def paper_table(targets: pd.DataFrame, algo_key: str = "algo") -> pd.DataFrame:
+    """The target table pivoted as in the paper: a row per setting and target, a column per algorithm.
+
+    A cell is the communication (FedAvg rounds) to reach the target, mean over seeds, with the
+    speed-up over FedAvg, then any published numbers in brackets; "not in N rounds" if some seed
+    never reached it.
+    """
+    if targets.empty or algo_key not in targets.columns:
+        return pd.DataFrame()
+    setting = [c for c in targets.columns if c not in TARGET_VALUE_COLUMNS and c != algo_key
+               and not c.startswith(algo_key + ".") and not c.startswith(("published", "reference"))]
+    published = [c for c in targets.columns if c.startswith(("published", "reference"))]
+
+    def cell(row: pd.Series) -> str:
+        if math.isnan(row["comm_fedavg_rounds"]):
+            text = f"not in {_fmt(row['max_rounds'])} rounds"
+        else:
+            text = _fmt(row["comm_fedavg_rounds"])
+            if not math.isnan(row["speedup"]):
+                text += f" ({row['speedup']:.2g}x)"
+        extra = [f"{c.split('_')[0]} {_fmt(row[c])}" for c in published if _fmt(row[c]) not in ("", "nan")]
+        return text + (f" [{'; '.join(extra)}]" if extra else "")
+
+    frame = targets.assign(_cell=targets.apply(cell, axis=1))
+    keys = [k for k in setting]
+    wide = frame.pivot_table(index=keys, columns=algo_key, values="_cell", aggfunc="first", dropna=False) if keys else None
+    return wide.reset_index() if wide is not None else pd.DataFrame()
+
+
+TARGET_VALUE_COLUMNS = {"runs", "reached", "rounds", "rounds_std", "comm_fedavg_rounds", "max_rounds", "speedup"}
+
+
 def add_published(targets: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     """Join published numbers (a CSV with key columns, ``target_acc`` and value columns) onto ``targets``.
 
@@ -433,6 +465,12 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[S
         tt.to_csv(out / "targets.csv", index=False)
         (out / "targets.md").write_text(to_markdown(tt))
         made["files"] += ["targets.csv", "targets.md"]
+        wide = paper_table(tt)
+        if not wide.empty:
+            (out / "paper_table.md").write_text(
+                "Communication (FedAvg rounds; = rounds except SCAFFOLD, which counts 2 a round) to reach each target "
+                "accuracy, mean over seeds, (speed-up over FedAvg), [published rounds, where given]\n\n" + to_markdown(wide))
+            made["files"].append("paper_table.md")
         made["target_table"] = tt
     if figures:
         made["curves"] = convergence_figure(runs, table, list(group_by), out / "convergence.png", metric)

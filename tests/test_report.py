@@ -161,6 +161,11 @@ def test_published_numbers_join_on_shared_keys(sweep: Path, tmp_path: Path):
     assert got[("feddyn", 50.0)] == 67 and got[("fedavg", 50.0)] == 754
     assert math.isnan(got[("feddyn", 80.0)])  # nothing published for that target: empty, not invented
     assert (tmp_path / "out" / "runs.csv").exists() and not (sweep / "runs.csv").exists()
+    wide = report.paper_table(tt).set_index("target_acc")
+    assert wide.loc[50.0, "feddyn"] == "2 (2.5x) [published 67]"  # FedDyn: rounds 2 and 2; FedAvg: 4 and 6
+    assert wide.loc[50.0, "fedavg"] == "5 (1x) [published 754]"
+    assert wide.loc[80.0, "fedavg"] == "not in 6 rounds"
+    assert "| target_acc | fedavg | feddyn |" in (tmp_path / "out" / "paper_table.md").read_text()
 
 
 def test_cli_exit_codes(sweep: Path, tmp_path: Path, capsys):
