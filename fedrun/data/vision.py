@@ -118,9 +118,10 @@ def raw_tensors(name: str, root: Optional[str], download: bool) -> tuple[dict[st
 
     def build() -> dict[str, torch.Tensor]:
         tvd = _torchvision()
-        log.info("fedrun: converting %s in %s into the tensor cache %s", src.name, folder, path)
         try:
-            return src.read(tvd, folder, download)
+            out = src.read(tvd, folder, download)
+            log.info("fedrun: converted %s in %s into the tensor cache %s", src.name, folder, path)
+            return out
         except FedrunError:
             raise
         except Exception as err:  # noqa: BLE001 - torchvision raises RuntimeError, URLError, OSError, ...
