@@ -231,3 +231,18 @@ def test_shared_plays_give_the_papers_selection():
     assert int(d.x_train.min()) >= 0 and int(d.x_train.max()) < 80 and int(d.y_train.max()) < 80
     assert d.info["eligible"] >= 100 and len(set(d.info["roles"])) == 100
     assert float((d.y_train == 0).float().mean()) > 0.01  # newlines end lines, as in LEAF
+
+
+def test_leaf_json_all_data_is_split_as_leaf(tmp_path):
+    (tmp_path / "all_data").mkdir()
+    users = {"A_KING": 50, "A_QUEEN": 31}
+    blob = {"users": list(users), "num_samples": list(users.values()), "user_data": {}}
+    for u, n in users.items():
+        xs = [("x" * 79 + u[2 + i % 3]) for i in range(n)]
+        blob["user_data"][u] = {"x": xs, "y": [u[2 + (i + 1) % 3] for i in range(n)]}
+    (tmp_path / "all_data" / "all_data_0.json").write_text(json.dumps(blob))
+    d = sh.load_shakespeare(2, 0, root=str(tmp_path), train_per_client=None, test_per_client=None)
+    counts = torch.bincount(d.groups).tolist()
+    order = d.info["roles"]
+    assert sorted(zip(order, counts)) == [("A_KING", int(0.8 * 50)), ("A_QUEEN", int(0.8 * 31))]
+    assert len(d.y_test) == (50 - 40) + (31 - 24)
