@@ -244,3 +244,15 @@ def test_fedrun_cli_runs_cifar_shaped_data_end_to_end(tmp_path):
     assert metrics["round"].tolist() == [1] and metrics["active_clients"].tolist() == [4]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["num_params"] == 797_962 and summary["status"] == "finished"
+
+
+def test_unwritable_cache_folder_still_loads(tmp_path, monkeypatch):
+    raw = vf.write_mnist(tmp_path, 20, 5)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache, "_atomic_write", refuse)
+    d = vision.load_mnist(4, 0, root=str(tmp_path), download=False)
+    assert d.y_train.tolist() == raw["y_train"].tolist()
+    assert cache.load(tmp_path / "fedrun_cache" / "mnist.pt") is None

@@ -20,8 +20,6 @@ from typing import Callable, Optional
 
 import torch
 
-from fedrun.errors import FedrunError
-
 log = logging.getLogger("fedrun")
 
 FORMAT = 1  # bump when the layout of cached tensors changes: old entries are then rebuilt
@@ -106,6 +104,6 @@ def cached(path: Path, build: Callable[[], dict[str, torch.Tensor]], meta: Optio
     out = build()
     try:
         save(path, out, meta)
-    except OSError as err:
-        raise FedrunError(f"cannot write the dataset cache {path} ({err.strerror}): set data.root to a writable folder.") from None
+    except OSError as err:  # a read-only data folder still works, only without the cache
+        log.warning("fedrun: cannot write the dataset cache %s (%s); set data.root to a writable folder to load faster", path, err.strerror)
     return out
