@@ -33,7 +33,7 @@ def test_every_option_builds_and_runs_a_round(group, option):
     overrides = [f"{group}={option}", "num_clients=10", "local_epochs=1", "participation=0.5", "data.mean_samples=40"]
     if group == "partition":
         overrides += ["partition.shards_per_client=1"] if option == "shards" else []
-    elif group == "model" and option not in ("logreg", "mlp"):
+    elif group == "model" and option not in ("logreg", "mlp", "mlp_small"):
         pytest.skip(f"model={option} needs its own dataset shape (tested with its dataset)")
     exp = build(compose_config(*overrides))  # 10 devices x 40 samples: shards of 40 divide exactly
     out = run_round(exp, 1)

