@@ -31,18 +31,22 @@ class LogisticRegression(nn.Module):
         return self.fc(x.flatten(1))
 
 
+def dense_layers(sizes: Sequence[int]) -> list[nn.Module]:
+    """Linear layers between consecutive ``sizes`` with a ReLU after all but the last."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return layers
+
+
 class MLP(nn.Module):
     """Fully connected ReLU network: 784-200-200-10 for MNIST, 784-100-100-10 for EMNIST-L."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (200, 200)):
         super().__init__()
-        sizes = [math.prod(input_shape), *hidden, num_classes]
-        layers: list[nn.Module] = [nn.Flatten()]
-        for i in range(len(sizes) - 1):
-            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(nn.Flatten(), *dense_layers([math.prod(input_shape), *hidden, num_classes]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -73,13 +77,7 @@ class CNN(nn.Module):
             c, h, w = out, (h - kernel_size + 1) // 2, (w - kernel_size + 1) // 2
         if h < 1 or w < 1:
             raise ValueError(f"model=cnn: input {tuple(input_shape)} is too small for {len(channels)} conv+pool stages")
-        sizes = [c * h * w, *hidden, num_classes]
-        layers.append(nn.Flatten())
-        for i in range(len(sizes) - 1):
-            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*layers, nn.Flatten(), *dense_layers([c * h * w, *hidden, num_classes]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

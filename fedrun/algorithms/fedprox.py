@@ -16,13 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-from fedrun.algorithms.base import Algorithm, LocalObjective, RoundInfo, ServerState, weighted_mean
+from fedrun.algorithms.base import LocalObjective, RoundInfo, ServerState
+from fedrun.algorithms.fedavg import FedAvg
 from fedrun.errors import FedrunError
 from fedrun.state import ClientStateStore
 
 
 @dataclass
-class FedProx(Algorithm):
+class FedProx(FedAvg):
+    """FedAvg's server (n_k-weighted mean) with the proximal local objective."""
+
     mu: float = 1e-4
 
     def __post_init__(self) -> None:
@@ -34,15 +37,3 @@ class FedProx(Algorithm):
     ) -> LocalObjective:
         prox = torch.full((len(info.clients),), self.mu, device=theta.device, dtype=theta.dtype)
         return LocalObjective(prox=prox, anchor=theta)
-
-    def server_update(
-        self,
-        theta: torch.Tensor,
-        client_thetas: torch.Tensor,
-        new_states: dict[str, torch.Tensor],
-        server: ServerState,
-        store: ClientStateStore,
-        info: RoundInfo,
-    ) -> tuple[torch.Tensor, ServerState]:
-        sizes = self.ctx.client_sizes.to(client_thetas.device)[info.clients]
-        return weighted_mean(client_thetas, sizes), server
