@@ -157,7 +157,7 @@ def test_corrupt_dataset_file(monkeypatch, capsys, tmp_path, mnist_root):
     labels = mnist_root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:10])  # truncated
     code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*MNIST, f"data.root={mnist_root}", "num_clients=4"])
-    assert code == 2 and sentence.startswith("data=mnist: ") and "data.root" in sentence
+    assert code == 2 and sentence.startswith("data=mnist: the MNIST files in ") and "truncated or corrupt" in sentence
     assert files_under(tmp_path / "outputs") == []
 
 

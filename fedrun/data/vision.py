@@ -127,8 +127,16 @@ def raw_tensors(name: str, root: Optional[str], download: bool) -> tuple[dict[st
         except Exception as err:  # noqa: BLE001 - torchvision raises RuntimeError, URLError, OSError, ...
             how = "downloading failed" if download else "data.download=false"
             detail = str(err).strip().splitlines()[0][:120].rstrip(":") if str(err).strip() else type(err).__name__
+            here = folder / src.folder
+            present = [f for f in src.files if any(here.glob(f + "*"))] if here.is_dir() else []
+            if present and not download:
+                raise FedrunError(
+                    f"data={name}: the {src.name} files in {here} cannot be read, so one is probably truncated or corrupt "
+                    f"({detail}): delete them and run once with internet and data.download=true, or copy intact "
+                    f"torchvision {src.name} files there ({', '.join(src.files)})."
+                ) from None
             raise FedrunError(
-                f"data={name}: {src.name} was not found in {folder / src.folder} ({how}: {detail}); "
+                f"data={name}: {src.name} was not found in {here} ({how}: {detail}); "
                 f"it needs the files {', '.join(src.files)} there: run once with internet and data.download=true, "
                 f"or copy torchvision's {src.name} files into that folder (or point data.root or $FEDRUN_DATA at a folder that has them)."
             ) from None
