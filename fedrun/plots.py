@@ -11,6 +11,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over up to ``window`` values (shorter at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def convergence_plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     rounds = [r["round"] for r in rows]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
@@ -22,8 +33,12 @@ def convergence_plot(rows: list[dict[str, Any]], path: Path, title: str) -> None
     ax_acc.set_ylabel("test accuracy (%)")
     ax_acc.grid(alpha=0.3)
     ax_acc.legend()
-    ax_loss.plot(rounds, [r["test_loss"] for r in rows], label="test loss (server model)")
-    ax_loss.plot(rounds, [r["train_loss"] for r in rows], label="train loss (local, mean)")
+    train = [r["train_loss"] for r in rows]
+    window = max(1, len(rows) // 25)  # few active clients per round make the local loss noisy
+    ax_loss.plot(rounds, train, color="tab:orange", alpha=0.25, linewidth=0.8)
+    ax_loss.plot(rounds, _moving_average(train, window), color="tab:orange",
+                 label="train loss (local, mean)" + (f", {window}-row average" if window > 1 else ""))
+    ax_loss.plot(rounds, [r["test_loss"] for r in rows], color="tab:blue", label="test loss (server model)", zorder=3)
     ax_loss.set_xlabel("round")
     ax_loss.set_ylabel("cross-entropy")
     ax_loss.set_yscale("log")
