@@ -100,6 +100,11 @@ class Config:
     state_placement: StatePlacement = StatePlacement.auto
 
 
+def choice(value: Any) -> str:
+    """The name of an enum-typed config value (``Device.cpu`` or ``"cpu"`` -> ``"cpu"``)."""
+    return str(getattr(value, "value", value))
+
+
 def _annotation(tp: Any) -> Any:
     """Map a target's type hint onto one OmegaConf understands."""
     origin = typing.get_origin(tp)

@@ -22,10 +22,11 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
+from fedrun.config import choice
 from fedrun.errors import DivergenceError
 
 # Algorithm hyperparameters whose lowering typically calms a diverging run.
-LOWERABLE = ("alpha", "mu", "server_lr", "beta1", "tau")
+LOWERABLE = ("alpha", "mu", "server_lr", "tau")
 
 
 def algo_name(cfg: DictConfig) -> str:
@@ -34,7 +35,7 @@ def algo_name(cfg: DictConfig) -> str:
 
 def advice(cfg: DictConfig) -> str:
     """``lower lr=0.1 (or algo.alpha=0.01)``: the knobs of this config to turn down."""
-    knobs = [f"algo.{k}={cfg.algo[k]}" for k in LOWERABLE if k in cfg.algo and isinstance(cfg.algo[k], (int, float)) and k != "beta1"]
+    knobs = [f"algo.{k}={cfg.algo[k]}" for k in LOWERABLE if k in cfg.algo and isinstance(cfg.algo[k], (int, float))]
     extra = f" (or {', '.join(knobs)})" if knobs else ""
     return f"lower lr={cfg.lr}{extra}"
 
@@ -44,8 +45,7 @@ def diverged(cfg: DictConfig, round_idx: int, what: str) -> DivergenceError:
 
 
 def on_nonfinite(cfg: DictConfig) -> str:
-    value = cfg.get("on_nonfinite", "stop")
-    return str(getattr(value, "value", value))
+    return choice(cfg.get("on_nonfinite", "stop"))
 
 
 @dataclass

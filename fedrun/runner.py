@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedrun.algorithms.base import Algorithm, FedContext, RoundInfo, ServerState
 from fedrun import checkpoint, guard
-from fedrun.config import build_object, validate
+from fedrun.config import build_object, choice, validate
 from fedrun.data import FederatedData
 from fedrun.determinism import configure_determinism
 from fedrun.engines.base import Engine, LocalTraining
@@ -67,7 +67,7 @@ class Experiment:
 def build(cfg: DictConfig, state_dir: Optional[Path] = None) -> Experiment:
     """Validate ``cfg`` and build data, partition, model, algorithm, engine and state."""
     validate(cfg)
-    device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
+    device = resolve_device(choice(cfg.device))
     m, seed = int(cfg.num_clients), int(cfg.seed)
     data: FederatedData = build_object(cfg.data, num_clients=m, seed=seed)
     partitioner = build_object(cfg.partition, _partial_=True)
@@ -106,7 +106,7 @@ def metric_columns(cfg: DictConfig) -> list[str]:
 def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
     """One communication round; updates ``exp.theta``, ``exp.server`` and the store in place."""
     cfg = exp.cfg
-    sampler = SAMPLERS[str(cfg.sampling.value if hasattr(cfg.sampling, "value") else cfg.sampling)]
+    sampler = SAMPLERS[choice(cfg.sampling)]
     clients = sampler(exp.ctx.num_clients, float(cfg.participation), int(cfg.seed), round_idx).to(exp.device)
     lr = float(cfg.lr) * float(cfg.lr_decay) ** (round_idx - 1)
     info = RoundInfo(round_idx, lr, clients, steps=torch.empty(0, dtype=torch.long), base_lr=float(cfg.lr))

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from fedrun import memory
+from fedrun.config import choice
 
 log = logging.getLogger("fedrun")
 
@@ -136,7 +137,7 @@ def store_for_run(
     m, num_params = int(cfg.num_clients), int(model.num_params)
     tables = len(getattr(algorithm, "client_states", ())) + (1 if cfg.get("eval_all", False) else 0)
     requested = cfg.get("state_placement", "auto")
-    requested = str(getattr(requested, "value", requested))
+    requested = choice(requested)
     budget = memory.current_budget(device, directory or Path(tempfile.gettempdir()))
     act = memory.activation_bytes_per_sample(model.module, data.x_train[:1])
     per_client = memory.client_training_bytes(num_params, int(cfg.batch_size), act)
