@@ -60,6 +60,11 @@ class StatePlacement(str, enum.Enum):
     mmap = "mmap"
 
 
+class Precision(str, enum.Enum):
+    fp32 = "fp32"
+    tf32 = "tf32"
+
+
 class OnNonfinite(str, enum.Enum):
     stop = "stop"
     drop = "drop"
@@ -93,6 +98,7 @@ class Config:
     checkpoint_every: int = 10
     resume: str = "auto"
     deterministic: bool = False
+    precision: Precision = Precision.fp32
     on_nonfinite: OnNonfinite = OnNonfinite.stop
     divergence_factor: float = 100.0
     targets: List[float] = field(default_factory=list)

@@ -15,10 +15,14 @@ bench options:
 - ``bench.threads=0`` torch intra-op threads (0 = torch's default);
 - ``bench.ceiling=true`` also time one large-batch training of the same model (batch = expected
   active clients x B, plain SGD): the practical throughput ceiling;
-- ``bench.fake_data=mnist`` writes random images in MNIST's real file format and shape
-  (60000x1x28x28 + 10000 test) once to a temporary folder and runs ``data=mnist`` on them (for
-  timing where the real files are not available; the accuracy is meaningless);
-- ``bench.tf32=false`` allow TF32 matmuls on CUDA (off: the default stays exact float32).
+- ``bench.fake_data=NAME`` (mnist, emnist_l, cifar10, cifar100) writes random uint8 images of the
+  dataset's real shapes (e.g. CIFAR-10: 50000x3x32x32 + 10000 test, random labels) once into
+  fedrun's tensor cache in a temporary folder and runs ``data=NAME`` on them, for timing where the
+  real files are not available (the accuracy is meaningless).
+
+Precision is fedrun's own ``precision`` key (``precision=tf32`` to allow TF32 on CUDA; the default
+``fp32`` is exact IEEE float32 for matmuls, convolutions and RNNs alike), applied in every worker
+as ``fedrun`` applies it, together with ``deterministic``.
 
 Each engine runs in its own subprocess so that its peak memory (CUDA max allocated on a GPU, the
 process's max RSS on CPU) is its own. CUDA work is synchronised before every clock reading.
@@ -48,7 +52,13 @@ BENCH_DEFAULTS = {
     "threads": "0",
     "ceiling": "true",
     "fake_data": "",
-    "tf32": "false",
+}
+# Real shapes of the image datasets: (train images, test images, channels, side, classes).
+FAKE_SHAPES = {
+    "mnist": (60000, 10000, 1, 28, 10),
+    "emnist_l": (48000, 8000, 1, 28, 10),
+    "cifar10": (50000, 10000, 3, 32, 10),
+    "cifar100": (50000, 10000, 3, 32, 100),
 }
 
 
@@ -69,20 +79,20 @@ def parse(argv: list[str]) -> tuple[list[str], dict[str, str], str | None]:
     return overrides, bench, out
 
 
-def fake_mnist_root() -> Path:
-    """Random uint8 images in torchvision's MNIST raw files (IDX format), written once."""
-    root = Path(tempfile.gettempdir()) / "fedrun-bench-fake-mnist"
-    raw = root / "MNIST" / "raw"
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 60000), ("t10k", 10000)):
-        images, labels = raw / f"{split}-images-idx3-ubyte", raw / f"{split}-labels-idx1-ubyte"
-        if images.exists() and labels.exists():
-            continue
-        raw.mkdir(parents=True, exist_ok=True)
-        pixels = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
-        targets = torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
-        images.write_bytes((0x803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28)) + pixels.numpy().tobytes())
-        labels.write_bytes((0x801).to_bytes(4, "big") + n.to_bytes(4, "big") + targets.numpy().tobytes())
+def fake_data_root(name: str) -> Path:
+    """A data root whose fedrun tensor cache holds random images of ``name``'s real shapes (written once)."""
+    from fedrun.data import cache
+
+    n_train, n_test, channels, side, classes = FAKE_SHAPES[name]
+    root = Path(tempfile.gettempdir()) / "fedrun-bench-fake" / name
+    path = root / "fedrun_cache" / f"{name}.pt"
+    if cache.load(path) is None:
+        g = torch.Generator().manual_seed(0)
+        tensors = {}
+        for split, n in (("train", n_train), ("test", n_test)):
+            tensors[f"x_{split}"] = torch.randint(0, 256, (n, channels, side, side), generator=g, dtype=torch.uint8)
+            tensors[f"y_{split}"] = torch.randint(0, classes, (n,), generator=g)
+        cache.save(path, tensors, {"dataset": name, "fake": True})
     return root
 
 
@@ -108,23 +118,21 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
     return {"peak_memory_bytes": int(rss), "peak_memory_kind": "process max RSS"}
 
 
-def setup_worker(bench: dict[str, str]) -> None:
+def setup_worker(bench: dict[str, str], cfg: Any) -> None:
+    """Threads as asked; precision and determinism exactly as ``fedrun`` sets them for ``cfg``."""
+    from fedrun.determinism import configure_determinism
+
     if int(bench["threads"]) > 0:
         torch.set_num_threads(int(bench["threads"]))
-    if bench["tf32"].lower() == "true":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    configure_determinism(cfg)
 
 
 def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dict[str, Any]:
     """Seconds per round of ``engine`` after warm-up (runs in a worker process)."""
     from fedrun.runner import build, run_round
 
-    setup_worker(bench)
     cfg = compose_cfg(overrides + [f"engine={engine}", "progress=false"])
+    setup_worker(bench, cfg)
     exp = build(cfg)
     if exp.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(exp.device)
@@ -173,8 +181,8 @@ def time_ceiling(overrides: list[str], bench: dict[str, str]) -> dict[str, Any]:
 
     from fedrun.runner import build
 
-    setup_worker(bench)
     cfg = compose_cfg(overrides + ["progress=false", "engine=sequential"])
+    setup_worker(bench, cfg)
     exp = build(cfg)
     batch = max(1, round(float(cfg.participation) * int(cfg.num_clients))) * int(cfg.batch_size)
     n = len(exp.data.y_train)
@@ -272,10 +280,11 @@ def main(argv: list[str]) -> None:
     overrides, bench, out = parse(argv)
     worker_args = list(argv)
     if bench["fake_data"]:
-        if bench["fake_data"] != "mnist":
-            sys.exit("bench: error: bench.fake_data supports only mnist")
-        root = fake_mnist_root()
-        extra = ["data=mnist", f"data.root={root}", "data.download=false"]
+        name = bench["fake_data"]
+        if name not in FAKE_SHAPES:
+            sys.exit(f"bench: error: bench.fake_data={name} is unknown; use one of {', '.join(FAKE_SHAPES)}")
+        root = fake_data_root(name)
+        extra = [f"data={name}", f"data.root={root}", "data.download=false"]
         overrides += extra
         worker_args = [a for a in worker_args if not a.startswith(("bench.fake_data", "out="))] + extra
     result: dict[str, Any] = {"overrides": overrides, "bench": bench, "machine": machine(), "engines": {}}
