@@ -15,6 +15,7 @@ from fedrun.config import CONF_DIR, register_configs
 from fedrun.data import FederatedData
 from fedrun.engines.base import LocalTraining
 from fedrun.engines.sequential import SequentialEngine
+from fedrun.engines.stacked import LayerChain
 from fedrun.engines.vectorized import VectorizedEngine
 from fedrun.errors import FedrunError
 from fedrun.models import MLP, CNN, CharLSTM, LogisticRegression
@@ -153,18 +154,22 @@ def test_per_client_augmentation_uses_each_clients_generator() -> None:
     assert not torch.allclose(plain.thetas, vec.thetas)
 
 
-def test_cnn_through_vmap_matches() -> None:
+@pytest.mark.parametrize("gradient", ["vmap", "batched"])
+def test_cnn_vectorised_matches_sequential(gradient: str) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(24, 1, 10, 10, generator=g)
     y = torch.randint(0, 4, (24,), generator=g)
-    data = FederatedData("img", x, y, x, y, 4)
+    from fedrun.data.augment import FlipCrop
+
+    data = FederatedData("img", x, y, x, y, 4, augment=FlipCrop(pad=1))  # per-client flips and crops too
     partition = list(torch.arange(24).split([5, 12, 7]))
     model = FlatModel(CNN((1, 10, 10), 4, channels=(3,), hidden=(8,), kernel_size=3))
     theta = model.initial_vector()
     hp = LocalTraining(lr=0.05, epochs=1, batch_size=4, weight_decay=1e-5, clip_norm=10.0)
-    seq, vec = both(model, theta, data, partition, objective_for(theta, 3), hp, gradient="vmap")
+    seq, vec = both(model, theta, data, partition, objective_for(theta, 3), hp, gradient=gradient)
     torch.testing.assert_close(vec.thetas, seq.thetas, rtol=1e-5, atol=1e-6)
-    assert VectorizedEngine(gradient="vmap").forward_for(model, data) is not None
+    forward = VectorizedEngine(gradient=gradient).forward_for(model, data)
+    assert isinstance(forward, LayerChain) == (gradient == "batched")  # batched: one grouped convolution
     assert VectorizedEngine().forward_for(model, data) is None  # auto on CPU: sequential, measured faster
 
 
@@ -207,10 +212,9 @@ def test_bad_engine_settings_are_one_sentence() -> None:
     with pytest.raises(FedrunError, match="engine.gradient"):
         VectorizedEngine(gradient="fast")
     data, _ = toy([4])
-    data.x_train = torch.randn(4, 1, 6, 6)
-    conv = FlatModel(CNN((1, 6, 6), 3, channels=(2,), hidden=(4,), kernel_size=3))
+    tanh = FlatModel(nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)))  # Tanh: not a layer chain
     with pytest.raises(FedrunError, match="engine.gradient=auto"):
-        VectorizedEngine(gradient="batched").forward_for(conv, data)
+        VectorizedEngine(gradient="batched").forward_for(tanh, data)
 
 
 def test_flip_crop_augmentation_batched_over_clients_matches_sequential() -> None:
@@ -226,3 +230,6 @@ def test_flip_crop_augmentation_batched_over_clients_matches_sequential() -> Non
     hp = LocalTraining(lr=0.1, epochs=2, batch_size=5, weight_decay=0.0, clip_norm=0.0)
     seq, vec = both(model, theta, data, partition, LocalObjective(), hp)
     torch.testing.assert_close(vec.thetas, seq.thetas, rtol=1e-5, atol=1e-6)
+    data.augment = None  # without augmentation the models differ: flips and crops were really applied
+    plain = VectorizedEngine().train(model, theta, data, partition, torch.arange(3), LocalObjective(), hp, 3, 2)
+    assert not torch.allclose(plain.thetas, vec.thetas)

@@ -53,6 +53,21 @@ def batch_schedule(
     return out[:total]
 
 
+def round_draws(augment: object, schedule: list[torch.Tensor], g: torch.Generator) -> Optional[tuple[torch.Tensor, ...]]:
+    """All the augmentation random numbers of one client's round, drawn at once, or None.
+
+    For an augmentation that splits into ``draw(n, g)`` (per-sample random numbers) and
+    ``apply(x, *drawn)`` (e.g. :class:`~fedrun.data.augment.FlipCrop`), the numbers of the whole round
+    come from one ``draw`` over all its samples in schedule order, and the sample at position ``j`` of
+    the round uses row ``j`` of each. Both engines use this, so their augmented batches are the same,
+    and the vectorised engine draws once per client and round instead of once per step. Any other
+    augmentation callable is called per batch as ``augment(x, g)`` (``None`` here).
+    """
+    if augment is None or not (hasattr(augment, "draw") and hasattr(augment, "apply")):
+        return None
+    return augment.draw(sum(len(t) for t in schedule), g)
+
+
 def client_generators(seed: int, round_idx: int, client: int) -> tuple[torch.Generator, torch.Generator]:
     """(batch-order generator, augmentation generator) of one client in one round."""
     return generator(seed, "local", round_idx, client), generator(seed, "augment", round_idx, client)

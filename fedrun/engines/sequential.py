@@ -18,6 +18,7 @@ from fedrun.engines.base import (
     LocalTraining,
     batch_schedule,
     client_generators,
+    round_draws,
     sgd_step,
     total_decay,
 )
@@ -49,13 +50,20 @@ class SequentialEngine(Engine):
             g_batch, g_aug = client_generators(seed, round_idx, client)
             fixed = None if own.steps is None else int(own.steps[0])
             schedule = batch_schedule(len(index), hp.epochs, hp.batch_size, g_batch, fixed)
+            draws = round_draws(data.augment, schedule, g_aug)
+            if draws is not None:
+                draws = tuple(d.to(theta.device) for d in draws)
             w = theta.detach().clone().unsqueeze(0)
             loss_sum = torch.zeros((), device=theta.device)
+            done = 0  # samples of this round so far: the position in the round's draws
             for local in schedule:
                 rows = index[local.to(index.device)]
                 x, y = data.x_train[rows], data.y_train[rows]
-                if data.augment is not None:
+                if draws is not None:
+                    x = data.augment.apply(x, *(d[done : done + len(local)] for d in draws))
+                elif data.augment is not None:
                     x = data.augment(x, g_aug)
+                done += len(local)
                 w.requires_grad_(True)
                 ce = F.cross_entropy(model(w[0], x), y)
                 (grad,) = torch.autograd.grad(ce + own.extra_loss(w), w)

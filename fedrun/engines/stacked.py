@@ -3,11 +3,14 @@
 ``stacked[name]`` has shape ``[A, *param_shape]`` (views of one ``[A, P]`` tensor) and inputs have
 shape ``[A, B, ...]``; the output is ``[A, B, num_classes]``. Two implementations:
 
-- :func:`batched_forward`: hand-batched for chains of ``Flatten`` / ``Linear`` / ``ReLU`` (the
-  logistic regression and the MLPs) as batched matmuls (``baddbmm``): the fastest on CPU, where the
-  per-operation overhead of ``vmap`` dominates small models;
+- :func:`batched_forward`: hand-batched for chains of ``Conv2d`` / ``MaxPool2d`` / ``Flatten`` /
+  ``Linear`` / ``ReLU`` (the logistic regression, the MLPs and the CIFAR CNN). Linear layers are
+  batched matmuls (``baddbmm``); convolutions are one grouped convolution over all clients (the A
+  clients' C channels side by side, ``groups=A``), which is what ``vmap`` turns a convolution into,
+  without vmap's per-operation dispatch. Chains without convolutions also have an explicit backward
+  (:meth:`LayerChain.ce_grad`), the fastest path on CPU, where per-operation overhead dominates;
 - :func:`vmap_forward`: any parameter-only module through ``torch.func.vmap`` over
-  ``functional_call`` (convolutions become grouped convolutions).
+  ``functional_call``.
 
 Both are differentiable with ordinary autograd, so one backward of the sum of the clients'
 (independent) losses yields every client's gradient in its own row. :func:`agrees` checks a stacked
@@ -20,6 +23,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -38,47 +42,85 @@ def unflatten_stacked(model: FlatModel, w: torch.Tensor) -> dict[str, torch.Tens
     return out
 
 
-def _chain(module: nn.Module, prefix: str = "") -> Optional[list[tuple[str, ...]]]:
-    """The module as a list of ("flatten",) / ("linear", weight, bias) / ("relu",) ops, or None."""
-    from fedrun.models import MLP, LogisticRegression
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _chain(module: nn.Module, prefix: str = "") -> Optional[list[tuple]]:
+    """The module as a list of ops, or None when it is not a plain layer chain.
+
+    Ops: ``("flatten",)``, ``("linear", weight, bias)``, ``("relu",)``,
+    ``("conv", weight, bias, stride, padding)`` and ``("maxpool", kernel, stride)``.
+    """
+    from fedrun.models import CNN, MLP, LogisticRegression
 
     if type(module) is LogisticRegression:
         return [("flatten",), ("linear", f"{prefix}fc.weight", f"{prefix}fc.bias")]
-    if type(module) is MLP:
+    if type(module) in (MLP, CNN):
         return _chain(module.net, f"{prefix}net.")
-    if type(module) is nn.Sequential:
-        ops: list[tuple[str, ...]] = []
-        for name, child in module.named_children():
-            if type(child) is nn.Flatten and child.start_dim == 1 and child.end_dim == -1:
-                ops.append(("flatten",))
-            elif type(child) is nn.Linear:
-                ops.append(("linear", f"{prefix}{name}.weight", f"{prefix}{name}.bias"))
-            elif type(child) is nn.ReLU:
-                ops.append(("relu",))
-            else:
-                return None
-        return ops
-    return None
+    if type(module) is not nn.Sequential:
+        return None
+    ops: list[tuple] = []
+    for name, child in module.named_children():
+        kind = type(child)
+        if kind is nn.Flatten and child.start_dim == 1 and child.end_dim == -1:
+            ops.append(("flatten",))
+        elif kind is nn.Linear:
+            ops.append(("linear", f"{prefix}{name}.weight", f"{prefix}{name}.bias"))
+        elif kind is nn.ReLU:
+            ops.append(("relu",))
+        elif (
+            kind is nn.Conv2d and child.groups == 1 and _pair(child.dilation) == (1, 1) and child.bias is not None
+            and child.padding_mode == "zeros" and not isinstance(child.padding, str)
+        ):
+            ops.append(("conv", f"{prefix}{name}.weight", f"{prefix}{name}.bias", _pair(child.stride), _pair(child.padding)))
+        elif (
+            kind is nn.MaxPool2d and _pair(child.padding) == (0, 0) and _pair(child.dilation) == (1, 1)
+            and not child.ceil_mode and not child.return_indices
+        ):
+            ops.append(("maxpool", _pair(child.kernel_size), _pair(child.stride or child.kernel_size)))
+        else:
+            return None
+    return ops
 
 
-class LinearChain:
-    """Hand-batched Flatten/Linear/ReLU chain over stacked parameters, with an explicit backward.
+class LayerChain:
+    """Hand-batched layer chain over stacked parameters.
 
-    ``forward(params, x)`` is differentiable with autograd; :meth:`ce_grad` returns each client's
-    mean cross-entropy over its real samples and its gradient without building an autograd graph
-    (softmax minus one-hot, then batched matmuls back through the layers), which removes most of
-    the per-step overhead that dominates small models on a CPU.
+    ``forward(params, x)`` with ``x`` [A, B, ...] is differentiable with autograd. Convolutions run
+    on ``[B, A*C, H, W]`` (each client's channels side by side) as one grouped convolution, and the
+    features go back to ``[A, B, F]`` at the ``Flatten``. For chains without convolutions
+    (:attr:`explicit`), :meth:`ce_grad` returns each client's mean cross-entropy over its real
+    samples and its gradient without building an autograd graph (softmax minus one-hot, then batched
+    matmuls back through the layers), which removes most of the per-step overhead that dominates
+    small models on a CPU.
     """
 
-    def __init__(self, ops: list[tuple[str, ...]]):
+    def __init__(self, ops: list[tuple]):
         self.ops = ops
+        self.explicit = all(op[0] in ("flatten", "linear", "relu") for op in ops)
+        self.has_conv = any(op[0] == "conv" for op in ops)
 
     def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         count, batch = x.shape[0], x.shape[1]
-        h = x
+        h, spatial = x, False  # spatial: h is [B, A*C, H, W], else [A, B, ...]
         for op in self.ops:
-            if op[0] == "flatten":
-                h = h.reshape(count, batch, -1)
+            if op[0] == "conv":
+                if not spatial:
+                    h = h.transpose(0, 1).reshape(batch, count * h.shape[2], *h.shape[3:])
+                    spatial = True
+                weight, bias = params[op[1]], params[op[2]]
+                h = F.conv2d(
+                    h, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), op[3], op[4], groups=count
+                )
+            elif op[0] == "maxpool":
+                h = F.max_pool2d(h, op[1], op[2])
+            elif op[0] == "flatten":
+                if spatial:
+                    h = h.reshape(batch, count, -1).transpose(0, 1)
+                    spatial = False
+                else:
+                    h = h.reshape(count, batch, -1)
             elif op[0] == "linear":
                 h = torch.baddbmm(params[op[2]].unsqueeze(1), h, params[op[1]].transpose(1, 2))
             else:
@@ -89,6 +131,8 @@ class LinearChain:
         self, model: FlatModel, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(client CE [A], gradient [A, P]) of ``sum_b weights[a, b] * CE(f(w[a], x[a, b]), y[a, b])``."""
+        if not self.explicit:
+            raise ValueError("ce_grad needs a chain of Flatten/Linear/ReLU layers")
         params = unflatten_stacked(model, w)
         count, batch = x.shape[0], x.shape[1]
         saved: list[tuple[tuple[str, ...], torch.Tensor]] = []
@@ -122,15 +166,15 @@ class LinearChain:
         return client_ce, grad
 
 
-def batched_forward(module: nn.Module) -> Optional[LinearChain]:
-    """A hand-batched stacked forward for Flatten/Linear/ReLU chains, or None for other modules.
+def batched_forward(module: nn.Module) -> Optional[LayerChain]:
+    """A hand-batched stacked forward for plain layer chains (see :func:`_chain`), or None.
 
     The caller should confirm it against the module (:func:`agrees`) before trusting it.
     """
     ops = _chain(module)
     if ops is None or not any(op[0] == "linear" for op in ops):
         return None
-    return LinearChain(ops)
+    return LayerChain(ops)
 
 
 def vmap_forward(module: nn.Module) -> StackedForward:

@@ -8,21 +8,25 @@ real samples only) and every client that has none (fewer samples, SCAFFOLD's fix
 left unchanged. Batches are gathered by index from the data on the device (no DataLoader).
 
 The gradient of all clients comes from one backward of the sum of their losses (clients are
-independent, so row ``a`` of the gradient is client ``a``'s), through a hand-batched forward for
-Linear/ReLU models or ``torch.func.vmap`` for the rest (:mod:`fedrun.engines.stacked`); either
-is checked once against the module's own output before it is used. The
-algorithm's extra terms (:meth:`LocalObjective.extra_loss`) are added on the live stacked
-parameters; clipping, weight decay and the update are :func:`~fedrun.engines.base.sgd_step`.
+independent, so row ``a`` of the gradient is client ``a``'s), through a hand-batched forward for plain
+layer chains (batched matmuls; convolutions as one grouped convolution over all clients) or
+``torch.func.vmap`` for the rest (:mod:`fedrun.engines.stacked`); either is checked once against the
+module's own output before it is used. Chains without convolutions (logistic regression, MLPs) skip
+autograd: their gradient is computed explicitly. The algorithm's extra terms
+(:meth:`LocalObjective.extra_loss`) are added on the live stacked parameters; clipping, weight decay
+and the update are :func:`~fedrun.engines.base.sgd_step`. Augmentation random numbers are drawn once
+per client and round (:func:`~fedrun.engines.base.round_draws`) and each step applies its slice for
+all clients in one call.
 
 Active clients that do not fit in memory together are trained in chunks of ``chunk_size``
 (0 = as many as the memory estimate allows, :mod:`fedrun.memory`). A model that ``vmap`` cannot
 run (torch's fused ``nn.LSTM`` has no batching rule) is handed to the sequential engine
-automatically, logged once. Under ``gradient=auto`` so are models that need vmap when the device
-is a CPU (grouped convolutions there measured ~1.8x slower than one client at a time for the CIFAR
-CNN), and recurrent models (the Shakespeare ``CharLSTM``) on every device: ``CharLSTM`` does run
-under vmap (it unrolls into explicit matrix products there, :mod:`fedrun.models`) with the same
-results, but on CPU that measured about 6x slower than torch's fused LSTM kernel one client at a time; ``gradient=vmap``
-forces the vectorised path.
+automatically, logged once. Under ``gradient=auto`` so are convolutional models when the device is
+a CPU (measured: one client at a time is faster there, see :meth:`VectorizedEngine.forward_for`),
+and recurrent models (the Shakespeare ``CharLSTM``) on every device: ``CharLSTM`` does run under
+vmap (it unrolls into explicit matrix products there, :mod:`fedrun.models`) with the same results,
+but on CPU that measured about 6x slower than torch's fused LSTM kernel one client at a time;
+``gradient=vmap`` forces the vectorised path.
 """
 
 from __future__ import annotations
@@ -43,11 +47,12 @@ from fedrun.engines.base import (
     LocalTraining,
     batch_schedule,
     client_generators,
+    round_draws,
     sgd_step,
     total_decay,
 )
 from fedrun.engines.sequential import SequentialEngine
-from fedrun.engines.stacked import LinearChain, StackedForward, agrees, batched_forward, unflatten_stacked, vmap_forward
+from fedrun.engines.stacked import LayerChain, StackedForward, agrees, batched_forward, unflatten_stacked, vmap_forward
 from fedrun.errors import FedrunError
 from fedrun import memory
 from fedrun.params import FlatModel
@@ -61,8 +66,9 @@ _fallback_logged: set[str] = set()
 @dataclass
 class VectorizedEngine(Engine):
     """``chunk_size``: clients trained at once (0 = automatic from free memory).
-    ``gradient``: ``auto`` (Linear/ReLU chains as batched matmuls with an explicit backward, other
-    models through vmap), ``batched`` (the same matmuls through autograd) or ``vmap``.
+    ``gradient``: ``auto`` (layer chains hand-batched: Linear/ReLU chains with an explicit
+    backward, convolutional chains as grouped convolutions on a GPU; other models through vmap),
+    ``batched`` (the hand-batched chain through autograd, also on CPU) or ``vmap``.
     ``compile``: run the stacked loss through ``torch.compile`` (an option; off by default).
     """
 
@@ -80,9 +86,8 @@ class VectorizedEngine(Engine):
     # -- choices made once per model -------------------------------------------------------------
     def forward_for(self, model: FlatModel, data: FederatedData) -> Optional[StackedForward]:
         """The stacked forward for ``model`` (cached), or None when it must run sequentially."""
-        key = id(model)
-        if key in self._cache:
-            return self._cache[key][0]
+        if id(model) in self._cache:
+            return self._cache[id(model)][0]
         forward: Optional[StackedForward] = None
         sample = data.x_train[:2]
         if data.augment is not None:
@@ -96,27 +101,32 @@ class VectorizedEngine(Engine):
                     f"engine.gradient=batched does not support {type(model.module).__name__}: use engine.gradient=auto."
                 )
         recurrent = any(isinstance(m, nn.RNNBase) for m in model.module.modules())
-        slower = False
-        if forward is None and self.gradient == "auto" and recurrent:
+        convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.module.modules())
+        if self.gradient == "auto" and recurrent:
             # Measured on CPU: the LSTM unrolled under vmap is ~6x slower than torch's fused kernel
             # one client at a time, so recurrent models run sequentially unless gradient=vmap.
             _log_fallback(model, "has recurrent layers (the fused LSTM kernel one client at a time is faster "
                                  "than an unrolled LSTM under vmap; engine.gradient=vmap forces vmap)")
-            slower = True
-        elif forward is None and self.gradient == "auto" and sample.device.type == "cpu":
-            # Measured on CPU: the CIFAR CNN under vmap (grouped convolutions) is ~1.8x slower than
-            # one client at a time; on a GPU vmap is used.
-            _log_fallback(model, "is faster one client at a time on CPU than under vmap (engine.gradient=vmap forces vmap)")
-            slower = True
-        if forward is None and not slower:
+            return self._remember(model, None, sample)
+        if self.gradient == "auto" and convolutional and sample.device.type == "cpu":
+            # Measured on CPU (CIFAR CNN, 4 clients x B=50, one step): one grouped convolution over
+            # all clients 0.14 s, vmap 0.16 s, one client at a time 0.087 s. On a GPU the grouped
+            # convolution is used.
+            _log_fallback(model, "is faster one client at a time on CPU than as a grouped convolution "
+                                 "(engine.gradient=batched or vmap forces the vectorised path)")
+            return self._remember(model, None, sample)
+        if forward is None:
             forward = vmap_forward(model.module)
             if not agrees(model, forward, sample):  # e.g. torch's fused nn.LSTM: no batching rule
                 forward = None
                 _log_fallback(model, "cannot run under torch.func.vmap")
         if forward is not None and self.compile:
             forward = torch.compile(forward)  # dynamic shapes after the first recompile (A varies)
+        return self._remember(model, forward, sample)
+
+    def _remember(self, model: FlatModel, forward: Optional[StackedForward], sample: torch.Tensor) -> Optional[StackedForward]:
         act = memory.activation_bytes_per_sample(model.module, sample[:1])
-        self._cache[key] = (forward, act, model)  # keep model alive so id() stays unique
+        self._cache[id(model)] = (forward, act, model)  # keep model alive so id() stays unique
         return forward
 
     def chunk_for(self, model: FlatModel, active: int, batch_size: int, device: torch.device) -> int:
@@ -174,18 +184,22 @@ class VectorizedEngine(Engine):
         round_idx: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device, count, batch = theta.device, len(ids), hp.batch_size
-        plan = _Plan.build(ids, partition, objective, hp, seed, round_idx, device)
+        plan = _Plan.build(ids, partition, objective, hp, seed, round_idx, device, data.augment)
         w = theta.detach().unsqueeze(0).repeat(count, 1)
         loss_sum = torch.zeros(count, device=device)
         extra = objective.linear is not None or objective.prox is not None
-        manual = isinstance(forward, LinearChain) and self.gradient == "auto" and (not extra or _extra_grad_ok(objective, w))
+        manual = isinstance(forward, LayerChain) and forward.explicit and self.gradient == "auto" and (not extra or _extra_grad_ok(objective, w))
         if manual and extra:  # gradient of the extra terms = const + prox * w; const fixed for the round
             const = _extra_grad(objective, torch.zeros_like(w))
             prox = None if objective.prox is None else objective.prox.reshape(-1, 1).to(w.dtype)
         for s in range(plan.num_steps):
             rows = plan.rows[:, s]
             x, y = data.x_train[rows], data.y_train[rows]
-            if data.augment is not None:
+            if plan.aug_draws is not None:  # this step's rows of every client's round draws: one call
+                x = data.augment.apply(
+                    x.reshape(count * batch, *x.shape[2:]), *(d[:, s].reshape(count * batch, *d.shape[3:]) for d in plan.aug_draws)
+                ).view_as(x)
+            elif data.augment is not None:
                 x = _augment(data, x, plan.counts_cpu[:, s].tolist(), plan.aug_generators)
             if manual:  # explicit backward, no autograd graph
                 with torch.no_grad():
@@ -252,6 +266,7 @@ class _Plan:
     everyone: list[bool]  # [S]: every client has a step s
     counts_cpu: torch.Tensor  # [A, S] real samples per step
     aug_generators: list[torch.Generator]
+    aug_draws: Optional[list[torch.Tensor]]  # per draw: [A, S, B, ...] on the device (padding: zeros)
     num_steps: int
 
     @staticmethod
@@ -263,13 +278,15 @@ class _Plan:
         seed: int,
         round_idx: int,
         device: torch.device,
+        augment: object = None,
     ) -> "_Plan":
-        schedules, aug = [], []
+        schedules, aug, draws = [], [], []
         for a, client in enumerate(ids):
             g_batch, g_aug = client_generators(seed, round_idx, client)
             fixed = None if objective.steps is None else int(objective.steps[a])
             schedules.append(batch_schedule(len(partition[client]), hp.epochs, hp.batch_size, g_batch, fixed))
             aug.append(g_aug)
+            draws.append(round_draws(augment, schedules[-1], g_aug))
         count, batch = len(ids), hp.batch_size
         num_steps = max((len(s) for s in schedules), default=0)
         local = torch.zeros(count, num_steps, batch, dtype=torch.long)
@@ -288,8 +305,16 @@ class _Plan:
         mask = torch.arange(batch).view(1, 1, batch) < counts.unsqueeze(-1)
         weights = mask.float() / counts.clamp(min=1).unsqueeze(-1).float()
         active = counts.gt(0)
+        aug_draws = None
+        if draws and draws[0] is not None:  # scatter each client's round draws onto its real sample slots
+            aug_draws = []
+            for k, first in enumerate(draws[0]):
+                full = first.new_zeros((count, num_steps, batch, *first.shape[1:]))
+                for a in range(count):
+                    full[a][mask[a]] = draws[a][k]  # row-major over (step, slot): the round's sample order
+                aug_draws.append(full.to(device))
         return _Plan(
-            rows, weights.to(device), active.to(device), active.all(0).tolist(), counts, aug, num_steps
+            rows, weights.to(device), active.to(device), active.all(0).tolist(), counts, aug, aug_draws, num_steps
         )
 
 
