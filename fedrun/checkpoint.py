@@ -11,6 +11,22 @@ SIGINT/SIGTERM arrives (after the round in progress finishes). A run that finish
 checkpoint (``summary.json`` with ``status: finished`` marks it), because client-state tables can
 be large.
 
+Client-state tables placed on the device or in pinned memory are copied into ``checkpoint.pt``.
+Memory-mapped tables (``state_placement=mmap``) are not: a run's mmap tables are durable files in
+``<run dir>/state/`` (:data:`STATE_DIR`), and the checkpoint records that the tables are "those
+files as of journal epoch ``e``" (``state_files``), so a checkpoint costs an msync of the rows
+changed since the previous one, not a copy of the tables. The store's undo journal holds the old
+values of every row overwritten since the checkpoint; resuming rolls the files back with it
+(:func:`prepare_state_files`, before the store is built). The order of writes, fsyncs and renames
+that keeps ``checkpoint.pt`` and the files consistent after a kill at any moment is in
+:mod:`fedrun.state`'s docstring; here: ``save`` msyncs the tables, writes ``checkpoint.pt``
+(temporary file, fsync, rename, fsync of the run dir) and only then lets the journal start the new
+epoch. The placement may change across a resume: a device/pinned run resumed from a files
+checkpoint loads the (rolled-back) files into its tables, and its first checkpoint copies the tables
+and deletes ``state/``; an mmap run resumed from a checkpoint with copied tables creates new files
+and loads the tables into them. ``state/`` is deleted when the run finishes, when it stops without
+a checkpoint that refers to it, and when a run dir is started over.
+
 ``resume`` (top-level key): ``auto`` (default) continues from the run dir's checkpoint when there is
 one, says "already finished" (exit 0) for a finished run and starts fresh otherwise; ``true`` does
 the same and, when no run dir was named (``hydra.run.dir``), first looks for the most recent run dir
@@ -24,7 +40,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import logging
 import random
+import shutil
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +52,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedrun.errors import FedrunError
 
+log = logging.getLogger("fedrun")
+
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 METRICS = "metrics.csv"
-FORMAT_VERSION = 1
+STATE_DIR = "state"  # the run's durable memory-mapped client-state files and their journal
+FORMAT_VERSION = 2  # 2: mmap client-state tables are referred to (``state_files``), not copied
+READABLE_FORMATS = (1, 2)
 # Keys that may differ between a run and its resumption: they change no result (state_placement only
 # moves the client-state tables between GPU, pinned host memory and files: resume after an OOM with it).
 IGNORED_KEYS = ("resume", "progress", "checkpoint_every", "targets", "skip_finished", "state_placement")
@@ -126,7 +148,7 @@ def load(path: Path) -> dict[str, Any]:
         raise FedrunError(
             f"{path} cannot be read ({type(err).__name__}): delete it, or add resume=false to start this run dir over."
         ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS:
         raise FedrunError(f"{path} is not a fedrun checkpoint of this version: delete it, or add resume=false to start over.")
     return ckpt
 
@@ -157,6 +179,8 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, clear: bool = True) -> Optiona
         if keys:
             raise FedrunError(refuse_message(run_dir, keys, comparable(cfg), comparable(summary["config"])))
         if summary.get("status") == "finished":
+            if clear:  # a kill between deleting checkpoint.pt and state/ at the end of the run
+                remove_state(run_dir)
             raise RunFinished(run_dir, summary)
     if clear:
         clear_outputs(run_dir)
@@ -170,6 +194,68 @@ def clear_outputs(run_dir: Path) -> None:
             (Path(run_dir) / name).unlink()
         except FileNotFoundError:
             pass
+    remove_state(run_dir)
+
+
+def state_dir(run_dir: Path) -> Path:
+    """Where a run keeps its durable memory-mapped client-state files and their undo journal."""
+    return Path(run_dir) / STATE_DIR
+
+
+def remove_state(run_dir: Path) -> None:
+    shutil.rmtree(state_dir(run_dir), ignore_errors=True)
+
+
+def _state_files(run_dir: Path, files: dict[str, Any]) -> dict[str, Path]:
+    """The checkpoint's table files, checked to exist with the right size."""
+    shape = tuple(files["shape"])
+    from fedrun.state import table_path  # fedrun.state imports torch: keep `fedrun --help` fast
+
+    paths = {name: table_path(state_dir(run_dir), name) for name in files["tables"]}
+    for path in paths.values():
+        size = path.stat().st_size if path.exists() else None
+        if size != 4 * shape[0] * shape[1]:
+            problem = "is missing" if size is None else f"has {size} bytes instead of {4 * shape[0] * shape[1]}"
+            raise FedrunError(
+                f"{path} {problem} but {Path(run_dir) / CHECKPOINT} refers to it: add resume=false to start this run dir over."
+            )
+    return paths
+
+
+def prepare_state_files(run_dir: Path, ckpt: Optional[dict[str, Any]]) -> str:
+    """Roll the run's memory-mapped state files back to ``ckpt`` (when it refers to files).
+
+    Returns the ``files`` kind for the run's store: ``reuse`` (map the rolled-back files as they
+    are) when the checkpoint refers to files, else ``new``.
+    """
+    from fedrun.state import JOURNAL_DIR, discard, map_table, roll_back
+
+    files = (ckpt or {}).get("state_files")
+    if not files:
+        return "new"
+    paths = _state_files(run_dir, files)
+    shape = tuple(files["shape"])
+    maps = {name: map_table(path, shape) for name, path in paths.items()}
+    journal = state_dir(run_dir) / JOURNAL_DIR
+    rows = roll_back(journal, {name: table for name, (table, _) in maps.items()}, int(files["epoch"]))
+    for _, mapped in maps.values():
+        mapped.flush()  # the roll-back is on disk before the entries that made it go
+    discard(journal)
+    if rows:
+        log.info("fedrun: rolled %d client-state rows back to the checkpoint of round %d", rows, ckpt["round"])  # type: ignore[index]
+    return "reuse"
+
+
+def remove_unused_state(run_dir: Path) -> None:
+    """Delete ``state/`` unless ``checkpoint.pt`` refers to its files (a run that stops keeps them)."""
+    if not state_dir(run_dir).exists():
+        return
+    try:
+        if load(Path(run_dir) / CHECKPOINT).get("state_files"):
+            return
+    except FedrunError:  # no (readable) checkpoint: nothing can resume from the files
+        pass
+    remove_state(run_dir)
 
 
 def find_resumable(cfg: DictConfig, base: Path) -> Optional[Path]:
@@ -240,17 +326,31 @@ class Counters:
 
 
 def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]) -> Path:
-    """Write ``checkpoint.pt`` atomically (temporary file, fsync, rename)."""
+    """Write ``checkpoint.pt`` atomically (temporary file, fsync, rename, fsync of the run dir).
+
+    A store of durable memory-mapped files is flushed and referred to (``state_files``), not copied;
+    only once the new checkpoint is durable does its journal start the next epoch.
+    """
     import torch
+
+    from fedrun.state import fsync_dir
 
     path = Path(run_dir) / CHECKPOINT
     tmp = path.with_name(CHECKPOINT + ".tmp")
+    store = exp.store
+    files = None
+    if store.durable:
+        if Path(store.directory).resolve() != state_dir(run_dir).resolve():
+            raise ValueError(f"durable client-state files must live in {state_dir(run_dir)}, not {store.directory}")
+        store.flush()  # the files now hold the state after this round
+        files = {"epoch": store.journal.epoch + 1, "shape": [store.num_clients, store.num_params], "tables": list(store.tables)}
     payload = {
         "format": FORMAT_VERSION,
         "round": counters.round,
         "theta": exp.theta,
         "server": dict(exp.server),
-        "store": dict(exp.store.items()),
+        "store": {} if files else dict(store.items()),
+        "state_files": files,
         "rng": rng_states(),
         "rows": list(rows),
         "counters": {"comm": counters.comm, "pending": counters.pending, "wall_s": counters.wall_s, "extra": counters.extra},
@@ -261,21 +361,53 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(Path(run_dir))
+    if files:
+        store.journal.begin_epoch(files["epoch"])  # the old epoch's entries are no longer needed
+    elif not (store.placement == "mmap" and Path(store.directory).resolve() == state_dir(run_dir).resolve()):
+        remove_state(run_dir)  # files of an earlier (mmap) checkpoint, superseded by this one's tables
     return path
 
 
-def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path) -> Counters:
-    """Put the checkpoint's state into ``exp`` and cut ``metrics.csv`` back to its rows."""
+def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path, run_dir: Optional[Path] = None) -> Counters:
+    """Put the checkpoint's state into ``exp`` and cut ``metrics.csv`` back to its rows.
+
+    ``run_dir`` (default: the folder of ``metrics_path``) holds the state files of a checkpoint that
+    refers to them; they must have been rolled back (:func:`prepare_state_files`) first.
+    """
     import torch
 
     # clone: the checkpoint is memory-mapped (read lazily); the run's own tensors must not alias it
     exp.theta = ckpt["theta"].to(exp.device).clone()
     exp.server = {k: v.to(exp.device).clone() if isinstance(v, torch.Tensor) else v for k, v in ckpt["server"].items()}
-    exp.store.load_state_dict(ckpt["store"])
+    files = ckpt.get("state_files")
+    if files:
+        _restore_files(files, exp.store, Path(metrics_path).parent if run_dir is None else Path(run_dir))
+    else:
+        exp.store.load_state_dict(ckpt["store"])
     set_rng_states(ckpt["rng"])
     truncate_metrics(Path(metrics_path), len(ckpt["rows"]))
     c = ckpt["counters"]
     return Counters(ckpt["round"], c["comm"], c["pending"], c["wall_s"], dict(c.get("extra", {})))
+
+
+def _restore_files(files: dict[str, Any], store: Any, run_dir: Path) -> None:
+    """The store's tables from the checkpoint's files: the files themselves, or loaded into its tables."""
+    from fedrun.state import map_table
+
+    paths = _state_files(run_dir, files)
+    shape = tuple(files["shape"])
+    if shape != (store.num_clients, store.num_params):
+        raise FedrunError(f"{run_dir / CHECKPOINT} has client-state tables of shape {shape}: add resume=false to start this run dir over.")
+    if store.durable and Path(store.directory).resolve() == state_dir(run_dir).resolve():
+        missing = set(paths) - set(store.tables)
+        if missing or store.files != "reuse":
+            raise ValueError(f"the store must reuse the checkpoint's files {sorted(paths)} (missing: {sorted(missing)})")
+        store.journal.epoch = int(files["epoch"])  # rows written from now on lead back to this checkpoint
+        return
+    for name, path in paths.items():  # another placement (or files elsewhere): load the files' tables
+        table, _ = map_table(path, shape, writable=False)
+        store.load_state_dict({name: table})
 
 
 def truncate_metrics(path: Path, rows: int) -> None:
@@ -304,11 +436,13 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
 
 
 def remove(run_dir: Path) -> None:
+    """Delete a finished run's checkpoint, then its state files (in that order: see :func:`check_run_dir`)."""
     for name in (CHECKPOINT, CHECKPOINT + ".tmp"):
         try:
             (Path(run_dir) / name).unlink()
         except FileNotFoundError:
             pass
+    remove_state(run_dir)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -64,8 +64,12 @@ class Experiment:
     server: ServerState
 
 
-def build(cfg: DictConfig, state_dir: Optional[Path] = None) -> Experiment:
-    """Validate ``cfg`` and build data, partition, model, algorithm, engine and state."""
+def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = "scratch") -> Experiment:
+    """Validate ``cfg`` and build data, partition, model, algorithm, engine and state.
+
+    ``state_dir``/``state_files``: where memory-mapped client state lives and whether its files are
+    scratch, new durable files or a checkpoint's files to reuse (:class:`~fedrun.state.ClientStateStore`).
+    """
     validate(cfg)
     device = resolve_device(choice(cfg.device))
     m, seed = int(cfg.num_clients), int(cfg.seed)
@@ -84,7 +88,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None) -> Experiment:
     engine: Engine = build_object(cfg.engine, _convert_="all")
     sizes = torch.tensor([len(p) for p in partition], dtype=torch.long)
     ctx = FedContext(m, model.num_params, sizes, int(cfg.batch_size), int(cfg.local_epochs), device)
-    store = store_for_run(cfg, data, model, algorithm, device, state_dir)  # placement by estimated size
+    store = store_for_run(cfg, data, model, algorithm, device, state_dir, state_files)  # placement by estimated size
     server = algorithm.setup(ctx, theta, store)
     if cfg.eval_all:
         store.add("_latest_model", theta)
@@ -157,7 +161,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     resumed = checkpoint.check_run_dir(cfg, run_dir)  # a checkpoint to continue from, or None; refuses a changed config
     configure_determinism(cfg)
-    exp = build(cfg)
+    # mmap client state: durable files in <run dir>/state/, rolled back to the checkpoint when it refers to them
+    exp = build(cfg, checkpoint.state_dir(run_dir), checkpoint.prepare_state_files(run_dir, resumed))
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     writer = MetricsWriter(run_dir / "metrics.csv", metric_columns(cfg))
     counters = checkpoint.Counters() if resumed is None else checkpoint.restore(resumed, exp, writer.path)
@@ -223,6 +228,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         write_json_atomic(run_dir / "summary.json", summary)
         if status == "finished":  # only now: a kill before this line leaves the checkpoint to resume from
             checkpoint.remove(run_dir)
+        else:  # state files no checkpoint refers to cannot be resumed from
+            checkpoint.remove_unused_state(run_dir)
         if writer.rows:
             convergence_plot(writer.rows, run_dir / "convergence.png", plot_title(cfg, exp))
     return summary
