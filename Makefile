@@ -1,7 +1,7 @@
 # fedrun developer commands. `make install` then `make test` is all a fresh machine needs.
 PY ?= python3
 
-.PHONY: install run test test-full lint clean bench reproduce-paper reproduce-paper-quick
+.PHONY: install run test test-full lint clean bench gpu-wheels reproduce-paper reproduce-paper-quick
 
 install:  ## install fedrun (editable) with its test tools
 	$(PY) -m pip install -e ".[dev]"
@@ -21,6 +21,9 @@ lint:  ## byte-compile everything and check the configs compose
 
 bench:  ## time both engines: make bench ARGS="model=logreg num_clients=100 participation=0.1 out=bench.json"
 	$(PY) scripts/bench.py $(ARGS)
+
+gpu-wheels:  ## wheels of fedrun's pure-Python needs, for a GPU machine without internet (scripts/gpu_check.sh installs them)
+	$(PY) -m pip wheel --no-deps -w .whl hydra-core "omegaconf>=2.3,<2.4" antlr4-python3-runtime==4.9.3  # hydra-core 1.3 needs omegaconf < 2.4
 
 reproduce-paper:  ## the paper's full grid (GPU job; finished runs skipped on a re-run) + report into outputs/paper/: make reproduce-paper ARGS="hydra/launcher=joblib_gpu"
 	scripts/reproduce_paper.sh $(ARGS)
