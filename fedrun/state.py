@@ -316,7 +316,7 @@ def store_for_run(
 ) -> ClientStateStore:
     """The run's store, its placement from ``cfg.state_placement`` (``auto``: by estimated size).
 
-    The estimate counts the algorithm's tables (plus ``_latest_model`` when ``eval_all``) against
+    The estimate counts the algorithm's tables (plus ``_latest_delta`` when ``eval_all``) against
     the free memory of the device, of the host and of the disk that would hold them, after a
     reserve for local training of the expected active clients (:mod:`fedrun.memory`). ``files``:
     see :class:`ClientStateStore` (with ``reuse``, the disk the existing files take counts as free).

@@ -411,7 +411,7 @@ def test_evaluation_columns_switch_off():
     cols = metric_columns(cfg)
     assert "test_acc" in cols and not any(c.endswith(("_active", "_all")) for c in cols)
     exp = build(cfg)
-    assert "_latest_model" not in exp.store
+    assert "_latest_delta" not in exp.store and "_initial_model" not in exp.server
 
 
 @pytest.mark.parametrize("algo,factor", [("fedavg", 1), ("feddyn", 1), ("fedprox", 1), ("fedadam", 1), ("scaffold", 2)])
