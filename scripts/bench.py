@@ -15,6 +15,9 @@ bench options:
 - ``bench.threads=0`` torch intra-op threads (0 = torch's default);
 - ``bench.ceiling=true`` also time one large-batch training of the same model (batch = expected
   active clients x B, plain SGD): the practical throughput ceiling;
+- ``bench.cudnn_benchmark=false`` let cuDNN time its convolution algorithms per shape
+  (``torch.backends.cudnn.benchmark``); fedrun leaves it at torch's default (off), so this measures
+  whether turning it on would pay;
 - ``bench.fake_data=NAME`` (mnist, emnist_l, cifar10, cifar100) writes random uint8 images of the
   dataset's real shapes (e.g. CIFAR-10: 50000x3x32x32 + 10000 test, random labels) once into
   fedrun's tensor cache in a temporary folder and runs ``data=NAME`` on them, for timing where the
@@ -52,6 +55,7 @@ BENCH_DEFAULTS = {
     "threads": "0",
     "ceiling": "true",
     "fake_data": "",
+    "cudnn_benchmark": "false",
 }
 # Real shapes of the image datasets: (train images, test images, channels, side, classes).
 FAKE_SHAPES = {
@@ -125,6 +129,8 @@ def setup_worker(bench: dict[str, str], cfg: Any) -> None:
     if int(bench["threads"]) > 0:
         torch.set_num_threads(int(bench["threads"]))
     configure_determinism(cfg)
+    if bench["cudnn_benchmark"].lower() == "true" and not bool(cfg.get("deterministic", False)):
+        torch.backends.cudnn.benchmark = True
 
 
 def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ case "$stage" in
 bench)
     python3 scripts/bench.py $cifar participation=0.1 ${BENCH_ARGS:-} out="$out/bench_cifar_p01.json" | tee "$out/bench_cifar_p01.md"
     python3 scripts/bench.py $cifar participation=1.0 bench.repeats=2 bench.rounds=2 ${BENCH_ARGS:-} out="$out/bench_cifar_p1.json" | tee "$out/bench_cifar_p1.md"
+    python3 scripts/bench.py $cifar participation=0.1 bench.engines=vectorized bench.cudnn_benchmark=true ${BENCH_ARGS:-} out="$out/bench_cifar_p01_cudnn.json" | tee "$out/bench_cifar_p01_cudnn.md"
     ;;
 paths)
     run() { python3 -m fedrun progress=false "$@"; }
