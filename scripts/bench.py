@@ -27,6 +27,10 @@ Precision is fedrun's own ``precision`` key (``precision=tf32`` to allow TF32 on
 ``fp32`` is exact IEEE float32 for matmuls, convolutions and RNNs alike), applied in every worker
 as ``fedrun`` applies it, together with ``deterministic``.
 
+``train_flops_per_sample`` (forward and backward, torch's FLOP counter) times the client-samples
+per second gives the arithmetic rate each engine reaches (``tflop_per_s``), to compare with the
+hardware's peak.
+
 Each engine runs in its own subprocess so that its peak memory (CUDA max allocated on a GPU, the
 process's max RSS on CPU) is its own. CUDA work is synchronised before every clock reading.
 """
@@ -133,6 +137,18 @@ def setup_worker(bench: dict[str, str], cfg: Any) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def train_flops_per_sample(exp: Any, batch: int) -> float:
+    """Forward + backward FLOPs of one training sample (torch's FLOP counter on one batch, one model)."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, y = exp.data.x_train[:batch], exp.data.y_train[:batch]
+    w = exp.theta.detach().clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        (grad,) = torch.autograd.grad(F.cross_entropy(exp.model(w, x), y), w)
+    return counter.get_total_flops() / len(y)
+
+
 def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dict[str, Any]:
     """Seconds per round of ``engine`` after warm-up (runs in a worker process)."""
     from fedrun.runner import build, run_round
@@ -169,8 +185,11 @@ def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dic
         sync(exp.device)
         times.append((time.perf_counter() - start) / rounds)
     best = min(times)
+    flops = train_flops_per_sample(exp, int(cfg.batch_size))
     return {
         "s_per_round": best,
+        "train_flops_per_sample": flops,
+        "tflop_per_s": flops * samples["n"] / rounds / best / 1e12,
         "s_per_round_median": statistics.median(times),
         "s_per_round_all": times,
         "client_samples_per_s": samples["n"] / rounds / best,
@@ -216,7 +235,8 @@ def time_ceiling(overrides: list[str], bench: dict[str, str]) -> dict[str, Any]:
             w = step(w)
         sync(exp.device)
         times.append(time.perf_counter() - start)
-    return {"batch_size": batch, "samples_per_s": batch * steps / min(times), "device": str(exp.device)}
+    rate = batch * steps / min(times)
+    return {"batch_size": batch, "samples_per_s": rate, "tflop_per_s": rate * train_flops_per_sample(exp, 50) / 1e12, "device": str(exp.device)}
 
 
 def worker(argv: list[str]) -> None:
@@ -260,13 +280,13 @@ def machine() -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| engine | s / round (best) | s / round (median) | client-samples / s | peak memory |",
-        "|---|---:|---:|---:|---:|",
+        "| engine | s / round (best) | s / round (median) | client-samples / s | TFLOP/s | peak memory |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in result["engines"].items():
         lines.append(
             f"| {name} | {r['s_per_round']:.4f} | {r['s_per_round_median']:.4f} | {r['client_samples_per_s']:,.0f} "
-            f"| {r['peak_memory_bytes'] / 2**20:,.0f} MiB ({r['peak_memory_kind']}) |"
+            f"| {r['tflop_per_s']:.3g} | {r['peak_memory_bytes'] / 2**20:,.0f} MiB ({r['peak_memory_kind']}) |"
         )
     if "speedup" in result:
         lines.append(f"\nvectorized / sequential speed-up per round: **{result['speedup']:.2f}x**")

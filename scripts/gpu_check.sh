@@ -27,6 +27,9 @@ bench)
     python3 scripts/bench.py $cifar participation=0.1 ${BENCH_ARGS:-} out="$out/bench_cifar_p01.json" | tee "$out/bench_cifar_p01.md"
     python3 scripts/bench.py $cifar participation=1.0 bench.repeats=2 bench.rounds=2 ${BENCH_ARGS:-} out="$out/bench_cifar_p1.json" | tee "$out/bench_cifar_p1.md"
     python3 scripts/bench.py $cifar participation=0.1 bench.engines=vectorized bench.cudnn_benchmark=true ${BENCH_ARGS:-} out="$out/bench_cifar_p01_cudnn.json" | tee "$out/bench_cifar_p01_cudnn.md"
+    for p in 0.1 1.0; do  # exact float32 needs 40 (p=0.1) and 50 (p=1.0) TFLOP/s for the targets: compare with TF32
+        python3 scripts/bench.py $cifar participation=$p precision=tf32 bench.engines=vectorized ${BENCH_ARGS:-} out="$out/bench_cifar_p${p}_tf32.json" | tee "$out/bench_cifar_p${p}_tf32.md"
+    done
     ;;
 paths)
     run() { python3 -m fedrun progress=false "$@"; }

@@ -28,6 +28,7 @@ def test_bench_writes_both_engine_timings(tmp_path) -> None:
         assert 0 < r["s_per_round"] <= r["s_per_round_median"]
         assert r["active_clients_per_round"] == 3
         assert r["client_samples_per_s"] > 0 and r["peak_memory_bytes"] > 0
+        assert r["tflop_per_s"] == pytest.approx(r["train_flops_per_sample"] * r["client_samples_per_s"] / 1e12)
     assert result["speedup"] == pytest.approx(
         result["engines"]["sequential"]["s_per_round"] / result["engines"]["vectorized"]["s_per_round"]
     )
@@ -39,3 +40,17 @@ def test_bench_rejects_unknown_bench_option() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "bench.nope=1"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode != 0 and "bench.nope" in proc.stderr
+
+
+def test_train_flops_per_sample_of_a_linear_model_by_hand() -> None:
+    """logreg d -> C: forward x·W^T is 2·d·C FLOPs a sample, the weight gradient another 2·d·C (x needs none)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from fedrun.runner import build
+
+    exp = build(bench.compose_cfg(["num_clients=4", "data.mean_samples=20", "progress=false"]))
+    d, c = exp.data.x_train.shape[1], exp.data.num_classes
+    assert bench.train_flops_per_sample(exp, 10) == 4 * d * c
