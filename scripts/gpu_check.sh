@@ -5,7 +5,7 @@
 #   scripts/gpu_check.sh paths      # CUDA paths: deterministic=true repeats bit for bit, pinned and mmap state, TF32 flags
 #   scripts/gpu_check.sh tests      # the CPU test suite with CUDA visible (device=auto puts most runs on the GPU)
 #
-# Results go to $OUT (default gpu_check_out/). Without hydra-core/omegaconf installed, wheels in .whl/
+# Results go to $OUT (default gpu_check_out/), at most 8 files a stage (the device tool returns 8). Without hydra-core/omegaconf installed, wheels in .whl/
 # (`make gpu-wheels` on a machine with internet) are installed into /tmp/site first. Each stage ends
 # well inside 10 minutes on an H100; the benchmark data are random images of CIFAR-10's real shapes
 # written into fedrun's tensor cache (bench.fake_data=cifar10), so nothing is downloaded.
@@ -24,11 +24,11 @@ nvidia-smi >>"$out/machine.txt" 2>&1 || true
 cifar="bench.fake_data=cifar10 model=cnn num_clients=100 local_epochs=5 batch_size=50"
 case "$stage" in
 bench)
-    python3 scripts/bench.py $cifar participation=0.1 ${BENCH_ARGS:-} out="$out/bench_cifar_p01.json" | tee "$out/bench_cifar_p01.md"
-    python3 scripts/bench.py $cifar participation=1.0 bench.repeats=2 bench.rounds=2 ${BENCH_ARGS:-} out="$out/bench_cifar_p1.json" | tee "$out/bench_cifar_p1.md"
-    python3 scripts/bench.py $cifar participation=0.1 bench.engines=vectorized bench.cudnn_benchmark=true ${BENCH_ARGS:-} out="$out/bench_cifar_p01_cudnn.json" | tee "$out/bench_cifar_p01_cudnn.md"
+    python3 scripts/bench.py $cifar participation=0.1 ${BENCH_ARGS:-} out="$out/bench_cifar_p01.json"
+    python3 scripts/bench.py $cifar participation=1.0 bench.repeats=2 bench.rounds=2 ${BENCH_ARGS:-} out="$out/bench_cifar_p1.json"
+    python3 scripts/bench.py $cifar participation=0.1 bench.engines=vectorized bench.cudnn_benchmark=true ${BENCH_ARGS:-} out="$out/bench_cifar_p01_cudnn.json"
     for p in 0.1 1.0; do  # exact float32 needs 40 (p=0.1) and 50 (p=1.0) TFLOP/s for the targets: compare with TF32
-        python3 scripts/bench.py $cifar participation=$p precision=tf32 bench.engines=vectorized ${BENCH_ARGS:-} out="$out/bench_cifar_p${p}_tf32.json" | tee "$out/bench_cifar_p${p}_tf32.md"
+        python3 scripts/bench.py $cifar participation=$p precision=tf32 bench.engines=vectorized ${BENCH_ARGS:-} out="$out/bench_cifar_p${p}_tf32.json"
     done
     ;;
 paths)
