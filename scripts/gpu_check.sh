@@ -34,18 +34,19 @@ bench)
 paths)
     run() { python3 -m fedrun progress=false "$@"; }
     small="data=synthetic num_clients=20 rounds=5"
+    runs=$(mktemp -d)  # run dirs stay out of $OUT (too many files to bring back)
     status=0
-    for i in 1 2; do run $small deterministic=true hydra.run.dir="$out/det$i" || status=1; done
-    if cmp -s <(cut -d, -f1-10 "$out/det1/metrics.csv") <(cut -d, -f1-10 "$out/det2/metrics.csv"); then
+    for i in 1 2; do run $small deterministic=true hydra.run.dir="$runs/det$i" || status=1; done
+    if cmp -s <(cut -d, -f1-10 "$runs/det1/metrics.csv") <(cut -d, -f1-10 "$runs/det2/metrics.csv"); then
         echo "deterministic=true: two runs identical" | tee -a "$out/paths.txt"
     else
         echo "deterministic=true: runs DIFFER" | tee -a "$out/paths.txt"; status=1
     fi
     for placement in device pinned mmap; do
-        run $small state_placement=$placement hydra.run.dir="$out/state_$placement" || status=1
+        run $small state_placement=$placement hydra.run.dir="$runs/state_$placement" || status=1
     done
-    if cmp -s <(cut -d, -f1-10 "$out/state_device/metrics.csv") <(cut -d, -f1-10 "$out/state_pinned/metrics.csv") \
-       && cmp -s <(cut -d, -f1-10 "$out/state_device/metrics.csv") <(cut -d, -f1-10 "$out/state_mmap/metrics.csv"); then
+    if cmp -s <(cut -d, -f1-10 "$runs/state_device/metrics.csv") <(cut -d, -f1-10 "$runs/state_pinned/metrics.csv") \
+       && cmp -s <(cut -d, -f1-10 "$runs/state_device/metrics.csv") <(cut -d, -f1-10 "$runs/state_mmap/metrics.csv"); then
         echo "state placements device/pinned/mmap: identical metrics" | tee -a "$out/paths.txt"
     else
         echo "state placements: metrics DIFFER" | tee -a "$out/paths.txt"; status=1
