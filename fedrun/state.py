@@ -109,9 +109,10 @@ class UndoJournal:
         new = torch.unique(ids[~saved[ids]])
         if len(new) == 0:
             return
-        old = table[new.to(table.device)].cpu()
+        old = table[new.to(table.device)].cpu()  # a copy (advanced indexing), not a view of the table
         zero = (old.view(torch.int32) == 0).all(1)  # bitwise +0.0 rows (never written): ids only
-        self.write({"table": name, "epoch": self.epoch, "ids": new, "zero": zero, "rows": old[~zero].clone()})
+        rows = old[~zero] if bool(zero.any()) else old
+        self.write({"table": name, "epoch": self.epoch, "ids": new, "zero": zero, "rows": rows})
         saved[new] = True
 
     def write(self, entry: dict[str, Any]) -> Path:
