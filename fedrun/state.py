@@ -40,6 +40,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -61,15 +62,22 @@ def table_path(directory: Path, name: str) -> Path:
 
 
 def map_table(path: Path, shape: tuple[int, int], writable: bool = True) -> tuple[torch.Tensor, mmap.mmap]:
-    """Map the float32 file ``path`` as a ``shape`` tensor (shared; a private copy-on-write map when
-    not ``writable``). Raises ``ValueError`` when the file's size does not match ``shape``."""
+    """Map the float32 file ``path`` as a ``shape`` tensor, shared (read-only unless ``writable``).
+
+    Shared maps are not charged against the kernel's overcommit limit, so tables larger than RAM
+    map fine (a private copy-on-write map of them is refused). Raises ``ValueError`` when the
+    file's size does not match ``shape``.
+    """
     size = memory.BYTES * shape[0] * shape[1]
     with open(path, "r+b" if writable else "rb") as f:
         actual = os.fstat(f.fileno()).st_size
         if actual != size:
             raise ValueError(f"{path} has {actual} bytes, not the {size} of a {shape[0]}x{shape[1]} float32 table")
-        mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_COPY)
-    return torch.frombuffer(mapped, dtype=torch.float32).view(shape), mapped  # the tensor keeps the map alive
+        mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+    with warnings.catch_warnings():  # read-only: the caller only reads it (torch warns about writes)
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        table = torch.frombuffer(mapped, dtype=torch.float32).view(shape)
+    return table, mapped  # the tensor keeps the map alive
 
 
 def fsync_dir(directory: Path) -> None:
