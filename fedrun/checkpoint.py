@@ -208,14 +208,15 @@ def remove_state(run_dir: Path) -> None:
 
 def _state_files(run_dir: Path, files: dict[str, Any]) -> dict[str, Path]:
     """The checkpoint's table files, checked to exist with the right size."""
-    shape = tuple(files["shape"])
     from fedrun.state import table_path  # fedrun.state imports torch: keep `fedrun --help` fast
 
+    shape = tuple(files["shape"])
     paths = {name: table_path(state_dir(run_dir), name) for name in files["tables"]}
     for path in paths.values():
         size = path.stat().st_size if path.exists() else None
-        if size != 4 * shape[0] * shape[1]:
-            problem = "is missing" if size is None else f"has {size} bytes instead of {4 * shape[0] * shape[1]}"
+        expected = 4 * shape[0] * shape[1]  # float32
+        if size != expected:
+            problem = "is missing" if size is None else f"has {size} bytes instead of {expected}"
             raise FedrunError(
                 f"{path} {problem} but {Path(run_dir) / CHECKPOINT} refers to it: add resume=false to start this run dir over."
             )
@@ -230,9 +231,9 @@ def prepare_state_files(run_dir: Path, ckpt: Optional[dict[str, Any]]) -> str:
     """
     from fedrun.state import JOURNAL_DIR, discard, map_table, roll_back
 
-    files = (ckpt or {}).get("state_files")
-    if not files:
+    if ckpt is None or not ckpt.get("state_files"):
         return "new"
+    files = ckpt["state_files"]
     paths = _state_files(run_dir, files)
     shape = tuple(files["shape"])
     maps = {name: map_table(path, shape) for name, path in paths.items()}
@@ -242,7 +243,7 @@ def prepare_state_files(run_dir: Path, ckpt: Optional[dict[str, Any]]) -> str:
         mapped.flush()  # the roll-back is on disk before the entries that made it go
     discard(journal)
     if rows:
-        log.info("fedrun: rolled %d client-state rows back to the checkpoint of round %d", rows, ckpt["round"])  # type: ignore[index]
+        log.info("fedrun: rolled %d client-state rows back to the checkpoint of round %d", rows, ckpt["round"])
     return "reuse"
 
 
@@ -250,10 +251,11 @@ def remove_unused_state(run_dir: Path) -> None:
     """Delete ``state/`` unless ``checkpoint.pt`` refers to its files (a run that stops keeps them)."""
     if not state_dir(run_dir).exists():
         return
+    ckpt_path = Path(run_dir) / CHECKPOINT
     try:
-        if load(Path(run_dir) / CHECKPOINT).get("state_files"):
+        if ckpt_path.exists() and load(ckpt_path).get("state_files"):
             return
-    except FedrunError:  # no (readable) checkpoint: nothing can resume from the files
+    except FedrunError:  # an unreadable checkpoint: nothing can resume from the files
         pass
     remove_state(run_dir)
 

@@ -270,6 +270,32 @@ def test_missing_state_file_is_one_sentence(tmp_path: Path) -> None:
         checkpoint.prepare_state_files(tmp_path, checkpoint.load(tmp_path / checkpoint.CHECKPOINT))
 
 
+@pytest.mark.parametrize("crash_after", [1, 3])
+def test_a_stopped_run_keeps_state_files_only_for_its_checkpoint(crash_after: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from conftest import compose_config
+    from fedrun import runner
+
+    cfg = compose_config("algo=feddyn", "num_clients=5", "rounds=4", "local_epochs=1", "data.mean_samples=30",
+                         "participation=0.6", "device=cpu", "progress=false", "checkpoint_every=2", "state_placement=mmap")
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    original = runner.run_round
+
+    def crash(exp, r):
+        assert exp.store.durable and exp.store.directory == checkpoint.state_dir(tmp_path)
+        if r > crash_after:
+            raise RuntimeError("simulated crash")
+        return original(exp, r)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(runner, "run_round", crash)
+        with pytest.raises(RuntimeError):
+            runner.run(cfg, tmp_path)
+    # before the first checkpoint (round 2) nothing can resume from the files: they go
+    assert checkpoint.state_dir(tmp_path).exists() == (crash_after >= 2)
+    runner.run(cfg, tmp_path)  # resumes (or starts over), finishes, and removes them
+    assert not checkpoint.state_dir(tmp_path).exists() and not (tmp_path / checkpoint.CHECKPOINT).exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # Real processes: killed from outside at random moments and from inside at chosen lines
 
