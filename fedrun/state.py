@@ -16,7 +16,7 @@ its files can be rolled back to the last checkpoint after a crash at any moment:
 
 1. ``set`` of rows not yet written since the last checkpoint (the journal's *epoch*) first reads
    their old values and writes them (ids, a zero-row mask, the non-zero rows) to
-   ``journal/<epoch>-<seq>.pt.tmp``, fsyncs it, renames it to ``<epoch>-<seq>.pt`` and fsyncs the
+   ``journal/<epoch>-<seq>.undo.tmp``, fsyncs it, renames it to ``<epoch>-<seq>.undo`` and fsyncs the
    journal directory; only then are the new rows written into the mapped table. A row is journaled
    once per epoch: its journaled value is its value at the checkpoint. An entry that did not reach
    its rename is a ``.tmp`` file, and the table was not touched after it.
@@ -34,6 +34,7 @@ its files can be rolled back to the last checkpoint after a crash at any moment:
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import math
 import mmap
@@ -54,6 +55,7 @@ log = logging.getLogger("fedrun")
 
 FILE_KINDS = ("scratch", "new", "reuse")
 JOURNAL_DIR = "journal"
+ENTRY_SUFFIX = ".undo"
 
 
 def table_path(directory: Path, name: str) -> Path:
@@ -117,18 +119,28 @@ class UndoJournal:
         new = torch.unique(ids[~saved[ids]])
         if len(new) == 0:
             return
-        old = table[new.to(table.device)].cpu()  # a copy (advanced indexing), not a view of the table
-        zero = (old.view(torch.int32) == 0).all(1)  # bitwise +0.0 rows (never written): ids only
-        rows = old[~zero] if bool(zero.any()) else old
-        self.write({"table": name, "epoch": self.epoch, "ids": new, "zero": zero, "rows": rows})
+        bits = table.view(torch.int32)
+        zero = torch.tensor([not bool(bits[i].any()) for i in new.tolist()], dtype=torch.bool)  # bitwise +0.0 rows
+        header = {"table": name, "epoch": self.epoch, "ids": new, "zero": zero, "num_params": table.shape[1]}
+        self.write(header, [table[i] for i in new[~zero].tolist()])
         saved[new] = True
 
-    def write(self, entry: dict[str, Any]) -> Path:
-        """Write ``entry`` durably as the next entry of this epoch (temporary file, fsync, rename, fsync)."""
-        path = self.directory / f"{self.epoch:08d}-{self.seq:08d}.pt"
+    def write(self, header: dict[str, Any], rows: list[torch.Tensor]) -> Path:
+        """Write an entry durably as the next one of this epoch (temporary file, fsync, rename, fsync).
+
+        Layout: the length of the header (8 bytes, little-endian), the header (``torch.save``: table
+        name, epoch, ids, zero-row mask, num_params), then the raw float32 ``rows`` (CPU row views,
+        written straight from the table's memory, no copy), one per non-zero id in id order.
+        """
+        path = self.directory / f"{self.epoch:08d}-{self.seq:08d}{ENTRY_SUFFIX}"
         tmp = path.with_name(path.name + ".tmp")
+        buffer = io.BytesIO()
+        torch.save(header, buffer)
         with tmp.open("wb") as f:
-            torch.save(entry, f)
+            f.write(len(buffer.getbuffer()).to_bytes(8, "little"))
+            f.write(buffer.getbuffer())
+            for row in rows:
+                f.write(row.numpy().data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -148,7 +160,7 @@ def entries(directory: Path, epoch: Optional[int] = None) -> list[Path]:
     if not Path(directory).is_dir():
         return []
     found = []
-    for path in Path(directory).glob("*.pt"):
+    for path in Path(directory).glob(f"*{ENTRY_SUFFIX}"):
         head, _, seq = path.stem.partition("-")
         if head.isdigit() and seq.isdigit() and (epoch is None or int(head) == epoch):
             found.append((int(head), int(seq), path))
@@ -172,13 +184,24 @@ def roll_back(directory: Path, tables: dict[str, torch.Tensor], epoch: int) -> i
     """
     restored = 0
     for path in reversed(entries(directory, epoch)):
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-        table = tables[entry["table"]]
-        ids, zero = entry["ids"], entry["zero"]
-        table[ids[zero]] = 0.0
-        table[ids[~zero]] = entry["rows"]
-        restored += len(ids)
+        restored += apply_entry(path, tables)
     return restored
+
+
+def apply_entry(path: Path, tables: dict[str, torch.Tensor]) -> int:
+    """Write one journal entry's old rows back into its table (in place, straight from the file)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = torch.load(io.BytesIO(f.read(size)), map_location="cpu", weights_only=True)
+        table = tables[header["table"]]
+        ids, zero = header["ids"], header["zero"]
+        if header["num_params"] != table.shape[1]:
+            raise ValueError(f"{path} holds rows of {header['num_params']} params, the table has {table.shape[1]}")
+        table[ids[zero]] = 0.0
+        for i in ids[~zero].tolist():
+            if f.readinto(table[i].numpy().data.cast("B")) != 4 * table.shape[1]:
+                raise ValueError(f"{path} is truncated")
+    return len(ids)
 
 
 class ClientStateStore:

@@ -114,7 +114,7 @@ def test_roll_back_to_the_checkpoint_is_exact(tmp_path: Path) -> None:
     store.set("b", torch.tensor([9, 0]), rows(2, p, 300.0))
     store.set("a", torch.tensor([3]), rows(1, p, 400.0))
     # each row's old value is journaled once: a{3,5}, a{1}, b{0,9}; the last set journals nothing
-    assert journal(tmp_path) == ["00000001-00000000.pt", "00000001-00000001.pt", "00000001-00000002.pt"]
+    assert journal(tmp_path) == ["00000001-00000000.undo", "00000001-00000001.undo", "00000001-00000002.undo"]
     assert not torch.equal(store.tables["a"].view(torch.int32), expected["a"])
     del store  # a crash: durable files stay as they are
     again = resume(tmp_path, m, p)
@@ -122,7 +122,7 @@ def test_roll_back_to_the_checkpoint_is_exact(tmp_path: Path) -> None:
     assert journal(tmp_path) == []
     # the resumed store journals against the same checkpoint: another crash rolls back again
     again.set("a", torch.tensor([1, 2]), rows(2, p, 500.0))
-    assert journal(tmp_path) == ["00000001-00000000.pt"]
+    assert journal(tmp_path) == ["00000001-00000000.undo"]
     del again
     assert_same_bits(resume(tmp_path, m, p), expected)
 
@@ -158,10 +158,10 @@ def test_crash_between_journal_entry_and_table_write(monkeypatch: pytest.MonkeyP
     expected = bits(store)
     store.set("a", torch.tensor([4]), rows(1, p, 2.0))
     with monkeypatch.context() as mp:  # the entry's rename never happens: a torn .tmp entry, table untouched
-        crash_on(mp, os, "replace", pick=lambda src, dst: str(dst).endswith("-00000001.pt"))
+        crash_on(mp, os, "replace", pick=lambda src, dst: str(dst).endswith("-00000001.undo"))
         with pytest.raises(KeyboardInterrupt):
             store.set("a", torch.tensor([2, 5]), rows(2, p, 3.0))
-    assert journal(tmp_path) == ["00000001-00000000.pt", "00000001-00000001.pt.tmp"]
+    assert journal(tmp_path) == ["00000001-00000000.undo", "00000001-00000001.undo.tmp"]
     with monkeypatch.context() as mp:  # the entry is durable, the rows are not written yet
         crash_on(mp, state.UndoJournal, "write", when="after")
         with pytest.raises(KeyboardInterrupt):
@@ -194,7 +194,7 @@ def test_crash_inside_a_checkpoint_leaves_a_consistent_pair(where: str, monkeypa
     ckpt = checkpoint.load(tmp_path / checkpoint.CHECKPOINT)
     assert ckpt["round"] == (4 if where == "after rename" else 2)
     if where == "after rename":
-        assert journal(tmp_path) == ["00000001-00000000.pt", "00000001-00000001.pt"]  # epoch 1: stale now
+        assert journal(tmp_path) == ["00000001-00000000.undo", "00000001-00000001.undo"]  # epoch 1: stale now
     assert_same_bits(resume(tmp_path, m, p), at_second if where == "after rename" else at_first)
     assert journal(tmp_path) == []
 
@@ -210,7 +210,7 @@ def test_crash_during_roll_back_then_roll_back_again(monkeypatch: pytest.MonkeyP
     del store
     ckpt = checkpoint.load(tmp_path / checkpoint.CHECKPOINT)
     with monkeypatch.context() as mp:  # killed after applying the newest entry, while reading the next
-        mp.setattr(torch, "load", _nth_load_raises(torch.load, 2))
+        mp.setattr(state, "apply_entry", _nth_call_raises(state.apply_entry, 2))
         with pytest.raises(KeyboardInterrupt):
             checkpoint.prepare_state_files(tmp_path, ckpt)
     with monkeypatch.context() as mp:  # killed after the whole roll-back, before the entries are deleted
@@ -221,16 +221,16 @@ def test_crash_during_roll_back_then_roll_back_again(monkeypatch: pytest.MonkeyP
     assert_same_bits(resume(tmp_path, m, p), expected)
 
 
-def _nth_load_raises(original, n: int):
+def _nth_call_raises(original, n: int):
     calls = []
 
-    def load(path, **kwargs):
-        calls.append(path)
+    def call(*args):
+        calls.append(args)
         if len(calls) == n:
             raise KeyboardInterrupt("simulated kill during roll-back")
-        return original(path, **kwargs)
+        return original(*args)
 
-    return load
+    return call
 
 
 def test_placement_changes_across_a_checkpoint(tmp_path: Path) -> None:
@@ -302,23 +302,26 @@ def test_a_stopped_run_keeps_state_files_only_for_its_checkpoint(crash_after: in
 # Runs `python -m fedrun ARGS` with a SIGKILL of itself at the NTH call of one function (before or
 # after it does its work). Points: a journal entry made durable but its rows not yet written; a
 # checkpoint fsynced but not renamed; renamed but the old journal epoch not yet dropped; the first
-# checkpoint written; roll-back killed while reading its second entry.
+# checkpoint written; roll-back killed before applying its second entry; "none": not killed from
+# inside, but every round pauses 50 ms after local training (before the client state is written),
+# so that a kill from outside lands mid-round, however busy the machine (rounds take ~10 ms).
 DRIVER = textwrap.dedent(
     """
-    import os, signal, sys
-    import torch
-    from fedrun import checkpoint, state
+    import os, signal, sys, time
+    from fedrun import checkpoint, guard, state
     from fedrun.cli import main
 
     point, nth = sys.argv[1], int(sys.argv[2])
+    screen = guard.screen_clients
+    guard.screen_clients = lambda *a, **k: (time.sleep(0.05), screen(*a, **k))[1]
     TARGETS = {
         "journal entry": (state.UndoJournal, "write", "after", lambda *a: True),
         "checkpoint rename": (os, "replace", "before", lambda src, dst: os.path.basename(dst) == "checkpoint.pt"),
         "journal epoch": (state.UndoJournal, "begin_epoch", "before", lambda *a: True),
         "checkpoint": (checkpoint, "save", "after", lambda *a: True),
-        "roll-back": (torch, "load", "before", lambda path, **kw: "journal" in str(path)),
+        "roll-back": (state, "apply_entry", "before", lambda *a: True),
     }
-    target, name, when, pick = TARGETS[point]
+    target, name, when, pick = TARGETS.get(point, (os, "getpid", "after", lambda *a: False))
     original, calls = getattr(target, name), []
 
     def killing(*args, **kwargs):
@@ -346,9 +349,9 @@ def killed_inside(algo: str, run_dir: Path, cwd: Path, point: str, nth: int, *ex
 
 
 def killed_outside(algo: str, run_dir: Path, cwd: Path, k: int, *extra: str) -> None:
-    """SIGKILL as soon as ``k`` metrics rows are written: in the checkpoint that follows row ``k``
-    when ``k`` is even (checkpoint_every=2) or just after it, else in round ``k + 1``."""
-    proc = subprocess.Popen(command(algo, run_dir, *extra), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """SIGKILL from outside as soon as ``k`` metrics rows are written (mid-round ``k + 1``, most likely)."""
+    args = command(algo, run_dir, *extra)[3:]  # drop `python -m fedrun`
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, "none", "0", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for_rows(proc, run_dir / "metrics.csv", k)
     proc.kill()
     proc.communicate(timeout=60)
@@ -370,9 +373,10 @@ def finish(algo: str, run_dir: Path, cwd: Path, reference_metrics: Path, *extra:
 def test_feddyn_mmap_killed_anywhere_resumes_identically(reference: dict[str, Path], tmp_path: Path) -> None:
     needs("feddyn")
     run_dir, mmap = tmp_path / "run", "state_placement=mmap"
-    killed_outside("feddyn", run_dir, tmp_path, 4, mmap)  # around the checkpoint of round 4
+    killed_outside("feddyn", run_dir, tmp_path, 3, mmap)  # after the checkpoint of round 2
     ckpt = files_checkpoint(run_dir)
     assert ckpt is not None and set(ckpt["tables"]) == {"s", "_latest_delta"}
+    assert torch.load(run_dir / checkpoint.CHECKPOINT, weights_only=False)["round"] <= 6, "the kill came too late"
     # s and _latest_delta rows of the next round are journaled (2 entries), the 3rd entry is the
     # next round's s: durable, its rows not written, then the kill: 3 entries to roll back
     killed_inside("feddyn", run_dir, tmp_path, "journal entry", 3, mmap)
