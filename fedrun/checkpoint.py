@@ -238,7 +238,13 @@ def prepare_state_files(run_dir: Path, ckpt: Optional[dict[str, Any]]) -> str:
     shape = tuple(files["shape"])
     maps = {name: map_table(path, shape) for name, path in paths.items()}
     journal = state_dir(run_dir) / JOURNAL_DIR
-    rows = roll_back(journal, {name: table for name, (table, _) in maps.items()}, int(files["epoch"]))
+    try:
+        rows = roll_back(journal, {name: table for name, (table, _) in maps.items()}, int(files["epoch"]))
+    except Exception as err:  # noqa: BLE001 - a damaged entry (disk fault): the files cannot be trusted
+        raise FedrunError(
+            f"the client-state journal in {journal} cannot be applied ({type(err).__name__}): "
+            "add resume=false to start this run dir over."
+        ) from None
     for _, mapped in maps.values():
         mapped.flush()  # the roll-back is on disk before the entries that made it go
     discard(journal)

@@ -268,6 +268,15 @@ def test_missing_state_file_is_one_sentence(tmp_path: Path) -> None:
 
     with pytest.raises(FedrunError, match=r"state_b\.bin is missing but .*checkpoint\.pt refers to it: add resume=false"):
         checkpoint.prepare_state_files(tmp_path, checkpoint.load(tmp_path / checkpoint.CHECKPOINT))
+    # a damaged journal entry (a disk fault: renamed entries are complete) is one sentence too
+    store = new_store(tmp_path, 4, 3)  # files="new": b exists again
+    store.set("a", torch.tensor([1]), rows(1, 3, 1.0))
+    save(tmp_path, store, 2)
+    store.set("a", torch.tensor([1]), rows(1, 3, 2.0))  # its old (non-zero) row is journaled
+    entry = checkpoint.state_dir(tmp_path) / state.JOURNAL_DIR / "00000001-00000000.undo"
+    entry.write_bytes(entry.read_bytes()[:-4])
+    with pytest.raises(FedrunError, match=r"journal in .* cannot be applied \(ValueError\): add resume=false to start"):
+        checkpoint.prepare_state_files(tmp_path, checkpoint.load(tmp_path / checkpoint.CHECKPOINT))
 
 
 @pytest.mark.parametrize("crash_after", [1, 3])
