@@ -386,17 +386,32 @@ def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path, run_dir: Optiona
     import torch
 
     # clone: the checkpoint is memory-mapped (read lazily); the run's own tensors must not alias it
+    built = exp.server
     exp.theta = ckpt["theta"].to(exp.device).clone()
     exp.server = {k: v.to(exp.device).clone() if isinstance(v, torch.Tensor) else v for k, v in ckpt["server"].items()}
     files = ckpt.get("state_files")
     if files:
         _restore_files(files, exp.store, Path(metrics_path).parent if run_dir is None else Path(run_dir))
     else:
-        exp.store.load_state_dict(ckpt["store"])
+        exp.store.load_state_dict(_upgrade_latest(dict(ckpt["store"]), exp.server, built))
     set_rng_states(ckpt["rng"])
     truncate_metrics(Path(metrics_path), len(ckpt["rows"]))
     c = ckpt["counters"]
     return Counters(ckpt["round"], c["comm"], c["pending"], c["wall_s"], dict(c.get("extra", {})))
+
+
+def _upgrade_latest(tables: dict[str, Any], server: dict[str, Any], built: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint's ``eval_all`` table (latest models) as the current one (changes from the initial model).
+
+    Format 1 kept every client's latest model in ``_latest_model``; now ``_latest_delta`` holds its
+    change from the initial model (``server["_initial_model"]``, which format 1 lacks: the freshly
+    built run has it, from the same seed).
+    """
+    if "_latest_model" in tables and "_initial_model" in built:
+        server.setdefault("_initial_model", built["_initial_model"])
+        latest = tables.pop("_latest_model")
+        tables["_latest_delta"] = latest - server["_initial_model"].to(latest.device)
+    return tables
 
 
 def _restore_files(files: dict[str, Any], store: Any, run_dir: Path) -> None:

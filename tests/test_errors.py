@@ -442,3 +442,31 @@ def test_resume_between_evaluations_keeps_pending_rounds(tmp_path):
     runner.run(plain(compose(args)), tmp_path / "run")
     assert metrics_without_wall(tmp_path / "run" / "metrics.csv") == metrics_without_wall(tmp_path / "ref" / "metrics.csv")
     assert [r["round"] for r in read_rows(tmp_path / "run" / "metrics.csv")] == ["3", "6", "7"]
+
+
+def test_format1_checkpoint_with_latest_models_resumes_identically(tmp_path, monkeypatch):
+    """A checkpoint of the previous format (``_latest_model`` table, no ``_initial_model``) resumes exactly."""
+    import signal
+
+    cfg = plain(compose([*TINY, "algo=feddyn", "rounds=4", "checkpoint_every=0", "eval_all=true"]))
+    runner.run(cfg, tmp_path / "ref")
+    original = checkpoint.after_round
+
+    def stop_at_2(cfg, run_dir, exp, counters, rows, signals):
+        if counters.round == 2:
+            signals.received = signal.SIGTERM  # as if SIGTERM came during round 2
+        return original(cfg, run_dir, exp, counters, rows, signals)
+
+    monkeypatch.setattr(checkpoint, "after_round", stop_at_2)
+    with pytest.raises(checkpoint.Interrupted):
+        runner.run(cfg, tmp_path / "old")
+    monkeypatch.setattr(checkpoint, "after_round", original)
+    path = tmp_path / "old" / checkpoint.CHECKPOINT
+    ckpt = torch.load(path, weights_only=False)
+    initial = ckpt["server"].pop("_initial_model")
+    latest = ckpt["store"].pop("_latest_delta") + initial
+    assert not torch.equal(latest, initial.expand_as(latest))  # some clients trained: the conversion matters
+    ckpt["store"]["_latest_model"], ckpt["format"] = latest, 1
+    torch.save(ckpt, path)
+    runner.run(cfg, tmp_path / "old")
+    assert metrics_without_wall(tmp_path / "old" / "metrics.csv") == metrics_without_wall(tmp_path / "ref" / "metrics.csv")
