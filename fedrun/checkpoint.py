@@ -111,9 +111,19 @@ def comparable(config: DictConfig | dict) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k not in IGNORED_KEYS}
 
 
+# Keys added to the config after runs were already written, with the value that matches how those
+# runs ran: a run dir whose config lacks the key counts as having this value (so a sweep re-run after
+# an upgrade still skips its finished runs and resumes its checkpoints).
+ADDED_KEYS = {"precision": "fp32"}
+
+
 def config_diff(a: DictConfig | dict, b: DictConfig | dict) -> list[str]:
-    """Dotted keys whose values differ between two configs (a key missing on one side differs)."""
+    """Dotted keys whose values differ between two configs (a key missing on one side differs,
+    except a key of :data:`ADDED_KEYS` at its value)."""
     fa, fb = comparable(a), comparable(b)
+    for key, value in ADDED_KEYS.items():
+        for flat in (fa, fb):
+            flat.setdefault(key, value)
     return sorted(k for k in set(fa) | set(fb) if fa.get(k, "<unset>") != fb.get(k, "<unset>"))
 
 

@@ -400,6 +400,9 @@ def test_config_diff_ignores_only_progress_like_keys():
     b = {"lr": 0.1, "algo": {"alpha": 0.02}, "resume": "true", "progress": True, "checkpoint_every": 1, "seed": 1}
     assert checkpoint.config_diff(a, b) == ["algo.alpha", "seed"]
     assert checkpoint.config_diff(a, a) == []
+    # a key added later (precision) is its old behaviour in a run dir written before it existed
+    assert checkpoint.config_diff({**a, "precision": "fp32"}, a) == []
+    assert checkpoint.config_diff({**a, "precision": "tf32"}, a) == ["precision"]
 
 
 def test_truncate_metrics_keeps_header_and_rows(tmp_path):
@@ -467,6 +470,7 @@ def test_format1_checkpoint_with_latest_models_resumes_identically(tmp_path, mon
     latest = ckpt["store"].pop("_latest_delta") + initial
     assert not torch.equal(latest, initial.expand_as(latest))  # some clients trained: the conversion matters
     ckpt["store"]["_latest_model"], ckpt["format"] = latest, 1
+    del ckpt["config"]["precision"]  # format 1 predates the key
     torch.save(ckpt, path)
     runner.run(cfg, tmp_path / "old")
     assert metrics_without_wall(tmp_path / "old" / "metrics.csv") == metrics_without_wall(tmp_path / "ref" / "metrics.csv")
