@@ -188,8 +188,9 @@ class VectorizedEngine(Engine):
         w = theta.detach().unsqueeze(0).repeat(count, 1)
         loss_sum = torch.zeros(count, device=device)
         extra = objective.linear is not None or objective.prox is not None
-        manual = isinstance(forward, LayerChain) and forward.explicit and self.gradient == "auto" and (not extra or _extra_grad_ok(objective, w))
-        if manual and extra:  # gradient of the extra terms = const + prox * w; const fixed for the round
+        explicit_extra = extra and _extra_grad_ok(objective, w)  # else autograd differentiates extra_loss
+        manual = isinstance(forward, LayerChain) and forward.explicit and self.gradient == "auto" and (explicit_extra or not extra)
+        if explicit_extra:  # gradient of the extra terms = const + prox * w; const fixed for the round
             const = _extra_grad(objective, torch.zeros_like(w))
             prox = None if objective.prox is None else objective.prox.reshape(-1, 1).to(w.dtype)
         for s in range(plan.num_steps):
@@ -209,17 +210,31 @@ class VectorizedEngine(Engine):
                         if prox is not None:
                             grad.addcmul_(prox, w)
             else:
-                w.requires_grad_(True)
-                logits = forward(unflatten_stacked(model, w), x)
+                # The parameter views of w are the autograd leaves (w itself needs no gradient), so
+                # backward writes each layer's gradient once and one cat joins them; differentiating
+                # w.r.t. w would zero-fill and add a full [A, P] tensor per layer (slice_backward).
+                leaves = not extra or explicit_extra
+                if not leaves:
+                    w.requires_grad_(True)
+                params = unflatten_stacked(model, w)
+                if leaves:
+                    params = {name: view.requires_grad_(True) for name, view in params.items()}
+                logits = forward(params, x)
                 # per-sample cross-entropy as log_softmax + gather: same numbers as F.cross_entropy,
                 # but reduction="none" there runs a thread-parallel loop that stalls on a busy CPU.
                 logp = torch.log_softmax(logits, dim=-1)
                 ce = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # [A, B]
                 client_ce = (ce * plan.weights[:, s]).sum(1)  # mean over each client's real samples
                 total = client_ce.sum()
-                if extra:
-                    total = total + objective.extra_loss(w)
-                (grad,) = torch.autograd.grad(total, w)
+                if leaves:
+                    grads = torch.autograd.grad(total, list(params.values()))
+                    grad = torch.cat([g.reshape(count, -1) for g in grads], dim=1)
+                    if extra:
+                        grad.add_(const)
+                        if prox is not None:
+                            grad.addcmul_(prox, w)
+                else:
+                    (grad,) = torch.autograd.grad(total + objective.extra_loss(w), w)
             with torch.no_grad():
                 new = sgd_step(w.detach(), grad, hp.lr, decay, hp.clip_norm)
                 w = new if plan.everyone[s] else torch.where(plan.active[:, s : s + 1], new, w.detach())
