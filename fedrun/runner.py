@@ -132,7 +132,8 @@ def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
         if "_latest_delta" in exp.store:
             old = exp.store.get("_latest_delta", kept.clients)
             new = kept.thetas - exp.server["_initial_model"]
-            exp.server["_latest_model_mean"] += (new - old).sum(0) / exp.ctx.num_clients
+            weights = exp.algorithm.all_weights()[kept.clients.to(exp.device)].to(new.dtype)
+            exp.server["_latest_model_mean"] += (weights[:, None] * (new - old)).sum(0)
             exp.store.set("_latest_delta", kept.clients, new)
         exp.theta = theta
     mb = len(clients) * exp.model.num_params * BYTES_PER_PARAM / 1e6
@@ -144,16 +145,19 @@ def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
         "downlink_mb": mb * exp.algorithm.downlink,
         "comm_fedavg_rounds": (exp.algorithm.uplink + exp.algorithm.downlink) / 2,
         "client_thetas": kept.thetas if len(kept.clients) else exp.theta[None, :],
+        "active_model": exp.algorithm.average(kept.thetas, kept.clients) if len(kept.clients) else exp.theta,
         "dropped_clients": kept.dropped,
     }
 
 
-def evaluate_round(exp: Experiment, client_thetas: torch.Tensor) -> dict[str, float]:
+def evaluate_round(exp: Experiment, active_model: torch.Tensor) -> dict[str, float]:
+    """Test loss and accuracy of the server model, the mean of the active clients' models
+    (``active_model``, averaged as the algorithm averages) and the mean of every client's latest model."""
     d = exp.data
     out: dict[str, float] = {}
     out["test_loss"], out["test_acc"] = evaluate(exp.model, exp.theta, d.x_test, d.y_test)
     if exp.cfg.eval_active:
-        out["test_loss_active"], out["test_acc_active"] = evaluate(exp.model, client_thetas.mean(0), d.x_test, d.y_test)
+        out["test_loss_active"], out["test_acc_active"] = evaluate(exp.model, active_model, d.x_test, d.y_test)
     if exp.cfg.eval_all:
         out["test_loss_all"], out["test_acc_all"] = evaluate(exp.model, exp.server["_latest_model_mean"], d.x_test, d.y_test)
     return out
@@ -202,7 +206,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     "active_clients": step["active_clients"],
                     "lr": step["lr"],
                     "train_loss": sum(pending["train_loss"]) / len(pending["train_loss"]) if pending["train_loss"] else math.nan,
-                    **evaluate_round(exp, step["client_thetas"]),
+                    **evaluate_round(exp, step["active_model"]),
                     "dropped_clients": pending.get("dropped_clients", 0),
                     "uplink_mb": pending["uplink_mb"],
                     "downlink_mb": pending["downlink_mb"],

@@ -389,21 +389,38 @@ def test_scaffold_server_lr():
 
 @pytest.mark.parametrize("algo", ["feddyn", "fedavg", "fedprox", "scaffold", "fedadam"])
 def test_three_evaluated_models(algo):
+    """Server model, mean of the active models, mean of every client's latest model, averaged as the
+    reference code does: n_k-weighted for FedAvg and FedProx, plain for the others."""
     exp = tiny(f"algo={algo}")
+    sizes = exp.ctx.client_sizes.double()
+    assert sizes.min() < sizes.max(), "unbalanced clients, or weighted and plain means would coincide"
+    weighted = algo in ("fedavg", "fedprox")
+
+    def mean(rows, ids):
+        if not weighted:
+            return rows.double().mean(0).float()
+        w = sizes[ids]
+        return ((w[:, None] * rows.double()).sum(0) / w.sum()).float()
+
     latest = exp.theta[None].repeat(M, 1)  # never-active clients' latest model is the initial one
     for r in (1, 2):
         step = run_round(exp, r)
         active = SAMPLERS["bernoulli"](M, 0.6, SEED, r)
         latest[active] = step["client_thetas"]
-        out = evaluate_round(exp, step["client_thetas"])
+        out = evaluate_round(exp, step["active_model"])
         d = exp.data
         assert out["test_loss"] == pytest.approx(evaluate(exp.model, exp.theta, d.x_test, d.y_test)[0])
-        loss, acc = evaluate(exp.model, step["client_thetas"].mean(0), d.x_test, d.y_test)
-        assert (out["test_loss_active"], out["test_acc_active"]) == pytest.approx((loss, acc), rel=1e-6)
-        loss, acc = evaluate(exp.model, latest.mean(0), d.x_test, d.y_test)
+        torch.testing.assert_close(step["active_model"], mean(step["client_thetas"], active), rtol=1e-5, atol=1e-6)
+        loss, acc = evaluate(exp.model, mean(step["client_thetas"], active), d.x_test, d.y_test)
+        assert (out["test_loss_active"], out["test_acc_active"]) == pytest.approx((loss, acc), rel=1e-5)
+        loss, acc = evaluate(exp.model, mean(latest, torch.arange(M)), d.x_test, d.y_test)
         assert (out["test_loss_all"], out["test_acc_all"]) == pytest.approx((loss, acc), rel=1e-5)
+        plain_all = evaluate(exp.model, latest.mean(0), d.x_test, d.y_test)[0]
+        assert (out["test_loss_all"] != pytest.approx(plain_all, rel=1e-4)) == weighted  # the weighting shows
     if algo == "feddyn":
         assert out["test_loss"] != pytest.approx(out["test_loss_active"]), "FedDyn's server model is not the active mean"
+    if weighted:
+        torch.testing.assert_close(exp.theta, step["active_model"])  # FedAvg's server model is its weighted mean
 
 
 def test_evaluation_columns_switch_off():

@@ -114,6 +114,24 @@ class Algorithm:
     client_states: ClassVar[tuple[str, ...]] = ()
     uplink: ClassVar[int] = 1
     downlink: ClassVar[int] = 1
+    weighted: ClassVar[bool] = False  # average client models by n_k (FedAvg, FedProx) or plainly
+
+    def average(self, thetas: torch.Tensor, clients: torch.Tensor) -> torch.Tensor:
+        """The mean of the models ``thetas`` of ``clients``: n_k-weighted when :attr:`weighted`.
+
+        As in the FedDyn reference code, the same averaging gives FedAvg's and FedProx's server model
+        and, for every method, the evaluated "mean of the active models" and "mean of all models".
+        """
+        if not self.weighted:
+            return thetas.mean(0)
+        return weighted_mean(thetas, self.ctx.client_sizes.to(thetas.device)[clients.to(thetas.device)])
+
+    def all_weights(self) -> torch.Tensor:
+        """[m] weights (summing to 1) of every client's latest model in the "mean of all models"."""
+        if not self.weighted:
+            return torch.full((self.ctx.num_clients,), 1.0 / self.ctx.num_clients, device=self.ctx.device)
+        sizes = self.ctx.client_sizes.double()
+        return (sizes / sizes.sum()).float().to(self.ctx.device)
 
     def setup(self, ctx: FedContext, theta: torch.Tensor, store: ClientStateStore) -> ServerState:
         """Create the client-state tables and return the initial server state."""

@@ -7,15 +7,18 @@ clients' models, θ^t = Σ_{k∈P_t} n_k θ_k^t / Σ_{k∈P_t} n_k (as in the Fe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from fedrun.algorithms.base import Algorithm, RoundInfo, ServerState, weighted_mean
+from fedrun.algorithms.base import Algorithm, RoundInfo, ServerState
 from fedrun.state import ClientStateStore
 
 
 @dataclass
 class FedAvg(Algorithm):
+    weighted: ClassVar[bool] = True
+
     def server_update(
         self,
         theta: torch.Tensor,
@@ -25,5 +28,4 @@ class FedAvg(Algorithm):
         store: ClientStateStore,
         info: RoundInfo,
     ) -> tuple[torch.Tensor, ServerState]:
-        sizes = self.ctx.client_sizes.to(client_thetas.device)[info.clients]
-        return weighted_mean(client_thetas, sizes), server
+        return self.average(client_thetas, info.clients), server
