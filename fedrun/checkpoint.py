@@ -403,24 +403,30 @@ def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path, run_dir: Optiona
     if files:
         _restore_files(files, exp.store, Path(metrics_path).parent if run_dir is None else Path(run_dir))
     else:
-        exp.store.load_state_dict(_upgrade_latest(dict(ckpt["store"]), exp.server, built))
+        exp.store.load_state_dict(_upgrade_latest(dict(ckpt["store"]), exp.server, built, exp.algorithm))
     set_rng_states(ckpt["rng"])
     truncate_metrics(Path(metrics_path), len(ckpt["rows"]))
     c = ckpt["counters"]
     return Counters(ckpt["round"], c["comm"], c["pending"], c["wall_s"], dict(c.get("extra", {})))
 
 
-def _upgrade_latest(tables: dict[str, Any], server: dict[str, Any], built: dict[str, Any]) -> dict[str, Any]:
+def _upgrade_latest(tables: dict[str, Any], server: dict[str, Any], built: dict[str, Any], algorithm: Any) -> dict[str, Any]:
     """A format-1 checkpoint's ``eval_all`` table (latest models) as the current one (changes from the initial model).
 
     Format 1 kept every client's latest model in ``_latest_model``; now ``_latest_delta`` holds its
     change from the initial model (``server["_initial_model"]``, which format 1 lacks: the freshly
-    built run has it, from the same seed).
+    built run has it, from the same seed). Format 1 also averaged them plainly for every method, so
+    their mean is recomputed with the algorithm's weights (n_k for FedAvg and FedProx).
     """
     if "_latest_model" in tables and "_initial_model" in built:
+        import torch
+
         server.setdefault("_initial_model", built["_initial_model"])
         latest = tables.pop("_latest_model")
         tables["_latest_delta"] = latest - server["_initial_model"].to(latest.device)
+        weights = algorithm.all_weights().to(latest.device, torch.float64)
+        mean = (weights[:, None] * latest.double()).sum(0).float()
+        server["_latest_model_mean"] = mean.to(server["_initial_model"].device)
     return tables
 
 

@@ -447,11 +447,13 @@ def test_resume_between_evaluations_keeps_pending_rounds(tmp_path):
     assert [r["round"] for r in read_rows(tmp_path / "run" / "metrics.csv")] == ["3", "6", "7"]
 
 
-def test_format1_checkpoint_with_latest_models_resumes_identically(tmp_path, monkeypatch):
-    """A checkpoint of the previous format (``_latest_model`` table, no ``_initial_model``) resumes exactly."""
+@pytest.mark.parametrize("algo", ["feddyn", "fedavg"])
+def test_format1_checkpoint_with_latest_models_resumes_identically(tmp_path, monkeypatch, algo):
+    """A checkpoint of the previous format (``_latest_model`` table, no ``_initial_model``, the mean of
+    all models unweighted) resumes exactly; FedAvg's mean of all models is n_k-weighted again."""
     import signal
 
-    cfg = plain(compose([*TINY, "algo=feddyn", "rounds=4", "checkpoint_every=0", "eval_all=true"]))
+    cfg = plain(compose([*TINY, f"algo={algo}", "rounds=4", "checkpoint_every=0", "eval_all=true", "data.sigma=0.5"]))  # unbalanced
     runner.run(cfg, tmp_path / "ref")
     original = checkpoint.after_round
 
@@ -470,6 +472,7 @@ def test_format1_checkpoint_with_latest_models_resumes_identically(tmp_path, mon
     latest = ckpt["store"].pop("_latest_delta") + initial
     assert not torch.equal(latest, initial.expand_as(latest))  # some clients trained: the conversion matters
     ckpt["store"]["_latest_model"], ckpt["format"] = latest, 1
+    ckpt["server"]["_latest_model_mean"] = latest.mean(0)  # format 1 averaged plainly for every method
     del ckpt["config"]["precision"]  # format 1 predates the key
     torch.save(ckpt, path)
     runner.run(cfg, tmp_path / "old")
