@@ -63,6 +63,7 @@ class StatePlacement(str, enum.Enum):
 class Precision(str, enum.Enum):
     fp32 = "fp32"
     tf32 = "tf32"
+    bf16 = "bf16"
 
 
 class OnNonfinite(str, enum.Enum):

@@ -12,7 +12,10 @@ Precision. PyTorch's own default on Ampere and newer GPUs runs float32 *convolut
 RNNs) in TF32, a 10-bit-mantissa format, while float32 matmuls stay IEEE. Curves that researchers
 compare must not depend on which kernel a layer happens to use, so ``precision=fp32`` (the default)
 makes matmuls, convolutions and RNNs all IEEE float32; ``precision=tf32`` allows TF32 in all three
-(faster on tensor cores, relative error around 1e-3 per operation). No effect on CPU.
+(faster on tensor cores, relative error around 1e-3 per operation; no effect on CPU).
+``precision=bf16`` keeps these flags IEEE and instead runs local training's model forward (and
+so its backward) under bfloat16 autocast, on CPU and GPU alike (:class:`fedrun.engines.base.LocalTraining`):
+parameters, the algorithm's terms and the update stay float32, and evaluation is float32.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from omegaconf import DictConfig
 
 from fedrun.config import choice
 
-PRECISIONS = ("fp32", "tf32")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def configure_determinism(cfg: DictConfig) -> bool:
@@ -44,7 +47,7 @@ def configure_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}")
     if _has_fp32_precision_api():  # torch >= 2.9: the legacy allow_tf32 flags must not be mixed in
-        value = "ieee" if precision == "fp32" else "tf32"
+        value = "tf32" if precision == "tf32" else "ieee"
         torch.backends.cuda.matmul.fp32_precision = value
         torch.backends.cudnn.conv.fp32_precision = value
         torch.backends.cudnn.rnn.fp32_precision = value

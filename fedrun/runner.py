@@ -118,7 +118,10 @@ def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
     lr = float(cfg.lr) * float(cfg.lr_decay) ** (round_idx - 1)
     info = RoundInfo(round_idx, lr, clients, steps=torch.empty(0, dtype=torch.long), base_lr=float(cfg.lr))
     objective = exp.algorithm.local_objective(exp.theta, exp.server, exp.store, info)
-    hp = LocalTraining(lr, int(cfg.local_epochs), int(cfg.batch_size), float(cfg.weight_decay), float(cfg.clip_norm))
+    hp = LocalTraining(
+        lr, int(cfg.local_epochs), int(cfg.batch_size), float(cfg.weight_decay), float(cfg.clip_norm),
+        bf16=choice(cfg.get("precision", "fp32")) == "bf16",
+    )
     result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, int(cfg.seed), round_idx)
     kept = guard.screen_clients(cfg, round_idx, clients, result)  # stop on, or drop, non-finite clients
     info = guard.with_clients(info, kept)

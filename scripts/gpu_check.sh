@@ -27,8 +27,10 @@ bench)
     python3 scripts/bench.py $cifar participation=0.1 ${BENCH_ARGS:-} out="$out/bench_cifar_p01.json"
     python3 scripts/bench.py $cifar participation=1.0 bench.repeats=2 bench.rounds=2 ${BENCH_ARGS:-} out="$out/bench_cifar_p1.json"
     python3 scripts/bench.py $cifar participation=0.1 bench.engines=vectorized bench.cudnn_benchmark=true ${BENCH_ARGS:-} out="$out/bench_cifar_p01_cudnn.json"
-    for p in 0.1 1.0; do  # exact float32 needs 40 (p=0.1) and 50 (p=1.0) TFLOP/s for the targets: compare with TF32
-        python3 scripts/bench.py $cifar participation=$p precision=tf32 bench.engines=vectorized ${BENCH_ARGS:-} out="$out/bench_cifar_p${p}_tf32.json"
+    for p in 0.1 1.0; do  # exact float32 needs 40 (p=0.1) and 50 (p=1.0) TFLOP/s for the targets: compare TF32, bf16
+        for precision in tf32 bf16; do
+            python3 scripts/bench.py $cifar participation=$p precision=$precision bench.engines=vectorized ${BENCH_ARGS:-} out="$out/bench_cifar_p${p}_$precision.json"
+        done
     done
     ;;
 paths)

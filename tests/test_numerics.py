@@ -39,12 +39,50 @@ def test_tf32_allows_tf32_everywhere() -> None:
     assert _flags("tf32")["after"] == {"matmul": True, "conv": True, "rnn": True}
 
 
+def test_bf16_keeps_float32_kernels_exact_outside_autocast() -> None:
+    assert _flags("bf16")["after"] == {"matmul": False, "conv": False, "rnn": False}
+
+
+# ---------------------------------------------------------------- precision=bf16: mixed-precision local training
+
+def _one_round(engine: str, precision: str, model: str = "mlp"):
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from fedrun.config import CONF_DIR, register_configs
+    from fedrun.runner import build, run_round
+
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "num_clients=4", "participation=1.0", "sampling=fixed", "data.mean_samples=24", "local_epochs=2",
+            "batch_size=8", "lr=0.05", f"model={model}", f"engine={engine}", f"precision={precision}", "progress=false",
+        ])
+    exp = build(cfg)
+    step = run_round(exp, 1)
+    return step["client_thetas"], exp.theta.dtype
+
+
+@pytest.mark.parametrize("model", ["mlp", "logreg"])
+def test_bf16_changes_the_numbers_a_little_and_both_engines_agree(model: str) -> None:
+    import torch
+
+    exact, _ = _one_round("sequential", "fp32", model)
+    seq, dtype = _one_round("sequential", "bf16", model)
+    vec, _ = _one_round("vectorized", "bf16", model)
+    assert dtype == torch.float32 and seq.dtype == torch.float32  # parameters stay float32
+    assert torch.isfinite(seq).all() and not torch.equal(seq, exact)  # autocast really ran
+    assert torch.equal(_one_round("sequential", "fp32", model)[0], exact)  # fp32 repeats: the bf16 change is not noise
+    assert (seq - exact).abs().max() < 0.03 * exact.abs().max()  # bfloat16 rounding (~1%), not a different method
+    torch.testing.assert_close(vec, seq, rtol=0.0, atol=0.005)  # the engines round differently (~1e-3), within bf16
+
+
 def test_unknown_precision_is_one_sentence() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "fedrun", "precision=bf16", "rounds=1"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "fedrun", "precision=fp16", "rounds=1"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["fedrun: error: precision=bf16 is not valid: use one of fp32, tf32."]
+    assert proc.stderr.strip().splitlines() == ["fedrun: error: precision=fp16 is not valid: use one of fp32, tf32, bf16."]
 
 
 def test_configure_precision_rejects_unknown_value() -> None:

@@ -29,6 +29,15 @@ class LocalTraining:
     batch_size: int
     weight_decay: float
     clip_norm: float  # <= 0 disables clipping
+    bf16: bool = False  # the model's forward (and its backward) under bfloat16 autocast (precision=bf16)
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        """The autocast context of the model's forward: bfloat16 when ``bf16``, else a no-op.
+
+        Parameters, gradients, the algorithm's extra terms and the SGD update stay float32 (mixed
+        precision); autocast runs matmuls and convolutions in bfloat16 and keeps losses in float32.
+        """
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=self.bf16)
 
 
 @dataclass

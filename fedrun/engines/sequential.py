@@ -65,7 +65,8 @@ class SequentialEngine(Engine):
                     x = data.augment(x, g_aug)
                 done += len(local)
                 w.requires_grad_(True)
-                ce = F.cross_entropy(model(w[0], x), y)
+                with hp.autocast(w.device):
+                    ce = F.cross_entropy(model(w[0], x), y)
                 (grad,) = torch.autograd.grad(ce + own.extra_loss(w), w)
                 with torch.no_grad():
                     w = sgd_step(w.detach(), grad, hp.lr, decay[a : a + 1], hp.clip_norm)

@@ -204,7 +204,9 @@ class VectorizedEngine(Engine):
                 x = _augment(data, x, plan.counts_cpu[:, s].tolist(), plan.aug_generators)
             if manual:  # explicit backward, no autograd graph
                 with torch.no_grad():
-                    client_ce, grad = forward.ce_grad(model, w, x, y, plan.weights[:, s])
+                    with hp.autocast(w.device):
+                        client_ce, grad = forward.ce_grad(model, w, x, y, plan.weights[:, s])
+                    client_ce, grad = client_ce.float(), grad.float()  # bf16: back to float32 for the update
                     if extra:
                         grad.add_(const)
                         if prox is not None:
@@ -219,10 +221,11 @@ class VectorizedEngine(Engine):
                 params = unflatten_stacked(model, w)
                 if leaves:
                     params = {name: view.requires_grad_(True) for name, view in params.items()}
-                logits = forward(params, x)
+                with hp.autocast(w.device):
+                    logits = forward(params, x)
                 # per-sample cross-entropy as log_softmax + gather: same numbers as F.cross_entropy,
                 # but reduction="none" there runs a thread-parallel loop that stalls on a busy CPU.
-                logp = torch.log_softmax(logits, dim=-1)
+                logp = torch.log_softmax(logits.float(), dim=-1)
                 ce = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # [A, B]
                 client_ce = (ce * plan.weights[:, s]).sum(1)  # mean over each client's real samples
                 total = client_ce.sum()
