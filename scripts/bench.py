@@ -204,6 +204,7 @@ def time_ceiling(overrides: list[str], bench: dict[str, str]) -> dict[str, Any]:
     """Throughput of one large-batch SGD training of the same model: batch = E[active] x B."""
     import torch.nn.functional as F
 
+    from fedrun.config import choice
     from fedrun.runner import build
 
     cfg = compose_cfg(overrides + ["progress=false", "engine=sequential"])
@@ -222,7 +223,9 @@ def time_ceiling(overrides: list[str], bench: dict[str, str]) -> dict[str, Any]:
         if exp.data.augment is not None:
             x = exp.data.augment(x, g_aug)
         w = w.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(exp.model(w, x), y), w)
+        with torch.autocast(exp.device.type, dtype=torch.bfloat16, enabled=choice(cfg.precision) == "bf16"):
+            logits = exp.model(w, x)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y), w)
         return (w - 0.01 * grad).detach()
 
     for _ in range(5):
