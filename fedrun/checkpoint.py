@@ -403,14 +403,14 @@ def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path, run_dir: Optiona
     if files:
         _restore_files(files, exp.store, Path(metrics_path).parent if run_dir is None else Path(run_dir))
     else:
-        exp.store.load_state_dict(_upgrade_latest(dict(ckpt["store"]), exp.server, built, exp.algorithm))
+        exp.store.load_state_dict(_upgrade_latest(dict(ckpt["store"]), exp.server, built, exp))
     set_rng_states(ckpt["rng"])
     truncate_metrics(Path(metrics_path), len(ckpt["rows"]))
     c = ckpt["counters"]
     return Counters(ckpt["round"], c["comm"], c["pending"], c["wall_s"], dict(c.get("extra", {})))
 
 
-def _upgrade_latest(tables: dict[str, Any], server: dict[str, Any], built: dict[str, Any], algorithm: Any) -> dict[str, Any]:
+def _upgrade_latest(tables: dict[str, Any], server: dict[str, Any], built: dict[str, Any], exp: Any) -> dict[str, Any]:
     """A format-1 checkpoint's ``eval_all`` table (latest models) as the current one (changes from the initial model).
 
     Format 1 kept every client's latest model in ``_latest_model``; now ``_latest_delta`` holds its
@@ -424,7 +424,7 @@ def _upgrade_latest(tables: dict[str, Any], server: dict[str, Any], built: dict[
         server.setdefault("_initial_model", built["_initial_model"])
         latest = tables.pop("_latest_model")
         tables["_latest_delta"] = latest - server["_initial_model"].to(latest.device)
-        weights = algorithm.all_weights().to(latest.device, torch.float64)
+        weights = exp.algorithm.all_weights().to(latest.device, torch.float64)
         mean = (weights[:, None] * latest.double()).sum(0).float()
         server["_latest_model_mean"] = mean.to(server["_initial_model"].device)
     return tables
