@@ -212,6 +212,11 @@ def state_dir(run_dir: Path) -> Path:
     return Path(run_dir) / STATE_DIR
 
 
+def _uses_state_dir(store: Any, run_dir: Path) -> bool:
+    """Does ``store`` keep its memory-mapped tables in ``run_dir``'s state directory?"""
+    return store.directory is not None and Path(store.directory).resolve() == state_dir(run_dir).resolve()
+
+
 def remove_state(run_dir: Path) -> None:
     shutil.rmtree(state_dir(run_dir), ignore_errors=True)
 
@@ -358,7 +363,7 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
     store = exp.store
     files = None
     if store.durable:
-        if Path(store.directory).resolve() != state_dir(run_dir).resolve():
+        if not _uses_state_dir(store, run_dir):
             raise ValueError(f"durable client-state files must live in {state_dir(run_dir)}, not {store.directory}")
         store.flush()  # the files now hold the state after this round
         files = {"epoch": store.journal.epoch + 1, "shape": [store.num_clients, store.num_params], "tables": list(store.tables)}
@@ -382,7 +387,7 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
     fsync_dir(Path(run_dir))
     if files:
         store.journal.begin_epoch(files["epoch"])  # the old epoch's entries are no longer needed
-    elif not (store.placement == "mmap" and Path(store.directory).resolve() == state_dir(run_dir).resolve()):
+    elif not (store.placement == "mmap" and _uses_state_dir(store, run_dir)):
         remove_state(run_dir)  # files of an earlier (mmap) checkpoint, superseded by this one's tables
     return path
 
@@ -438,7 +443,7 @@ def _restore_files(files: dict[str, Any], store: Any, run_dir: Path) -> None:
     shape = tuple(files["shape"])
     if shape != (store.num_clients, store.num_params):
         raise FedrunError(f"{run_dir / CHECKPOINT} has client-state tables of shape {shape}: add resume=false to start this run dir over.")
-    if store.durable and Path(store.directory).resolve() == state_dir(run_dir).resolve():
+    if store.durable and _uses_state_dir(store, run_dir):
         missing = set(paths) - set(store.tables)
         if missing or store.files != "reuse":
             raise ValueError(f"the store must reuse the checkpoint's files {sorted(paths)} (missing: {sorted(missing)})")

@@ -193,6 +193,11 @@ class VectorizedEngine(Engine):
         if explicit_extra:  # gradient of the extra terms = const + prox * w; const fixed for the round
             const = _extra_grad(objective, torch.zeros_like(w))
             prox = None if objective.prox is None else objective.prox.reshape(-1, 1).to(w.dtype)
+        # Autograd path: the parameter views of w are the leaves (w itself needs no gradient), so
+        # backward writes each layer's gradient once and one cat joins them; differentiating w.r.t.
+        # w would zero-fill and add a full [A, P] tensor per layer (slice_backward). Only extra terms
+        # whose gradient is not known explicitly need autograd through w.
+        leaves = explicit_extra or not extra
         for s in range(plan.num_steps):
             rows = plan.rows[:, s]
             x, y = data.x_train[rows], data.y_train[rows]
@@ -207,15 +212,7 @@ class VectorizedEngine(Engine):
                     with hp.autocast(w.device):
                         client_ce, grad = forward.ce_grad(model, w, x, y, plan.weights[:, s])
                     client_ce, grad = client_ce.float(), grad.float()  # bf16: back to float32 for the update
-                    if extra:
-                        grad.add_(const)
-                        if prox is not None:
-                            grad.addcmul_(prox, w)
             else:
-                # The parameter views of w are the autograd leaves (w itself needs no gradient), so
-                # backward writes each layer's gradient once and one cat joins them; differentiating
-                # w.r.t. w would zero-fill and add a full [A, P] tensor per layer (slice_backward).
-                leaves = not extra or explicit_extra
                 if not leaves:
                     w.requires_grad_(True)
                 params = unflatten_stacked(model, w)
@@ -232,13 +229,13 @@ class VectorizedEngine(Engine):
                 if leaves:
                     grads = torch.autograd.grad(total, list(params.values()))
                     grad = torch.cat([g.reshape(count, -1) for g in grads], dim=1)
-                    if extra:
-                        grad.add_(const)
-                        if prox is not None:
-                            grad.addcmul_(prox, w)
                 else:
                     (grad,) = torch.autograd.grad(total + objective.extra_loss(w), w)
             with torch.no_grad():
+                if explicit_extra:
+                    grad.add_(const)
+                    if prox is not None:
+                        grad.addcmul_(prox, w)
                 new = sgd_step(w.detach(), grad, hp.lr, decay, hp.clip_norm)
                 w = new if plan.everyone[s] else torch.where(plan.active[:, s : s + 1], new, w.detach())
                 loss_sum += client_ce.detach()
@@ -337,24 +334,9 @@ class _Plan:
 
 
 def _augment(data: FederatedData, x: torch.Tensor, counts: list[int], generators: list[torch.Generator]) -> torch.Tensor:
-    """Apply ``data.augment`` to each client's real samples with that client's generator.
-
-    An augmentation that splits into ``draw(n, g)`` (random numbers, per client) and
-    ``apply(x, *drawn)`` (per sample, e.g. :class:`~fedrun.data.augment.FlipCrop`) is applied to
-    all clients in one call; any other callable is called once per client.
-    """
+    """Apply an augmentation callable without ``draw``/``apply`` (those use the plan's round draws)
+    to each client's real samples, once per client with that client's generator."""
     aug, count, batch = data.augment, x.shape[0], x.shape[1]
-    if hasattr(aug, "draw") and hasattr(aug, "apply"):
-        drawn = [aug.draw(c, generators[a]) if c > 0 else None for a, c in enumerate(counts)]
-        first = next(d for d in drawn if d is not None)
-        parts = []
-        for k, t in enumerate(first):  # padding samples get zeros (valid draws; masked out of the loss)
-            full = t.new_zeros((count, batch, *t.shape[1:]))
-            for a, d in enumerate(drawn):
-                if d is not None:
-                    full[a, : counts[a]] = d[k]
-            parts.append(full.reshape(count * batch, *t.shape[1:]))
-        return aug.apply(x.reshape(count * batch, *x.shape[2:]), *parts).view(count, batch, *x.shape[2:])
     pieces = [aug(x[a, :c], generators[a]) if c > 0 else None for a, c in enumerate(counts)]
     first = next(p for p in pieces if p is not None)
     out = first.new_zeros((count, batch, *first.shape[1:]))
