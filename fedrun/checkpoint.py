@@ -71,6 +71,7 @@ class RunFinished(Exception):
 
     def __init__(self, run_dir: Path, summary: dict[str, Any]):
         super().__init__(f"{run_dir} already holds a finished run of this config ({summary.get('rounds_done')} rounds): nothing to do.")
+        self.run_dir = Path(run_dir)
         self.summary = summary
 
 
@@ -141,11 +142,24 @@ def refuse_message(run_dir: Path, keys: list[str], new: dict[str, Any], old: dic
 
 
 def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run dir's summary.json, or None when it is missing or is not a summary fedrun wrote."""
     path = Path(run_dir) / SUMMARY
     try:
-        return json.loads(path.read_text())
+        summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
+        return None
+    if not isinstance(summary.get("config"), (dict, type(None))):
+        return None
+    return summary
+
+
+def _unreadable(run_dir: Path, name: str, what: str) -> FedrunError:
+    return FedrunError(
+        f"{Path(run_dir) / name} {what}, so this run dir cannot be continued: "
+        "add resume=false to start it over, or pick another hydra.run.dir."
+    )
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -178,6 +192,20 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, clear: bool = True) -> Optiona
             clear_outputs(run_dir)
         return None
     summary = read_summary(run_dir)
+    if summary is None and (run_dir / SUMMARY).exists():
+        raise _unreadable(run_dir, SUMMARY, "is not a summary fedrun wrote (unreadable, or wrong content)")
+    if (run_dir / METRICS).exists() and not (run_dir / METRICS).is_file():
+        raise _unreadable(run_dir, METRICS, "is not a file")
+    if summary is not None and summary.get("status") == "finished" and summary.get("config") is not None:
+        # before the checkpoint: a kill after the summary was written leaves checkpoint.pt behind
+        keys = config_diff(cfg, summary["config"])
+        if keys:
+            raise FedrunError(refuse_message(run_dir, keys, comparable(cfg), comparable(summary["config"])))
+        if clear:
+            from fedrun.finish import complete_finished
+
+            complete_finished(run_dir, summary)  # a missing plot, a leftover checkpoint or state/
+        raise RunFinished(run_dir, summary)
     if ckpt_path.exists():
         ckpt = load(ckpt_path)
         keys = config_diff(cfg, ckpt["config"])
@@ -188,10 +216,8 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, clear: bool = True) -> Optiona
         keys = config_diff(cfg, summary["config"])
         if keys:
             raise FedrunError(refuse_message(run_dir, keys, comparable(cfg), comparable(summary["config"])))
-        if summary.get("status") == "finished":
-            if clear:  # a kill between deleting checkpoint.pt and state/ at the end of the run
-                remove_state(run_dir)
-            raise RunFinished(run_dir, summary)
+    elif (run_dir / METRICS).exists():  # killed before its first checkpoint, config unknown
+        raise _unreadable(run_dir, METRICS, "was written by an earlier run that left no checkpoint or summary.json")
     if clear:
         clear_outputs(run_dir)
     return None
@@ -199,11 +225,12 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, clear: bool = True) -> Optiona
 
 def clear_outputs(run_dir: Path) -> None:
     """Remove what an earlier run wrote into ``run_dir`` (not Hydra's ``.hydra/`` or logs)."""
-    for name in (CHECKPOINT, METRICS, SUMMARY, "convergence.png", CHECKPOINT + ".tmp"):
-        try:
-            (Path(run_dir) / name).unlink()
-        except FileNotFoundError:
-            pass
+    for name in (CHECKPOINT, METRICS, SUMMARY, "convergence.png", CHECKPOINT + ".tmp", "traceback.txt"):
+        path = Path(run_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     remove_state(run_dir)
 
 

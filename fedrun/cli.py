@@ -1,15 +1,18 @@
-"""The ``fedrun`` command: one Hydra entrypoint around :func:`fedrun.runner.run`.
+"""The ``fedrun`` command: one Hydra entrypoint around :func:`fedrun.runner.run`, inside one error boundary.
 
-Errors the user can fix (:class:`~fedrun.errors.FedrunError`) are printed as one sentence on
-stderr, with exit code 2 and no traceback; a run that fails before writing any metrics leaves no
-run directory behind.
+Every failure, from a bad override to a full disk or a bug, ends as one sentence on stderr
+(``fedrun: error: ...``) with no traceback (:mod:`fedrun.boundary`): exit 2, 3 for divergence,
+128+signal for a stop by signal; an unexpected error's full traceback goes to a file the sentence
+names. A run that fails before writing any output leaves no run directory (nor ``.hydra/`` or
+``cli.log``) behind. In a sweep, a job that fails is logged, gets ``summary.json`` with ``status:
+failed`` and its sentence, and the sweep goes on (``fedrun-report`` marks it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -17,12 +20,12 @@ from typing import Optional
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from fedrun import boundary, lock
 from fedrun.checkpoint import RunFinished
 from fedrun.cli_errors import Prepared, precheck
 from fedrun.config import CONF_DIR, register_configs
-from fedrun.errors import DivergenceError, FedrunError
 
 log = logging.getLogger("fedrun")
 
@@ -42,30 +45,50 @@ def _finished(run_dir: Path) -> bool:
         return False
 
 
+def _job_failed(cfg: DictConfig, run_dir: Path, message: str) -> None:
+    """A sweep job's failure on record: ``summary.json`` with status failed (unless the run wrote its own)."""
+    from fedrun.checkpoint import read_summary
+    from fedrun.outputs import write_json_atomic
+
+    summary = read_summary(run_dir)
+    if summary is None or summary.get("status") == "running":
+        config = OmegaConf.to_container(cfg, resolve=False)
+        write_json_atomic(run_dir / "summary.json", {"status": "failed", "error": message, "rounds_done": 0, "config": config})
+    else:
+        write_json_atomic(run_dir / "summary.json", {**summary, "error": message})
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(cfg: DictConfig) -> Optional[float]:
-    from fedrun.runner import run  # imported here so `fedrun --help` stays fast
-
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.get("skip_finished") and _finished(run_dir):
-        log.info("fedrun: skipped, already finished: %s", run_dir)
-        return
+    created = run_dir != _PREPARED.run_dir or not _PREPARED.existed
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        from fedrun.runner import run  # imported here so `fedrun --help` stays fast
+
+        if cfg.get("skip_finished") and _finished(run_dir):
+            log.info("fedrun: skipped, already finished: %s", run_dir)
+            return None
         summary = run(cfg, run_dir)
         return summary.get("final_test_acc")  # what a sweeper maximises (conf/hparams_search/)
     except RunFinished as done:
         log.info("fedrun: %s", done)
-    except DivergenceError as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one diverged run must not stop the sweep:
-            log.error("fedrun: %s", err)  # its summary.json says diverged, fedrun-report marks it
+        return None
+    except (KeyboardInterrupt, boundary.Stopped):
+        if multirun:  # a stop by signal stops the whole sweep
+            raise
+        message, code = boundary.describe(sys.exc_info()[1], run_dir)
+    except Exception as err:  # noqa: BLE001 - the boundary: every failure is one sentence
+        message, code = boundary.describe(err, run_dir)
+        if isinstance(err, lock.RunDirLocked):
+            _fail(message, code)  # another process's run dir: touch nothing
+        if multirun:  # one failed job must not stop the sweep: its summary says failed, the report marks it
+            log.error("fedrun: %s", message)
+            _job_failed(cfg, run_dir, message)
             return float("nan")
-        _fail(str(err), 3)
-    except FedrunError as err:
-        kept = ("metrics.csv", "checkpoint.pt", "summary.json")
-        if run_dir != _PREPARED.run_dir or not _PREPARED.existed:
-            if not any((run_dir / name).exists() for name in kept):
-                shutil.rmtree(run_dir, ignore_errors=True)
-        _fail(str(err), getattr(err, "exit_code", 2))
+    boundary.clean_failed_start(run_dir, created)
+    _fail(message, code)
+    return None
 
 
 _PREPARED = Prepared([])
@@ -73,17 +96,31 @@ _PREPARED = Prepared([])
 
 def main() -> None:
     global _PREPARED
-    try:  # bad overrides, resume decisions and unwritable dirs: one sentence, before Hydra makes a run dir
-        _PREPARED = precheck(sys.argv[1:])
-    except RunFinished as done:
-        print(f"fedrun: {done}", file=sys.stderr)
-        return
-    except FedrunError as err:
-        _fail(str(err))
-    except Exception:  # noqa: BLE001 - a case the pre-check does not know: let Hydra report it
-        _PREPARED = Prepared(sys.argv[1:])
-    sys.argv[1:] = _PREPARED.argv
-    _main()
+    boundary.install_startup_signals()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises its errors: the boundary below words them
+    argv = sys.argv[1:]
+    held = None
+    try:
+        try:  # bad overrides, resume decisions and unwritable dirs: one sentence, before Hydra makes a run dir
+            _PREPARED = precheck(argv)
+        except RunFinished as done:
+            from fedrun.finish import complete_finished
+
+            complete_finished(done.run_dir, done.summary)  # a missing plot, a leftover checkpoint or state/
+            print(f"fedrun: {done}", file=sys.stderr)
+            return
+        if _PREPARED.run_dir is not None:
+            held = lock.lock_run_dir(_PREPARED.run_dir)  # before Hydra writes .hydra/ and cli.log into it
+        sys.argv[1:] = _PREPARED.argv
+        _main()
+    except SystemExit:
+        raise
+    except BaseException as err:  # noqa: BLE001 - the boundary around everything outside the run itself
+        message, code = boundary.describe(err, _PREPARED.run_dir, [a for a in argv if not a.startswith("-")])
+        _fail(message, code)
+    finally:
+        if held is not None:
+            held.release()
 
 
 if __name__ == "__main__":

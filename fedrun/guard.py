@@ -1,16 +1,27 @@
-"""Divergence guard: non-finite or exploding losses and models stop the run with one sentence.
+"""Divergence guard: non-finite or exploding losses and models stop the run in the round they happen.
 
 Checks, each naming the round, the algorithm and the hyperparameters to lower:
 
 * a client whose loss or trained model is non-finite (``on_nonfinite=stop``, the default), or, with
   ``on_nonfinite=drop``, such clients are left out of the round (no aggregation, no state update)
-  and counted in the ``dropped_clients`` metrics column;
+  and counted in the ``dropped_clients`` metrics column; a round that drops more than half of its
+  clients :data:`DROPPED_ROUNDS` rounds in a row stops the run (dropping cannot rescue it);
 * a new server model that is non-finite;
-* a round's mean train loss above ``divergence_factor`` times round 1's (0 turns this check off);
-* a non-finite test loss.
+* a round's mean train loss, or an evaluated round's test loss, above ``divergence_factor`` times
+  the reference (0 turns these two checks off);
+* a non-finite train or test loss.
 
-A :class:`~fedrun.errors.DivergenceError` makes the runner write ``status: diverged`` to
-``summary.json`` and the CLI exit with code 3.
+The reference is computed before round 1 and cannot be poisoned by a round that already blew up:
+the largest of the initial model's train loss, its test loss and ``log C`` (the cross-entropy of a
+uniform predictor over C classes). A run whose first round explodes is therefore caught in round 1,
+and a run whose round 1 happened to be easy (one client holding one class, train loss 0.01) is not
+stopped later by a normal loss.
+
+A :class:`~fedrun.errors.DivergenceError` carries the round and what was seen (:attr:`record`): the
+runner writes no metrics row for that round, puts the record into ``summary.json`` (``diverged``)
+with ``status: diverged``, and the CLI exits with code 3.
+
+The guard reads the config once (:meth:`GuardSpec.from_config`); the round loop sees only the spec.
 """
 
 from __future__ import annotations
@@ -20,32 +31,75 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig
 
-from fedrun.config import choice
 from fedrun.errors import DivergenceError
 
 # Algorithm hyperparameters whose lowering typically calms a diverging run.
 LOWERABLE = ("alpha", "mu", "server_lr", "tau")
+DROPPED_ROUNDS = 3  # rounds in a row that drop more than half of their clients before the run stops
 
 
-def algo_name(cfg: DictConfig) -> str:
-    return str(cfg.algo._target_).rsplit(".", 1)[-1]
+@dataclass(frozen=True)
+class GuardSpec:
+    """What the guard needs from the config."""
+
+    algo: str  # the algorithm's class name, for messages
+    lr: float
+    knobs: tuple[tuple[str, Any], ...] = ()  # (algo key, value) of LOWERABLE hyperparameters
+    on_nonfinite: str = "stop"  # stop | drop
+    factor: float = 100.0  # divergence_factor (0: no loss-size checks)
+    dropped_rounds: int = DROPPED_ROUNDS
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "GuardSpec":
+        from fedrun.config import choice
+
+        algo = cfg.algo
+        knobs = tuple((k, algo[k]) for k in LOWERABLE if k in algo and isinstance(algo[k], (int, float)))
+        return cls(
+            algo=str(algo._target_).rsplit(".", 1)[-1],
+            lr=float(cfg.lr),
+            knobs=knobs,
+            on_nonfinite=choice(cfg.get("on_nonfinite", "stop")),
+            factor=float(cfg.get("divergence_factor", 0.0) or 0.0),
+        )
+
+    def advice(self) -> str:
+        """``lower lr=0.1 (or algo.alpha=0.01)``: the knobs of this config to turn down."""
+        extra = f" (or {', '.join(f'algo.{k}={v}' for k, v in self.knobs)})" if self.knobs else ""
+        return f"lower lr={self.lr}{extra}"
+
+    def diverged(self, round_idx: int, what: str, **seen: Any) -> DivergenceError:
+        err = DivergenceError(f"training diverged in round {round_idx} (algo={self.algo}): {what}; {self.advice()}.")
+        err.round = round_idx
+        err.record = {"round": round_idx, "reason": what, **{k: _plain(v) for k, v in seen.items()}}
+        return err
 
 
-def advice(cfg: DictConfig) -> str:
-    """``lower lr=0.1 (or algo.alpha=0.01)``: the knobs of this config to turn down."""
-    knobs = [f"algo.{k}={cfg.algo[k]}" for k in LOWERABLE if k in cfg.algo and isinstance(cfg.algo[k], (int, float))]
-    extra = f" (or {', '.join(knobs)})" if knobs else ""
-    return f"lower lr={cfg.lr}{extra}"
+def _plain(value: Any) -> Any:
+    """A JSON-safe number: non-finite floats as strings ("nan", "inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
-def diverged(cfg: DictConfig, round_idx: int, what: str) -> DivergenceError:
-    return DivergenceError(f"training diverged in round {round_idx} (algo={algo_name(cfg)}): {what}; {advice(cfg)}.")
+def on_nonfinite(cfg: Any) -> str:
+    from fedrun.config import choice
 
-
-def on_nonfinite(cfg: DictConfig) -> str:
     return choice(cfg.get("on_nonfinite", "stop"))
+
+
+@torch.no_grad()
+def reference_loss(exp: Any) -> float:
+    """max(initial model's train loss, its test loss, log C): computed before round 1 (the run's
+    ``exp.theta`` must still be the initial model)."""
+    from fedrun.evaluation import evaluate
+
+    d = exp.data
+    train, _ = evaluate(exp.model, exp.theta, d.x_train, d.y_train)
+    test, _ = evaluate(exp.model, exp.theta, d.x_test, d.y_test)
+    finite = [v for v in (train, test) if math.isfinite(v)]
+    return max([math.log(max(int(d.num_classes), 2)), *finite])
 
 
 @dataclass
@@ -59,55 +113,85 @@ class Screened:
     dropped: int
 
 
-def screen_clients(cfg: DictConfig, round_idx: int, clients: torch.Tensor, result: Any) -> Screened:
+def screen_clients(spec: GuardSpec, round_idx: int, clients: torch.Tensor, result: Any) -> Screened:
     """Stop on (or drop) clients whose loss or model is non-finite."""
     ok = torch.isfinite(result.loss.reshape(-1)).to(result.thetas.device) & torch.isfinite(result.thetas).all(dim=1)
     if bool(ok.all()):
         return Screened(clients, result.thetas, result.loss, result.steps, 0)
     bad = int((~ok).sum())
-    if on_nonfinite(cfg) != "drop":
+    if spec.on_nonfinite != "drop":
         first = int(clients[~ok.to(clients.device)][0])
-        raise diverged(
-            cfg, round_idx,
+        raise spec.diverged(
+            round_idx,
             f"{bad} of {len(clients)} active clients (first: client {first}) got a non-finite loss or model "
             "(on_nonfinite=drop would leave such clients out)",
+            nonfinite_clients=bad, active_clients=len(clients),
         )
     keep = ok.to(clients.device)
     return Screened(clients[keep], result.thetas[ok], result.loss.reshape(-1)[ok.to(result.loss.device)], result.steps[ok.to(result.steps.device)], bad)
 
 
-def check_server(cfg: DictConfig, round_idx: int, theta: torch.Tensor) -> None:
+def check_server(spec: GuardSpec, round_idx: int, theta: torch.Tensor) -> None:
     if not bool(torch.isfinite(theta).all()):
-        raise diverged(cfg, round_idx, "the new server model is non-finite")
+        raise spec.diverged(round_idx, "the new server model is non-finite")
 
 
 class LossGuard:
-    """Remembers round 1's train loss and stops when a later one exceeds it ``factor`` times."""
+    """Compares each round's losses with the reference; counts rounds that drop most of their clients."""
 
-    def __init__(self, cfg: DictConfig, reference: Optional[float] = None):
-        self.cfg = cfg
-        self.factor = float(cfg.get("divergence_factor", 0.0) or 0.0)
-        self.reference = reference
+    def __init__(self, spec: GuardSpec, reference: float, dropped_streak: int = 0):
+        self.spec = spec
+        self.reference = float(reference)
+        self.dropped_streak = int(dropped_streak)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps (``Counters.extra``)."""
+        return {"guard_reference": self.reference, "dropped_streak": self.dropped_streak}
+
+    def limit(self) -> float:
+        return self.spec.factor * self.reference
+
+    def check_dropped(self, round_idx: int, dropped: int, active: int) -> None:
+        self.dropped_streak = self.dropped_streak + 1 if dropped * 2 > active else 0
+        if self.dropped_streak >= self.spec.dropped_rounds:
+            raise self.spec.diverged(
+                round_idx,
+                f"on_nonfinite=drop left out more than half of the active clients ({dropped} of {active} now) "
+                f"in each of the last {self.dropped_streak} rounds",
+                dropped_clients=dropped, active_clients=active,
+            )
 
     def check_train(self, round_idx: int, loss: float) -> None:
         if math.isnan(loss):  # every client was dropped: nothing to compare
             return
         if not math.isfinite(loss):
-            raise diverged(self.cfg, round_idx, f"the mean train loss is {loss}")
-        if self.reference is None:
-            self.reference = loss
-            return
-        if self.factor > 0 and loss > self.factor * max(self.reference, 1e-12):
-            raise diverged(
-                self.cfg, round_idx,
-                f"the train loss {loss:.4g} is over divergence_factor={self.factor:g} times round 1's {self.reference:.4g}",
-            )
+            raise self.spec.diverged(round_idx, f"the mean train loss is {loss}", train_loss=loss)
+        if self.spec.factor > 0 and loss > self.limit():
+            raise self.spec.diverged(round_idx, self._over("train loss", loss), train_loss=loss)
 
     def check_test(self, round_idx: int, metrics: dict[str, float]) -> None:
-        if not math.isfinite(metrics.get("test_loss", 0.0)):
-            raise diverged(self.cfg, round_idx, f"the server model's test loss is {metrics['test_loss']}")
+        loss = metrics.get("test_loss", 0.0)
+        seen = {k: metrics.get(k) for k in ("train_loss", "test_loss", "test_acc")}
+        if not math.isfinite(loss):
+            raise self.spec.diverged(round_idx, f"the server model's test loss is {loss}", **seen)
+        if self.spec.factor > 0 and loss > self.limit():
+            raise self.spec.diverged(round_idx, self._over("server model's test loss", loss), **seen)
+
+    def _over(self, what: str, loss: float) -> str:
+        return (
+            f"the {what} {loss:.4g} is over divergence_factor={self.spec.factor:g} times the reference "
+            f"{self.reference:.4g} (the larger of the initial model's loss and log C)"
+        )
 
 
 def with_clients(info: Any, screened: Screened) -> Any:
     """``RoundInfo`` restricted to the kept clients, with their local step counts."""
     return replace(info, clients=screened.clients, steps=screened.steps.to(screened.clients.device))
+
+
+def initial_state(exp: Any, extra: Optional[dict[str, Any]]) -> tuple[float, int]:
+    """(reference, dropped streak) for a run: from a checkpoint's counters, else computed now."""
+    extra = extra or {}
+    if "guard_reference" in extra:
+        return float(extra["guard_reference"]), int(extra.get("dropped_streak", 0))
+    return reference_loss(exp), 0

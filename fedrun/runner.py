@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedrun.algorithms.base import Algorithm, FedContext, RoundInfo, ServerState
-from fedrun import checkpoint, guard
+from fedrun import checkpoint, finish, guard, lock
 from fedrun.config import build_object, choice, validate
 from fedrun.data import FederatedData
 from fedrun.determinism import configure_determinism
@@ -26,9 +26,8 @@ from fedrun.engines.base import Engine, LocalTraining
 from fedrun.errors import DivergenceError, FedrunError
 from fedrun.evaluation import evaluate
 from fedrun.memory import check_data_fits
-from fedrun.outputs import MetricsWriter, summarize, write_json_atomic
+from fedrun.outputs import MetricsWriter, summarize
 from fedrun.params import FlatModel
-from fedrun.plots import convergence_plot
 from fedrun.progress import Progress
 from fedrun.sampling import SAMPLERS
 from fedrun.seeding import derive_seed, generator
@@ -62,6 +61,7 @@ class Experiment:
     store: ClientStateStore
     ctx: FedContext
     server: ServerState
+    guard: Optional[guard.GuardSpec] = None
 
 
 def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = "scratch") -> Experiment:
@@ -96,7 +96,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = 
         store.add("_latest_delta")
         server["_initial_model"] = theta.clone()
         server["_latest_model_mean"] = theta.clone()
-    return Experiment(cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server)
+    return Experiment(cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server, guard.GuardSpec.from_config(cfg))
 
 
 def metric_columns(cfg: DictConfig) -> list[str]:
@@ -123,13 +123,13 @@ def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
         bf16=choice(cfg.get("precision", "fp32")) == "bf16",
     )
     result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, int(cfg.seed), round_idx)
-    kept = guard.screen_clients(cfg, round_idx, clients, result)  # stop on, or drop, non-finite clients
+    kept = guard.screen_clients(exp.guard, round_idx, clients, result)  # stop on, or drop, non-finite clients
     info = guard.with_clients(info, kept)
     train_loss = float(kept.loss.mean()) if len(kept.clients) else math.nan
     if len(kept.clients):  # every client dropped: the round changes nothing
         new_states = exp.algorithm.client_update(exp.theta, kept.thetas, exp.server, exp.store, info)
         theta, exp.server = exp.algorithm.server_update(exp.theta, kept.thetas, new_states, exp.server, exp.store, info)
-        guard.check_server(cfg, round_idx, theta)
+        guard.check_server(exp.guard, round_idx, theta)
         for name, rows in new_states.items():
             exp.store.set(name, kept.clients, rows)
         if "_latest_delta" in exp.store:
@@ -167,20 +167,29 @@ def evaluate_round(exp: Experiment, active_model: torch.Tensor) -> dict[str, flo
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Run all rounds of ``cfg`` and write the outputs into ``run_dir``; returns the summary."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Run all rounds of ``cfg`` and write the outputs into ``run_dir``; returns the summary.
+
+    The run holds ``run_dir``'s lock (:mod:`fedrun.lock`) throughout: a second run there is refused."""
+    with lock.lock_run_dir(run_dir):
+        return _run(cfg, Path(run_dir))
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resumed = checkpoint.check_run_dir(cfg, run_dir)  # a checkpoint to continue from, or None; refuses a changed config
     configure_determinism(cfg)
     # mmap client state: durable files in <run dir>/state/, rolled back to the checkpoint when it refers to them
     exp = build(cfg, checkpoint.state_dir(run_dir), checkpoint.prepare_state_files(run_dir, resumed))
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     writer = MetricsWriter(run_dir / "metrics.csv", metric_columns(cfg))
+    # the guard's reference: the initial model's losses, so computed before a checkpoint is restored
+    reference, dropped_streak = guard.initial_state(exp, None if resumed is None else resumed["counters"].get("extra"))
+    if resumed is None:
+        finish.write_started(run_dir, config)  # says which config writes metrics.csv before any checkpoint does
     counters = checkpoint.Counters() if resumed is None else checkpoint.restore(resumed, exp, writer.path)
     if resumed is not None:
         writer.rows = list(resumed["rows"])
         log.info("fedrun: resuming %s after round %d", run_dir, counters.round)
-    loss_guard = guard.LossGuard(cfg, counters.extra.get("reference_loss"))
+    loss_guard = guard.LossGuard(exp.guard, reference, dropped_streak)
     signals = checkpoint.StopSignals()
     rounds = int(cfg.rounds)
     log.info(
@@ -192,10 +201,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     pending = counters.pending
     comm = counters.comm
     status = "running"
+    extra: dict[str, Any] = {"plot_title": plot_title(cfg, exp)}
     signals.install()
     try:
         for r in range(counters.round + 1, rounds + 1):
             step = run_round(exp, r)
+            loss_guard.check_dropped(r, step["dropped_clients"], step["active_clients"])
             loss_guard.check_train(r, step["train_loss"])
             comm += step["comm_fedavg_rounds"]
             if math.isfinite(step["train_loss"]):  # nan: every client of the round was dropped
@@ -220,29 +231,30 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 writer.write(row)
                 pending = {"train_loss": [], "uplink_mb": 0.0, "downlink_mb": 0.0}
                 progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
-            state = checkpoint.Counters(r, comm, pending, time.perf_counter() - start, {"reference_loss": loss_guard.reference})
+            state = checkpoint.Counters(r, comm, pending, time.perf_counter() - start, loss_guard.state())
             checkpoint.after_round(cfg, run_dir, exp, state, writer.rows, signals)  # periodic / on-signal checkpoint
         status = "finished"
-    except DivergenceError:
+    except DivergenceError as err:
         status = "diverged"
+        extra["diverged"] = getattr(err, "record", None)  # the diverged round: never a metrics row
         raise
     except checkpoint.Interrupted:
         status = "interrupted"
         raise
     finally:
-        signals.restore()
         progress.close()
         seconds = time.perf_counter() - start
         if status == "running":
             status = "failed"
-        summary = summarize(writer.rows, status, seconds, exp.model.num_params, config)
-        write_json_atomic(run_dir / "summary.json", summary)
-        if status == "finished":  # only now: a kill before this line leaves the checkpoint to resume from
-            checkpoint.remove(run_dir)
-        else:  # state files no checkpoint refers to cannot be resumed from
-            checkpoint.remove_unused_state(run_dir)
-        if writer.rows:
-            convergence_plot(writer.rows, run_dir / "convergence.png", plot_title(cfg, exp))
+        summary = summarize(writer.rows, status, seconds, exp.model.num_params, config, extra)
+        try:  # plot, summary.json last, then checkpoint and state (fedrun/finish.py); a signal now waits
+            finish.finish_run(run_dir, writer.rows, summary, extra["plot_title"])
+        except Exception as err:  # noqa: BLE001 - a run already failing reports its own error
+            if status == "finished":
+                raise
+            log.error("fedrun: the outputs of the stopped run could not all be written (%s)", err)
+        finally:
+            signals.restore()
     return summary
 
 

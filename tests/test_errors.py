@@ -327,7 +327,7 @@ def test_exploding_loss_stops(monkeypatch, tmp_path):
     with pytest.raises(DivergenceError) as err:
         runner.run(plain(compose([*TINY, "algo=scaffold"])), tmp_path)
     msg = str(err.value)
-    assert "round 3 (algo=Scaffold)" in msg and "over divergence_factor=100 times round 1's" in msg
+    assert "round 3 (algo=Scaffold)" in msg and "over divergence_factor=100 times the reference" in msg
     assert "algo.server_lr=1.0" in msg
     # divergence_factor=0 turns the check off
     runner.run(plain(compose([*TINY, "algo=scaffold", "divergence_factor=0"])), tmp_path / "off")
