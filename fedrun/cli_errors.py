@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -100,6 +101,11 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
     if isinstance(err, OverrideParseException):
         m = re.search(r"override '(.*)'", text)
         bad = m.group(1) if m else " ".join(overrides)
+        if "=" not in bad:
+            return FedrunError(
+                f"'{bad}' on the command line is not key=value: a value with spaces must be quoted "
+                "(e.g. 'hydra.run.dir=\"my runs/a\"'), and every other argument needs key=value."
+            )
         return FedrunError(f"cannot read the override '{bad}': write key=value (e.g. lr=0.1, algo=feddyn, partition.alpha=0.3).")
     if isinstance(err, MissingConfigException):
         missing = err.missing_cfg_file or ""
@@ -193,7 +199,10 @@ def sweep_variants(overrides: list[str]) -> list[list[str]]:
 
 
 def ensure_writable(path: Path, key: str) -> None:
-    """Refuse an output dir that cannot be created or written, before Hydra tries."""
+    """Refuse an output dir that cannot be created or written, before Hydra tries (the dirs this
+    creates to find out are removed again)."""
+    if not str(path).strip() or str(path) == ".":
+        raise FedrunError(f"{key}= is empty: give it a directory (e.g. {key}=runs/my_run), or leave it out for a new timestamped one.")
     path = Path(path).absolute()
     probe = path
     while not probe.exists():
@@ -202,6 +211,38 @@ def ensure_writable(path: Path, key: str) -> None:
         raise FedrunError(f"{key}={path} cannot be created because {probe} is a file: choose another {key}.")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise FedrunError(f"{key}={path} is not writable ({probe} does not allow writing): choose another {key}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path, prefix=".fedrun-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise FedrunError(f"{key}={path} cannot be written ({err.strerror or type(err).__name__}): choose another {key}.") from None
+    finally:
+        made = path
+        while made != probe and made.exists():  # remove what the probe created, innermost first
+            try:
+                made.rmdir()
+            except OSError:
+                break
+            made = made.parent
+
+
+BOOL_WORDS = ("true", "false")
+
+
+def check_bool_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """A true/false key given anything but true or false (OmegaConf would read ``2`` as true)."""
+    for o in overrides:
+        if "=" not in o or o.startswith("hydra"):
+            continue
+        key, value = _key_of(o), o.split("=", 1)[1]
+        try:
+            current = OmegaConf.select(cfg, key)
+        except Exception:  # noqa: BLE001 - not a plain key (a group choice)
+            continue
+        if isinstance(current, bool) and value.strip().lower() not in BOOL_WORDS:
+            raise FedrunError(f"{key}={value} is not valid: {key} takes true or false.")
 
 
 def _resolved(cfg: DictConfig, key: str) -> Path:
@@ -226,10 +267,15 @@ def precheck(argv: list[str]) -> Prepared:
         except Exception as err:  # noqa: BLE001 - every composition error gets one sentence
             raise translate(err, variant) from None
         check_extra_keys(composed)
+        check_bool_overrides(composed, variant)
         validate(composed)
         checkpoint.resume_mode(composed)
         cfg = cfg or composed
     assert cfg is not None
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        given = _value_of(overrides, key)
+        if given is not None and not given.strip():
+            ensure_writable(Path(""), key)  # refuses an empty dir: it would mean the current directory
     if multirun:
         ensure_writable(_resolved(cfg, "hydra.sweep.dir"), "hydra.sweep.dir")
         return Prepared(argv)

@@ -116,6 +116,8 @@ def _annotation(tp: Any) -> Any:
     """Map a target's type hint onto one OmegaConf understands."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Annotated:  # a Bound (fedrun/bounds.py) is checked by validate, not by the schema
+        return _annotation(args[0])
     if origin is typing.Union:
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
@@ -134,7 +136,7 @@ def schema_for(target: str, group: str) -> type:
     module_name, _, attr = target.rpartition(".")
     obj = getattr(importlib.import_module(module_name), attr)
     func = obj.__init__ if inspect.isclass(obj) else obj
-    hints = typing.get_type_hints(func)
+    hints = typing.get_type_hints(func, include_extras=True)
     fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=target))]
     for name, param in inspect.signature(obj).parameters.items():
         if name in RUNTIME_ARGS[group] or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -179,6 +181,24 @@ def build_object(node: Any, **kwargs: Any) -> Any:
         raise
 
 
+def bounds_for(target: str) -> dict[str, Any]:
+    """``{argument: Bound}`` that ``target``'s signature declares (``Annotated[..., Bound(...)]``)."""
+    from fedrun.bounds import Bound
+
+    module_name, _, attr = str(target).rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj, include_extras=True)
+    except Exception:  # noqa: BLE001 - an unknown target fails later with its own sentence
+        return {}
+    out = {}
+    for name, tp in hints.items():
+        found = [m for m in getattr(tp, "__metadata__", ()) if isinstance(m, Bound)]
+        if found:
+            out[name] = found[0]
+    return out
+
+
 def option_names(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
@@ -189,7 +209,11 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`FedrunError` with one sentence for the first impossible top-level value."""
+    """Raise :class:`FedrunError` with one sentence for the first impossible value: an interpolation
+    that cannot be resolved, a non-finite float anywhere, a group argument outside its target's
+    bounds, an impossible top-level value."""
+    check_finite(cfg)
+    check_bounds(cfg)
     p = cfg.participation
     _check(0 < p <= 1, f"participation={p} is out of range: use the fraction of clients active per round, in (0, 1] (e.g. participation=0.1).")
     _check(cfg.num_clients >= 1, f"num_clients={cfg.num_clients} is impossible: use at least 1 client.")
@@ -206,4 +230,67 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.checkpoint_every >= 0, f"checkpoint_every={cfg.checkpoint_every} is negative: checkpoint every N >= 1 rounds, or 0 for only on SIGINT/SIGTERM.")
     _check(str(cfg.resume).lower() in ("auto", "true", "false"), f"resume={cfg.resume} is not valid: use resume=auto, resume=true or resume=false.")
     f = cfg.divergence_factor
-    _check(f == 0 or (f > 1 and math.isfinite(f)), f"divergence_factor={f} is out of range: use a factor > 1 over round 1's train loss (e.g. 100), or 0 to turn the check off.")
+    _check(f == 0 or (f > 1 and math.isfinite(f)), f"divergence_factor={f} is out of range: use a factor > 1 over the initial model's loss (e.g. 100), or 0 to turn the check off.")
+    from fedrun.sizes import check_sizes
+
+    check_sizes(cfg)
+
+
+GROUPS = ("algo", "data", "partition", "model", "engine")
+
+
+def _walk(node: Any, prefix: str = ""):
+    """(dotted key, value) of every leaf of ``node`` (a DictConfig/ListConfig), resolving interpolations."""
+    from omegaconf import ListConfig, OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    keys = range(len(node)) if isinstance(node, ListConfig) else list(node.keys())
+    for key in keys:
+        dotted = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}{'.' if prefix else ''}{key}"
+        try:
+            value = node[key]
+        except InterpolationResolutionError as err:
+            raw = OmegaConf.to_container(node, resolve=False)[key]
+            reason = str(err).split("\n", 1)[0].rstrip(".")
+            raise FedrunError(f"{dotted}={raw} cannot be resolved ({reason}): give {dotted} a plain value.") from None
+        if isinstance(value, (DictConfig, ListConfig)):
+            yield from _walk(value, dotted)
+        else:
+            yield dotted, value
+
+
+def check_finite(cfg: DictConfig) -> None:
+    """Every float key (lists included, Hydra's own keys aside) must be a finite number."""
+    from omegaconf import OmegaConf
+
+    for key, value in _walk(OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FedrunError(f"{key}={value} is not a finite number: give {key} a finite value (conf/ lists its default).")
+
+
+def check_bounds(cfg: DictConfig) -> None:
+    """The group options' arguments within the bounds their targets declare (fedrun/bounds.py)."""
+    for group in GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        for name, bound in bounds_for(node._target_).items():
+            value = node.get(name)
+            if value is None:
+                continue
+            plain = list(value) if not isinstance(value, (int, float, str, bool)) else value
+            if not bound.admits(plain):
+                option = option_of(cfg, group)
+                raise FedrunError(f"{group}.{name}={plain} is not valid: {group}={option} takes {bound.what} as {group}.{name}.")
+
+
+def option_of(cfg: DictConfig, group: str) -> str:
+    """The group option's name (``mlp``) from Hydra's choices, else its target's class name."""
+    try:
+        if "hydra" in cfg:
+            return str(cfg.hydra.runtime.choices[group])
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices[group])
+    except Exception:  # noqa: BLE001 - a config composed without Hydra
+        return str(cfg[group]._target_).rsplit(".", 1)[-1]

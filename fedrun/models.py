@@ -8,10 +8,12 @@ asserted in the tests.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import torch
 from torch import nn
+
+from fedrun.bounds import AT_LEAST_1, WIDTHS
 
 
 class LogisticRegression(nn.Module):
@@ -44,7 +46,7 @@ def dense_layers(sizes: Sequence[int]) -> list[nn.Module]:
 class MLP(nn.Module):
     """Fully connected ReLU network: 784-200-200-10 for MNIST, 784-100-100-10 for EMNIST-L."""
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (200, 200)):
+    def __init__(self, input_shape: Sequence[int], num_classes: int, hidden: Annotated[Sequence[int], WIDTHS] = (200, 200)):
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), *dense_layers([math.prod(input_shape), *hidden, num_classes]))
 
@@ -63,9 +65,9 @@ class CNN(nn.Module):
         self,
         input_shape: Sequence[int],
         num_classes: int,
-        channels: Sequence[int] = (64, 64),
-        hidden: Sequence[int] = (384, 192),
-        kernel_size: int = 5,
+        channels: Annotated[Sequence[int], WIDTHS] = (64, 64),
+        hidden: Annotated[Sequence[int], WIDTHS] = (384, 192),
+        kernel_size: Annotated[int, AT_LEAST_1] = 5,
     ):
         super().__init__()
         if len(input_shape) != 3:
@@ -105,10 +107,10 @@ class CharLSTM(nn.Module):
         self,
         input_shape: Sequence[int],
         num_classes: int,
-        vocab_size: int = 80,
-        embed_dim: int = 8,
-        hidden_size: int = 100,
-        num_layers: int = 2,
+        vocab_size: Annotated[int, AT_LEAST_1] = 80,
+        embed_dim: Annotated[int, AT_LEAST_1] = 8,
+        hidden_size: Annotated[int, AT_LEAST_1] = 100,
+        num_layers: Annotated[int, AT_LEAST_1] = 2,
         fused: bool = True,
     ):
         super().__init__()

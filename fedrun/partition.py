@@ -9,15 +9,18 @@ a function of the seed. The procedures follow the FedDyn reference code (PAPER.m
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import torch
 
+from fedrun.bounds import AT_LEAST_1, POSITIVE, Bound
 from fedrun.errors import FedrunError
 from fedrun.seeding import numpy_rng
 
 Partition = list[torch.Tensor]
+# a larger lognormal spread puts nearly every sample on one client (exp(sigma * z) overflows near 700)
+SIGMA = Bound(0, 5, what="a lognormal spread in [0, 5] (the reference code uses 0.3)")
 
 
 def _check_counts(n: int, num_clients: int) -> None:
@@ -113,7 +116,7 @@ def dirichlet(
     num_clients: int,
     generator: torch.Generator,
     groups: Optional[torch.Tensor] = None,
-    alpha: float = 0.3,
+    alpha: Annotated[float, POSITIVE] = 0.3,
 ) -> Partition:
     """Balanced sizes, Dirichlet(alpha) label skew (the paper's 0.6 and 0.3)."""
     return _dirichlet(labels, balanced_sizes(len(labels), num_clients), alpha, generator)
@@ -124,8 +127,8 @@ def unbalanced(
     num_clients: int,
     generator: torch.Generator,
     groups: Optional[torch.Tensor] = None,
-    sigma: float = 0.3,
-    alpha: Optional[float] = None,
+    sigma: Annotated[float, SIGMA] = 0.3,
+    alpha: Annotated[Optional[float], POSITIVE] = None,
 ) -> Partition:
     """Lognormal(sigma) sizes with IID labels, or Dirichlet(alpha) labels when ``alpha`` is set."""
     sizes = lognormal_sizes(len(labels), num_clients, sigma, generator)
@@ -139,7 +142,7 @@ def shards(
     num_clients: int,
     generator: torch.Generator,
     groups: Optional[torch.Tensor] = None,
-    shards_per_client: int = 2,
+    shards_per_client: Annotated[int, AT_LEAST_1] = 2,
 ) -> Partition:
     """McMahan et al.'s pathological split: sort by label, cut into equal shards, k shards each."""
     n = len(labels)

@@ -25,6 +25,7 @@ from fedrun.determinism import configure_determinism
 from fedrun.engines.base import Engine, LocalTraining
 from fedrun.errors import DivergenceError, FedrunError
 from fedrun.evaluation import evaluate
+from fedrun.fit import build_model
 from fedrun.memory import check_data_fits
 from fedrun.outputs import MetricsWriter, summarize
 from fedrun.params import FlatModel
@@ -81,7 +82,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = 
     data = data.to(device)
     partition = [p.to(device) for p in partition]
     torch.manual_seed(derive_seed(seed, "model"))
-    module = build_object(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes, _convert_="all")
+    module = build_model(cfg, data)  # one sentence when the model cannot take the data's inputs
     model = FlatModel(module).to(device)
     theta = model.initial_vector().to(device)
     algorithm: Algorithm = build_object(cfg.algo, _convert_="all")
