@@ -49,8 +49,9 @@ class Device(str, enum.Enum):
 
 
 class Sampling(str, enum.Enum):
-    bernoulli = "bernoulli"
+    bernoulli = "bernoulli"  # default: an empty draw is redrawn from an independent stream
     fixed = "fixed"
+    bernoulli_reference = "bernoulli_reference"  # the reference code: an empty draw takes the next round's
 
 
 class StatePlacement(str, enum.Enum):

@@ -38,3 +38,23 @@ def test_fixed_takes_exactly_round_pm():
 
 def test_full_participation_is_everyone():
     assert torch.equal(bernoulli(17, 1.0, 0, 1), torch.arange(17))
+
+
+def test_bernoulli_reference_retries_with_the_next_rounds_draw():
+    """The reference rule: a round whose own draw is empty takes the next round's draw, so it
+    repeats in the next round. At m=20, p=0.1 a draw is empty w.p. 0.9^20 = 0.1216; over 3000 rounds
+    the share of rounds equal to their predecessor is 0.1216 +- 4 x sqrt(0.12 x 0.88 / 3000) = 0.024.
+    The default (independent redraw) repeats only by chance (0.3%)."""
+    from fedrun.sampling import bernoulli_reference
+
+    m, p, rounds = 20, 0.1, 3000
+    ref = [tuple(bernoulli_reference(m, p, 5, r).tolist()) for r in range(1, rounds + 1)]
+    default = [tuple(bernoulli(m, p, 5, r).tolist()) for r in range(1, rounds + 1)]
+    repeats = sum(a == b for a, b in zip(ref, ref[1:])) / (rounds - 1)
+    assert abs(repeats - 0.9**20) < 0.024
+    assert sum(a == b for a, b in zip(default, default[1:])) / (rounds - 1) < 0.02
+    for r in range(1, 200):  # a non-empty own draw is the same under both rules
+        own = bernoulli(m, p, 5, r)
+        if len(bernoulli_reference(m, p, 5, r)) and torch.equal(bernoulli_reference(m, p, 5, r), own):
+            continue
+        assert torch.equal(bernoulli_reference(m, p, 5, r), bernoulli_reference(m, p, 5, r + 1))
