@@ -95,7 +95,7 @@ def test_cache_round_trip_needs_no_raw_files(tmp_path):
     assert stored["x_train"].dtype == torch.uint8 and stored["y_train"].dtype == torch.int64
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "no_sidecar", "garbage"])
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "no_sidecar", "garbage", "null_sidecar", "missing_tensor"])
 def test_corrupt_cache_is_rebuilt_never_trusted(tmp_path, damage):
     raw = vf.write_mnist(tmp_path, 30, 10)
     vision.load_mnist(4, 0, root=str(tmp_path), download=False)
@@ -108,6 +108,20 @@ def test_corrupt_cache_is_rebuilt_never_trusted(tmp_path, damage):
         entry.write_bytes(bytes(data))
     elif damage == "no_sidecar":
         (tmp_path / "fedrun_cache" / "mnist.pt.json").unlink()
+    elif damage == "null_sidecar":
+        (tmp_path / "fedrun_cache" / "mnist.pt.json").write_text("null")
+    elif damage == "missing_tensor":  # a whole, verifying entry that lacks one of its tensors
+        import hashlib
+        import io
+
+        tensors = torch.load(entry, weights_only=True)
+        tensors.pop("y_test")
+        buf = io.BytesIO()
+        torch.save(tensors, buf)
+        entry.write_bytes(buf.getvalue())
+        side = tmp_path / "fedrun_cache" / "mnist.pt.json"
+        rec = json.loads(side.read_text())
+        side.write_text(json.dumps({**rec, "bytes": len(buf.getvalue()), "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}))
     else:
         entry.write_bytes(b"not a torch file" * 10)
         side = tmp_path / "fedrun_cache" / "mnist.pt.json"

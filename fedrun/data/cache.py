@@ -66,7 +66,7 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: Optional[dict] = No
     buf = io.BytesIO()
     torch.save({k: v.contiguous() for k, v in tensors.items()}, buf)
     payload = buf.getvalue()
-    record = {"format": FORMAT, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), **(meta or {})}
+    record = {"format": FORMAT, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "keys": sorted(tensors), **(meta or {})}
     _sidecar(path).unlink(missing_ok=True)
     _atomic_write(path, payload)
     _atomic_write(_sidecar(path), json.dumps(record, indent=1).encode())
@@ -82,6 +82,9 @@ def load(path: Path) -> Optional[dict[str, torch.Tensor]]:
         payload = path.read_bytes()
     except (OSError, ValueError):
         return None
+    if not isinstance(record, dict):
+        log.warning("fedrun: cache %s has a sidecar that is not a record; rebuilding it", path)
+        return None
     if record.get("format") != FORMAT or record.get("bytes") != len(payload):
         log.warning("fedrun: cache %s is stale or truncated; rebuilding it", path)
         return None
@@ -93,7 +96,12 @@ def load(path: Path) -> Optional[dict[str, torch.Tensor]]:
     except Exception:  # noqa: BLE001 - any unreadable file is rebuilt
         log.warning("fedrun: cache %s cannot be read; rebuilding it", path)
         return None
-    return out if isinstance(out, dict) else None
+    if not isinstance(out, dict) or not all(isinstance(v, torch.Tensor) for v in out.values()):
+        return None
+    if "keys" in record and sorted(out) != record["keys"]:
+        log.warning("fedrun: cache %s lacks some of its tensors; rebuilding it", path)
+        return None
+    return out
 
 
 def cached(path: Path, build: Callable[[], dict[str, torch.Tensor]], meta: Optional[dict] = None) -> dict[str, torch.Tensor]:

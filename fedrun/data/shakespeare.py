@@ -147,9 +147,15 @@ def _role_from_samples(name: str, xs: list[str], ys: list[str]) -> tuple[np.ndar
 def _read_leaf_users(files: list[Path]) -> dict[str, dict]:
     users: dict[str, dict] = {}
     for f in files:
-        data = json.loads(f.read_text())
-        for u in data["users"]:
-            users[u] = data["user_data"][u]
+        try:
+            data = json.loads(f.read_text())
+            for u in data["users"]:
+                users[u] = data["user_data"][u]
+        except (ValueError, KeyError, TypeError) as err:
+            raise FedrunError(
+                f"data=shakespeare: {f} is not whole LEAF JSON ({type(err).__name__}: {str(err)[:80]}), probably truncated: "
+                "copy LEAF's Shakespeare files there again, or remove them to build the data from the play texts."
+            ) from None
     return users
 
 
