@@ -27,7 +27,7 @@ The guard reads the config once (:meth:`GuardSpec.from_config`); the round loop 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -182,11 +182,6 @@ class LossGuard:
             f"the {what} {loss:.4g} is over divergence_factor={self.spec.factor:g} times the reference "
             f"{self.reference:.4g} (the larger of the initial model's loss and log C)"
         )
-
-
-def with_clients(info: Any, screened: Screened) -> Any:
-    """``RoundInfo`` restricted to the kept clients, with their local step counts."""
-    return replace(info, clients=screened.clients, steps=screened.steps.to(screened.clients.device))
 
 
 def initial_state(exp: Any, extra: Optional[dict[str, Any]]) -> tuple[float, int]:
