@@ -407,10 +407,14 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
         "counters": {"comm": counters.comm, "pending": counters.pending, "wall_s": counters.wall_s, "extra": counters.extra},
         "config": OmegaConf.to_container(exp.cfg, resolve=True, enum_to_str=True),
     }
-    with tmp.open("wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with tmp.open("wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk: no half-written .tmp left beside the previous checkpoint
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     fsync_dir(Path(run_dir))
     if files:

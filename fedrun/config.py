@@ -292,6 +292,10 @@ def option_of(cfg: DictConfig, group: str) -> str:
             return str(cfg.hydra.runtime.choices[group])
         from hydra.core.hydra_config import HydraConfig
 
-        return str(HydraConfig.get().runtime.choices[group])
+        name = str(HydraConfig.get().runtime.choices[group])
+        option = yaml.safe_load((CONF_DIR / group / f"{name}.yaml").read_text()) or {}
+        if option.get("_target_") == cfg[group]._target_:  # Hydra's state is this run's
+            return name
+        raise LookupError(name)
     except Exception:  # noqa: BLE001 - a config composed without Hydra
         return str(cfg[group]._target_).rsplit(".", 1)[-1]
