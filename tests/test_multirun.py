@@ -108,16 +108,21 @@ def test_gpu_slots_never_hand_out_more_than_the_slots(tmp_path):
     h3.close()
 
 
-def test_a_diverged_run_does_not_stop_the_sweep_and_is_marked(tmp_path):
+def test_a_diverged_or_failed_run_does_not_stop_the_sweep_and_is_marked(tmp_path):
+    """lr=1e6 diverges; partition=shards cannot cut 4 x 21 = 84 samples into 8 equal shards, which
+    only building the run finds out: both are marked, the other run finishes, the sweep exits 0."""
     sweep_dir = tmp_path / "sweep"
-    tiny = [o for o in TINY if not o.startswith("rounds=")]
-    proc = fedrun("-m", *tiny, "rounds=3", "lr=1e6,0.1", f"hydra.sweep.dir={sweep_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]  # the sweep goes on past the diverged run
-    assert "diverged" in proc.stderr + proc.stdout
+    tiny = [o for o in TINY if not o.startswith(("rounds=", "data.mean_samples="))]
+    proc = fedrun("-m", *tiny, "rounds=3", "data.mean_samples=21", "lr=1e6,0.1", "partition=natural,shards", f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]  # the sweep goes on past the diverged and the failed runs
+    assert "diverged" in proc.stderr + proc.stdout and "cannot cut 84 samples" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
     assert fedrun_report.main([str(sweep_dir)]) == 0
-    table = pd.read_csv(sweep_dir / "runs.csv").set_index("lr")
-    assert table.loc[1e6, "status"] == "diverged" and table.loc[0.1, "status"] == "finished"
-    assert table.loc[0.1, "rounds_done"] == 3 and table.loc[1e6, "rounds_done"] < 3
+    table = pd.read_csv(sweep_dir / "runs.csv")
+    status = {(row["lr"], row["partition"]): row["status"] for _, row in table.iterrows()}
+    assert status == {(1e6, "natural"): "diverged", (0.1, "natural"): "finished", (1e6, "shards"): "failed", (0.1, "shards"): "failed"}
+    failed = [json.loads(p.read_text()) for p in sweep_dir.glob("*shards*/summary.json")]
+    assert len(failed) == 2 and all("cannot cut 84 samples" in s["error"] for s in failed)
 
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
