@@ -37,7 +37,7 @@ def test_every_option_builds_and_runs_a_round(group, option):
         pytest.skip(f"model={option} needs its own dataset shape (tested with its dataset)")
     exp = build(compose_config(*overrides))  # 10 devices x 40 samples: shards of 40 divide exactly
     out = run_round(exp, 1)
-    assert out["active_clients"] >= 1 and out["train_loss"] > 0
+    assert out.active_clients >= 1 and out.train_loss > 0
 
 
 def test_yaml_and_schema_defaults_agree_and_targets_import():

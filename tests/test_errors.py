@@ -19,10 +19,11 @@ from typing import Callable
 import pytest
 import torch
 
-from fedrun import checkpoint, cli, runner
+from fedrun import checkpoint, cli, rundir, runner
 from fedrun.cli_errors import compose
 from fedrun.config import CONF_DIR
 from fedrun.errors import DivergenceError, FedrunError
+from fedrun.specs import read_resume
 
 TINY = ["num_clients=5", "rounds=4", "local_epochs=1", "data.mean_samples=30", "participation=0.6", "device=cpu", "progress=false"]
 
@@ -174,7 +175,8 @@ def test_resume_with_a_different_config_is_refused(monkeypatch, capsys, tmp_path
     assert sentence.startswith(f"cannot resume {run_dir}: it was run with a different config (algo.alpha (0.01 there, 0.1 now), lr (0.1 there, 0.05 now))")
     assert sorted(p.name for p in files_under(run_dir)) == before  # nothing touched (no .hydra/ either)
     # keys that change no result (checkpoint_every, progress) do not block a resume
-    assert checkpoint.check_run_dir(plain(compose([*TINY, "algo=feddyn", "rounds=6", "checkpoint_every=5", "progress=true"])), run_dir, clear=False)["round"] == 2
+    same = read_resume(compose([*TINY, "algo=feddyn", "rounds=6", "checkpoint_every=5", "progress=true"]))
+    assert rundir.decide(same, run_dir, clear=False)["round"] == 2
 
 
 def test_corrupt_checkpoint(monkeypatch, capsys, tmp_path):
@@ -197,9 +199,8 @@ def test_finished_run_is_not_redone(monkeypatch, capsys, tmp_path):
     assert "already holds a finished run of this config" in capsys.readouterr().err
     assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
     # resume=true without a dir finds it among the runs of the same data and algo
-    cfg2 = plain(compose([*TINY, "algo=fedavg", "resume=true"]))
-    assert checkpoint.find_resumable(cfg2, tmp_path) == run_dir
-    assert checkpoint.find_resumable(plain(compose([*TINY, "algo=fedavg", "seed=3"])), tmp_path) is None
+    assert rundir.find_resumable(read_resume(compose([*TINY, "algo=fedavg", "resume=true"])), tmp_path) == run_dir
+    assert rundir.find_resumable(read_resume(compose([*TINY, "algo=fedavg", "seed=3"])), tmp_path) is None
 
 
 def test_divergence_end_to_end(tmp_path):
@@ -378,13 +379,14 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
 
 def test_deterministic_flag_sets_torch_and_cublas(monkeypatch):
     from fedrun.determinism import configure_determinism
+    from fedrun.specs import Numerics
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
-        assert configure_determinism(plain(compose(["deterministic=false"]))) is False
+        assert configure_determinism(Numerics(False, "fp32")) is False
         assert torch.are_deterministic_algorithms_enabled() == before[0]
-        assert configure_determinism(plain(compose(["deterministic=true"]))) is True
+        assert configure_determinism(Numerics(True, "fp32")) is True
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         import os
@@ -398,11 +400,9 @@ def test_deterministic_flag_sets_torch_and_cublas(monkeypatch):
 def test_config_diff_ignores_only_progress_like_keys():
     a = {"lr": 0.1, "algo": {"alpha": 0.01}, "resume": "auto", "progress": None, "checkpoint_every": 10}
     b = {"lr": 0.1, "algo": {"alpha": 0.02}, "resume": "true", "progress": True, "checkpoint_every": 1, "seed": 1}
-    assert checkpoint.config_diff(a, b) == ["algo.alpha", "seed"]
-    assert checkpoint.config_diff(a, a) == []
-    # a key added later (precision) is its old behaviour in a run dir written before it existed
-    assert checkpoint.config_diff({**a, "precision": "fp32"}, a) == []
-    assert checkpoint.config_diff({**a, "precision": "tf32"}, a) == ["precision"]
+    assert rundir.config_diff(a, b) == ["algo.alpha", "seed"]
+    assert rundir.config_diff(a, a) == []
+    assert rundir.config_diff({**a, "precision": "fp32"}, a) == ["precision"]  # a key on one side only differs
 
 
 def test_truncate_metrics_keeps_header_and_rows(tmp_path):
@@ -445,35 +445,3 @@ def test_resume_between_evaluations_keeps_pending_rounds(tmp_path):
     runner.run(plain(compose(args)), tmp_path / "run")
     assert metrics_without_wall(tmp_path / "run" / "metrics.csv") == metrics_without_wall(tmp_path / "ref" / "metrics.csv")
     assert [r["round"] for r in read_rows(tmp_path / "run" / "metrics.csv")] == ["3", "6", "7"]
-
-
-@pytest.mark.parametrize("algo", ["feddyn", "fedavg"])
-def test_format1_checkpoint_with_latest_models_resumes_identically(tmp_path, monkeypatch, algo):
-    """A checkpoint of the previous format (``_latest_model`` table, no ``_initial_model``, the mean of
-    all models unweighted) resumes exactly; FedAvg's mean of all models is n_k-weighted again."""
-    import signal
-
-    cfg = plain(compose([*TINY, f"algo={algo}", "rounds=4", "checkpoint_every=0", "eval_all=true", "data.sigma=0.5"]))  # unbalanced
-    runner.run(cfg, tmp_path / "ref")
-    original = checkpoint.after_round
-
-    def stop_at_2(cfg, run_dir, exp, counters, rows, signals):
-        if counters.round == 2:
-            signals.received = signal.SIGTERM  # as if SIGTERM came during round 2
-        return original(cfg, run_dir, exp, counters, rows, signals)
-
-    monkeypatch.setattr(checkpoint, "after_round", stop_at_2)
-    with pytest.raises(checkpoint.Interrupted):
-        runner.run(cfg, tmp_path / "old")
-    monkeypatch.setattr(checkpoint, "after_round", original)
-    path = tmp_path / "old" / checkpoint.CHECKPOINT
-    ckpt = torch.load(path, weights_only=False)
-    initial = ckpt["server"].pop("_initial_model")
-    latest = ckpt["store"].pop("_latest_delta") + initial
-    assert not torch.equal(latest, initial.expand_as(latest))  # some clients trained: the conversion matters
-    ckpt["store"]["_latest_model"], ckpt["format"] = latest, 1
-    ckpt["server"]["_latest_model_mean"] = latest.mean(0)  # format 1 averaged plainly for every method
-    del ckpt["config"]["precision"]  # format 1 predates the key
-    torch.save(ckpt, path)
-    runner.run(cfg, tmp_path / "old")
-    assert metrics_without_wall(tmp_path / "old" / "metrics.csv") == metrics_without_wall(tmp_path / "ref" / "metrics.csv")

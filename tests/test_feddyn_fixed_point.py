@@ -28,7 +28,7 @@ import torch
 from fedrun.algorithms.base import Algorithm, FedContext, LocalObjective, RoundInfo
 from fedrun.algorithms.fedavg import FedAvg
 from fedrun.algorithms.feddyn import FedDyn
-from fedrun.state import ClientStateStore
+from fedrun.state import TensorStore
 
 D = 5
 M = 4
@@ -70,7 +70,7 @@ def extra_gradient(own: LocalObjective, w: torch.Tensor) -> torch.Tensor:
 def federated_least_squares(algo: Algorithm, xs, ys, rounds: int, local_steps: int, lr: float) -> torch.Tensor:
     sizes = torch.tensor([len(x) for x in xs])
     ctx = FedContext(M, D, sizes, batch_size=int(sizes.max()), local_epochs=1, device=torch.device("cpu"))
-    store = ClientStateStore(M, D, torch.device("cpu"))
+    store = TensorStore(M, D, torch.device("cpu"))
     theta = torch.zeros(D)
     server = algo.setup(ctx, theta, store)
     clients = torch.arange(M)
@@ -142,7 +142,7 @@ def test_extra_gradient_matches_autograd():
     for algo in (FedDyn(alpha=0.5), FedDyn(alpha=0.5, variant="paper")):
         sizes = torch.tensor([30] * M)
         ctx = FedContext(M, D, sizes, batch_size=30, local_epochs=1, device=torch.device("cpu"))
-        store = ClientStateStore(M, D, torch.device("cpu"))
+        store = TensorStore(M, D, torch.device("cpu"))
         theta = torch.randn(D)
         server = algo.setup(ctx, theta, store)
         store.tables[algo.table].normal_()

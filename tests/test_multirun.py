@@ -127,13 +127,13 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml
 def test_paper_experiment_composes_with_every_value_of_its_grid(name):
     from conftest import compose_config
 
-    base = compose_config(f"+experiment={name}")
+    base = compose_config(f"experiment={name}")
     grid = yaml.safe_load((REPO / "conf" / "experiment" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
     assert {"algo", "participation", "seed"} <= set(grid)
     assert [float(v) for v in str(grid["participation"]).split(",")] in ([0.1, 1.0], [1.0, 0.1])
     axes = {key: str(values).split(",") for key, values in grid.items()}
     for i in range(max(len(v) for v in axes.values())):  # every value of every axis appears in some compose
-        cfg = compose_config(f"+experiment={name}", *(f"{k}={v[i % len(v)]}" for k, v in axes.items()))
+        cfg = compose_config(f"experiment={name}", *(f"{k}={v[i % len(v)]}" for k, v in axes.items()))
         assert cfg.skip_finished is True
     assert base.clip_norm == 10.0 and base.skip_finished is True
     if name != "paper_synthetic":

@@ -15,10 +15,10 @@ import pytest
 
 SCRIPT = """
 import json, sys
-from omegaconf import OmegaConf
 from fedrun.determinism import configure_determinism, current_precision
+from fedrun.specs import Numerics
 before = current_precision()
-configure_determinism(OmegaConf.create({"precision": sys.argv[1], "deterministic": False}))
+configure_determinism(Numerics(False, sys.argv[1]))
 print(json.dumps({"before": before, "after": current_precision()}))
 """
 
@@ -60,7 +60,7 @@ def _one_round(engine: str, precision: str, model: str = "mlp"):
         ])
     exp = build(cfg)
     step = run_round(exp, 1)
-    return step["client_thetas"], exp.theta.dtype
+    return step.client_thetas, exp.theta.dtype
 
 
 @pytest.mark.parametrize("model", ["mlp", "logreg"])
