@@ -25,7 +25,7 @@ from fedrun.evaluation import evaluate
 from fedrun.runner import build, evaluate_round, metric_columns, run, run_round
 from fedrun.sampling import SAMPLERS
 from fedrun.specs import read
-from tests.conftest import compose_config
+from conftest import compose_config
 
 M = 4
 TINY = [

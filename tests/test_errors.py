@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from fedrun import checkpoint, cli, rundir, runner
-from fedrun.cli_errors import compose
 from fedrun.config import CONF_DIR
 from fedrun.errors import DivergenceError, FedrunError
 from fedrun.specs import read_resume
+from conftest import compose_config
 
 TINY = ["num_clients=5", "rounds=4", "local_epochs=1", "data.mean_samples=30", "participation=0.6", "device=cpu", "progress=false"]
 
@@ -164,7 +164,7 @@ def test_corrupt_dataset_file(monkeypatch, capsys, tmp_path, mnist_root):
 
 def test_resume_with_a_different_config_is_refused(monkeypatch, capsys, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = plain(compose([*TINY, "algo=feddyn", "rounds=6", "checkpoint_every=2"]))
+    cfg = compose_config(*TINY, "algo=feddyn", "rounds=6", "checkpoint_every=2")
     stop_after(cfg, run_dir, 3)  # leaves a checkpoint of round 2
     before = sorted(p.name for p in files_under(run_dir))
     code, sentence = cli_error(
@@ -175,7 +175,7 @@ def test_resume_with_a_different_config_is_refused(monkeypatch, capsys, tmp_path
     assert sentence.startswith(f"cannot resume {run_dir}: it was run with a different config (algo.alpha (0.01 there, 0.1 now), lr (0.1 there, 0.05 now))")
     assert sorted(p.name for p in files_under(run_dir)) == before  # nothing touched (no .hydra/ either)
     # keys that change no result (checkpoint_every, progress) do not block a resume
-    same = read_resume(compose([*TINY, "algo=feddyn", "rounds=6", "checkpoint_every=5", "progress=true"]))
+    same = read_resume(compose_config(*TINY, "algo=feddyn", "rounds=6", "checkpoint_every=5", "progress=true"))
     assert rundir.decide(same, run_dir, clear=False)["round"] == 2
 
 
@@ -190,7 +190,7 @@ def test_corrupt_checkpoint(monkeypatch, capsys, tmp_path):
 
 def test_finished_run_is_not_redone(monkeypatch, capsys, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = plain(compose([*TINY, "algo=fedavg"]))
+    cfg = compose_config(*TINY, "algo=fedavg")
     runner.run(cfg, run_dir)
     stamp = (run_dir / "metrics.csv").stat().st_mtime_ns
     monkeypatch.chdir(tmp_path)
@@ -199,8 +199,8 @@ def test_finished_run_is_not_redone(monkeypatch, capsys, tmp_path):
     assert "already holds a finished run of this config" in capsys.readouterr().err
     assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
     # resume=true without a dir finds it among the runs of the same data and algo
-    assert rundir.find_resumable(read_resume(compose([*TINY, "algo=fedavg", "resume=true"])), tmp_path) == run_dir
-    assert rundir.find_resumable(read_resume(compose([*TINY, "algo=fedavg", "seed=3"])), tmp_path) is None
+    assert rundir.find_resumable(read_resume(compose_config(*TINY, "algo=fedavg", "resume=true")), tmp_path) == run_dir
+    assert rundir.find_resumable(read_resume(compose_config(*TINY, "algo=fedavg", "seed=3")), tmp_path) is None
 
 
 def test_divergence_end_to_end(tmp_path):
@@ -220,12 +220,6 @@ def test_divergence_end_to_end(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # divergence guard, in process
-
-
-def plain(cfg):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
 
 
 def stop_after(cfg, run_dir: Path, rounds: int) -> None:
@@ -274,7 +268,7 @@ def test_nonfinite_client_stops_with_round_algo_and_hyperparameters(monkeypatch,
 
     inject(monkeypatch, lambda r: r == 2, poison)
     with pytest.raises(DivergenceError) as err:
-        runner.run(plain(compose([*TINY, "algo=feddyn"])), tmp_path)
+        runner.run(compose_config(*TINY, "algo=feddyn"), tmp_path)
     msg = str(err.value)
     assert msg.startswith("training diverged in round 2 (algo=FedDyn): 1 of ")
     assert "lower lr=0.1 (or algo.alpha=0.01)" in msg and "on_nonfinite=drop" in msg
@@ -293,7 +287,7 @@ def test_drop_leaves_out_nonfinite_clients(monkeypatch, tmp_path):
             result.thetas[0, :] = float("nan")
 
     inject(monkeypatch, lambda r: r in (2, 3), poison)
-    runner.run(plain(compose([*TINY, "algo=scaffold", "on_nonfinite=drop", "participation=1.0"])), tmp_path)
+    runner.run(compose_config(*TINY, "algo=scaffold", "on_nonfinite=drop", "participation=1.0"), tmp_path)
     rows = read_rows(tmp_path / "metrics.csv")
     assert [int(r["dropped_clients"]) for r in rows] == [0, 5, 1, 0]
     assert rows[1]["test_loss"] == rows[0]["test_loss"] and rows[1]["test_acc"] == rows[0]["test_acc"]
@@ -315,7 +309,7 @@ def test_dropped_client_state_is_not_updated(monkeypatch, tmp_path):
 
     inject(monkeypatch, lambda r: r == 2, lambda res, r: res.thetas[0].fill_(float("nan")))
     monkeypatch.setattr(runner, "run_round", spy)
-    cfg = plain(compose([*TINY, "algo=feddyn", "on_nonfinite=drop", "participation=1.0", "rounds=2"]))
+    cfg = compose_config(*TINY, "algo=feddyn", "on_nonfinite=drop", "participation=1.0", "rounds=2")
     runner.run(cfg, tmp_path)
     before, after = captured[2]
     assert torch.equal(before[0], after[0])  # client 0 (dropped) unchanged
@@ -326,12 +320,12 @@ def test_dropped_client_state_is_not_updated(monkeypatch, tmp_path):
 def test_exploding_loss_stops(monkeypatch, tmp_path):
     inject(monkeypatch, lambda r: r == 3, lambda res, r: res.loss.mul_(1e4))
     with pytest.raises(DivergenceError) as err:
-        runner.run(plain(compose([*TINY, "algo=scaffold"])), tmp_path)
+        runner.run(compose_config(*TINY, "algo=scaffold"), tmp_path)
     msg = str(err.value)
     assert "round 3 (algo=Scaffold)" in msg and "over divergence_factor=100 times round 1's" in msg
     assert "algo.server_lr=1.0" in msg
     # divergence_factor=0 turns the check off
-    runner.run(plain(compose([*TINY, "algo=scaffold", "divergence_factor=0"])), tmp_path / "off")
+    runner.run(compose_config(*TINY, "algo=scaffold", "divergence_factor=0"), tmp_path / "off")
 
 
 def test_nonfinite_test_loss_and_server_model_stop(monkeypatch, tmp_path):
@@ -344,7 +338,7 @@ def test_nonfinite_test_loss_and_server_model_stop(monkeypatch, tmp_path):
 
     monkeypatch.setattr(runner, "evaluate", evaluate)
     with pytest.raises(DivergenceError, match=r"round 1 \(algo=FedAvg\): the server model's test loss is nan"):
-        runner.run(plain(compose([*TINY, "algo=fedavg"])), tmp_path / "a")
+        runner.run(compose_config(*TINY, "algo=fedavg"), tmp_path / "a")
     monkeypatch.setattr(runner, "evaluate", real)
 
     from fedrun.algorithms.fedavg import FedAvg
@@ -352,7 +346,7 @@ def test_nonfinite_test_loss_and_server_model_stop(monkeypatch, tmp_path):
     update = FedAvg.server_update
     monkeypatch.setattr(FedAvg, "server_update", lambda self, *a: (update(self, *a)[0] * float("inf"), a[3]))
     with pytest.raises(DivergenceError, match=r"round 1 \(algo=FedAvg\): the new server model is non-finite; lower lr=0.1\."):
-        runner.run(plain(compose([*TINY, "algo=fedavg"])), tmp_path / "b")
+        runner.run(compose_config(*TINY, "algo=fedavg"), tmp_path / "b")
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["status"] == "diverged"
 
 
@@ -369,9 +363,9 @@ def metrics_without_wall(path: Path) -> list[dict[str, str]]:
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
     args = [*TINY, "algo=feddyn", "partition=dirichlet", "partition.alpha=0.3"]
-    runner.run(plain(compose(args)), tmp_path / "a")
-    runner.run(plain(compose(args)), tmp_path / "b")
-    runner.run(plain(compose([*args, "seed=1"])), tmp_path / "c")
+    runner.run(compose_config(*args), tmp_path / "a")
+    runner.run(compose_config(*args), tmp_path / "b")
+    runner.run(compose_config(*args, "seed=1"), tmp_path / "c")
     a, b, c = (metrics_without_wall(tmp_path / d / "metrics.csv") for d in "abc")
     assert a == b
     assert a != c  # the seed matters, so the equality above is not vacuous
@@ -427,7 +421,7 @@ def test_checkpoint_is_written_atomically(tmp_path):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(checkpoint.os, "replace", spy)
-        runner.run(plain(compose([*TINY, "algo=feddyn", "rounds=5", "checkpoint_every=2"])), tmp_path)
+        runner.run(compose_config(*TINY, "algo=feddyn", "rounds=5", "checkpoint_every=2"), tmp_path)
     ckpts = [s for s in seen if s[1] == "checkpoint.pt"]
     assert [s[0] for s in ckpts] == ["checkpoint.pt.tmp"] * 2  # rounds 2 and 4
     assert ckpts[1][2]  # the second replaced the first in one rename
@@ -438,10 +432,10 @@ def test_resume_between_evaluations_keeps_pending_rounds(tmp_path):
     """eval_every=3, checkpoint_every=2: the checkpoint of round 4 carries round 4's train loss and
     megabytes (not yet in a row); resuming after a crash in round 6 gives the uninterrupted rows."""
     args = [*TINY, "algo=scaffold", "rounds=7", "eval_every=3", "checkpoint_every=2"]
-    runner.run(plain(compose(args)), tmp_path / "ref")
-    stop_after(plain(compose(args)), tmp_path / "run", 5)
+    runner.run(compose_config(*args), tmp_path / "ref")
+    stop_after(compose_config(*args), tmp_path / "run", 5)
     assert [r["round"] for r in read_rows(tmp_path / "run" / "metrics.csv")] == ["3"]
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["round"] == 4
-    runner.run(plain(compose(args)), tmp_path / "run")
+    runner.run(compose_config(*args), tmp_path / "run")
     assert metrics_without_wall(tmp_path / "run" / "metrics.csv") == metrics_without_wall(tmp_path / "ref" / "metrics.csv")
     assert [r["round"] for r in read_rows(tmp_path / "run" / "metrics.csv")] == ["3", "6", "7"]

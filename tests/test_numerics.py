@@ -46,19 +46,13 @@ def test_bf16_keeps_float32_kernels_exact_outside_autocast() -> None:
 # ---------------------------------------------------------------- precision=bf16: mixed-precision local training
 
 def _one_round(engine: str, precision: str, model: str = "mlp"):
-    import torch
-    from hydra import compose, initialize_config_dir
-
-    from fedrun.config import CONF_DIR, register_configs
+    from conftest import compose_config
     from fedrun.runner import build, run_round
 
-    register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "num_clients=4", "participation=1.0", "sampling=fixed", "data.mean_samples=24", "local_epochs=2",
-            "batch_size=8", "lr=0.05", f"model={model}", f"engine={engine}", f"precision={precision}", "progress=false",
-        ])
-    exp = build(cfg)
+    exp = build(compose_config(
+        "num_clients=4", "participation=1.0", "sampling=fixed", "data.mean_samples=24", "local_epochs=2",
+        "batch_size=8", "lr=0.05", f"model={model}", f"engine={engine}", f"precision={precision}", "progress=false",
+    ))
     step = run_round(exp, 1)
     return step.client_thetas, exp.theta.dtype
 

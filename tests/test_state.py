@@ -8,17 +8,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from fedrun import memory
-from fedrun.config import CONF_DIR, register_configs
+from conftest import compose_config
 from fedrun.errors import FedrunError
 from fedrun.models import CNN
 from fedrun.params import FlatModel
 from fedrun.runner import build, run_round
 from fedrun.state import MmapStore, TensorStore, store_for_run
 
-register_configs()
 
 GiB = 1024**3
 
@@ -67,11 +65,10 @@ def test_scratch_mmap_tables_live_in_files_and_are_removed() -> None:
 
 
 def run_three_rounds(placement: str, tmp_path):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "algo=feddyn", "num_clients=6", "participation=0.5", "data.mean_samples=20", "local_epochs=1",
-            "lr=0.05", "progress=false", f"state_placement={placement}", "engine=vectorized",
-        ])
+    cfg = compose_config(
+        "algo=feddyn", "num_clients=6", "participation=0.5", "data.mean_samples=20", "local_epochs=1",
+        "lr=0.05", "progress=false", f"state_placement={placement}", "engine=vectorized",
+    )
     exp = build(cfg, state_dir=tmp_path / placement)
     assert exp.store.placement == placement
     for r in range(1, 4):
