@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fedrun import checkpoint, guard, rundir, specs
 from fedrun.algorithms.base import Algorithm, FedContext, RoundInfo, ServerState
 from fedrun.config import build_object
 from fedrun.data import FederatedData
 from fedrun.determinism import configure_determinism
-from fedrun.engines.base import Engine, LocalTraining
+from fedrun.engines.base import Engine
 from fedrun.errors import DivergenceError, FedrunError
 from fedrun.evaluation import evaluate
 from fedrun.memory import check_data_fits

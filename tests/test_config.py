@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from fedrun.config import CONF_DIR, option_names, validate
+from fedrun.config import option_names, validate
 from fedrun.errors import FedrunError
 from conftest import compose_config
 

@@ -2,8 +2,8 @@
 guard stops (or drops clients) with a message naming round, algorithm and hyperparameters; the same
 config and seed give identical metrics; checkpoint helpers (config diff, truncation, corruption).
 
-Most cases call ``fedrun.cli.main()`` in this process (the full Hydra path, without paying for a new
-interpreter); a few run the real ``python -m fedrun`` to check exit codes end to end.
+Command-line cases call ``fedrun.cli.main()`` in this process (the full Hydra path and exit codes,
+without paying for a new interpreter; tests/test_cli.py runs the real console entry point).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -76,6 +75,7 @@ COMPOSE_ERRORS = [
     (["device=gpu"], ["device=gpu is not valid", "auto, cpu, cuda"]),
     (["sampling=random"], ["sampling=random is not valid", "bernoulli, fixed"]),
     (["on_nonfinite=ignore"], ["on_nonfinite=ignore is not valid", "stop, drop"]),
+    (["precision=fp16"], ["precision=fp16 is not valid: use one of fp32, tf32, bf16"]),
     (["lr=="], ["cannot read the override 'lr=='"]),
     (["participation=1.5"], ["participation=1.5 is out of range"]),
     (["lr=-0.1"], ["lr=-0.1 is not a positive number"]),
@@ -203,17 +203,12 @@ def test_finished_run_is_not_redone(monkeypatch, capsys, tmp_path):
     assert rundir.find_resumable(read_resume(compose_config(*TINY, "algo=fedavg", "seed=3")), tmp_path) is None
 
 
-def test_divergence_end_to_end(tmp_path):
-    """A real exploding run (huge lr, no clipping): exit 3, one sentence, status diverged."""
+def test_divergence_end_to_end(monkeypatch, capsys, tmp_path):
+    """A real exploding run (huge lr, no clipping) through the command: exit 3, one sentence, status diverged."""
     run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedrun", *TINY, "algo=feddyn", "lr=1000", "clip_norm=0", "rounds=6", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 3, proc.stderr
-    assert "Traceback" not in proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("fedrun: error: training diverged in round ")
+    code, line = cli_error(monkeypatch, capsys, tmp_path, [*TINY, "algo=feddyn", "lr=1000", "clip_norm=0", "rounds=6", f"hydra.run.dir={run_dir}"])
+    assert code == 3
+    assert line.startswith("training diverged in round ")
     assert "algo=FedDyn" in line and "lower lr=1000.0" in line and "algo.alpha=0.01" in line
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
 

@@ -37,7 +37,7 @@ def test_experiment_composes_with_every_value_of_its_grid(name: str) -> None:
         assert list(base.targets) == [0.814, 0.85]
 
 
-def small_data(name: str, root: Path) -> list[str]:
+def small_data(name: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Overrides that point experiment ``name`` at small local data."""
     if name == "paper_synthetic":
         return []
@@ -52,16 +52,21 @@ def small_data(name: str, root: Path) -> list[str]:
         "paper_cifar100": lambda: vf.write_cifar100(root, 40, 10),
     }
     writers[name]()
+    import torchvision.datasets as tvd
+
+    for cls in (tvd.CIFAR10, tvd.CIFAR100):  # restored after the test
+        for attr in ("train_list", "test_list", "meta"):
+            monkeypatch.setattr(cls, attr, getattr(cls, attr))
     vf.accept_any_cifar()
     return [f"data.root={root}", "data.download=false", "num_clients=4"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs_a_round(name: str, tmp_path: Path) -> None:
+def test_experiment_runs_a_round(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fedrun.runner import run
 
-    cfg = compose_config(f"experiment={name}", *small_data(name, tmp_path / "data"), "rounds=1", "local_epochs=1",
+    cfg = compose_config(f"experiment={name}", *small_data(name, tmp_path / "data", monkeypatch), "rounds=1", "local_epochs=1",
                          "device=cpu", "progress=false")
     summary = run(cfg, tmp_path / "run")
     assert summary["status"] == "finished" and summary["rounds_done"] == 1
