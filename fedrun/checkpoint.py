@@ -1,6 +1,7 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped, saved and restored.
 
-``<run dir>/checkpoint.pt`` holds the server model, the algorithm's server state, the client-state
+``<run dir>/checkpoint.pt`` holds the server model, the algorithm's server state, the mean of all
+models (:mod:`fedrun.all_models`), the client-state
 store's snapshot (:meth:`fedrun.state.ClientStateStore.snapshot`: the tables of a tensor store; the
 files of an mmap store by name and journal epoch, not their content), every RNG state (torch CPU and
 CUDA, numpy, python), the metrics rows written so far, the round loop's :class:`Counters` and the
@@ -180,6 +181,7 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
         "round": counters.round,
         "theta": exp.theta,
         "server": dict(exp.server),
+        "all_models": None if getattr(exp, "all_models", None) is None else exp.all_models.state_dict(),
         "store": snapshot,
         "rng": rng_states(),
         "rows": list(rows),
@@ -206,6 +208,8 @@ def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path) -> Counters:
     # clone: the checkpoint is memory-mapped (read lazily); the run's own tensors must not alias it
     exp.theta = ckpt["theta"].to(exp.device).clone()
     exp.server = {k: v.to(exp.device).clone() if isinstance(v, torch.Tensor) else v for k, v in ckpt["server"].items()}
+    if getattr(exp, "all_models", None) is not None:
+        exp.all_models.load_state_dict(ckpt["all_models"])
     exp.store.restore(ckpt["store"])
     set_rng_states(ckpt["rng"])
     truncate_metrics(Path(metrics_path), len(ckpt["rows"]))

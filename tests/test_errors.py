@@ -89,7 +89,7 @@ COMPOSE_ERRORS = [
     (["resume=true"], ["resume=true found no checkpoint or finished run of this config"]),
     (["~lr"], ["lr was removed from the config (~lr)"]),
     (["lr=null"], ["lr cannot be null"]),
-    (["algo=null"], ["algo=null is not an option: use one of fedadam, fedavg"]),
+    (["algo=null"], ["algo=null is not an option: use one of fedadagrad, fedadam, fedavg"]),
     (["rounds=abc", "rounds=3"], ["rounds=abc has the wrong type"]),
     (["data.foo.bar=1"], ["data.foo is not a key of data=synthetic: data=synthetic has keys: alpha, beta, dim"]),
     (["hydra.run.dirr=x"], ["hydra.run.dirr is not a key of hydra.run: did you mean hydra.run.dir?"]),
