@@ -22,3 +22,21 @@ def compose_config(*overrides: str, hydra: bool = False):
 @pytest.fixture
 def compose_cfg():
     return compose_config
+
+
+@pytest.fixture
+def restore_logging():
+    """In-process Hydra runs (``fedrun.cli.main()``) attach log handlers to streams pytest closes
+    afterwards: undo that."""
+    import logging
+
+    loggers = [logging.getLogger(), logging.getLogger("fedrun"), logging.getLogger("hydra")]
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, handlers, level, propagate in saved:
+        for h in lg.handlers:
+            if h not in handlers:
+                h.close()
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate

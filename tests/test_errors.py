@@ -27,21 +27,7 @@ from conftest import compose_config
 TINY = ["num_clients=5", "rounds=4", "local_epochs=1", "data.mean_samples=30", "participation=0.6", "device=cpu", "progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """In-process Hydra runs attach log handlers to streams pytest closes afterwards: undo that."""
-    import logging
-
-    loggers = [logging.getLogger(), logging.getLogger("fedrun"), logging.getLogger("hydra")]
-    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
-    yield
-    for lg, handlers, level, propagate in saved:
-        for h in lg.handlers:
-            if h not in handlers:
-                h.close()
-        lg.handlers[:] = handlers
-        lg.setLevel(level)
-        lg.propagate = propagate
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def files_under(path: Path) -> list[Path]:
