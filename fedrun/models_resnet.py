@@ -99,7 +99,7 @@ class ResNet18GN(nn.Module):
         """Logits ``[A, B, classes]`` of A models (``params[name]``: ``[A, *shape]``) on ``x`` [A, B, C, H, W]."""
         count, batch = x.shape[0], x.shape[1]
         h = x.transpose(0, 1).reshape(batch, count * x.shape[2], *x.shape[3:])  # [B, A*C, H, W]
-        h = torch.relu(self._norm(params, "norm1", self._conv(params, "conv1", h, count), count))
+        h = torch.relu(self._norm(params, "norm1", self._conv(params, "conv1", h, count, self.conv1), count))
         if self.pool is not None:
             h = F.max_pool2d(h, 3, 2, 1)
         for stage in ("layer1", "layer2", "layer3", "layer4"):
@@ -115,8 +115,8 @@ class ResNet18GN(nn.Module):
             h = self._norm(params, pre + "shortcut.1", self._conv(params, pre + "shortcut.0", h, count, block.shortcut[0]), count)
         return torch.relu(out + h)
 
-    def _conv(self, params: dict[str, torch.Tensor], name: str, h: torch.Tensor, count: int, conv: nn.Conv2d | None = None) -> torch.Tensor:
-        conv = conv if conv is not None else self.conv1
+    @staticmethod
+    def _conv(params: dict[str, torch.Tensor], name: str, h: torch.Tensor, count: int, conv: nn.Conv2d) -> torch.Tensor:
         weight = params[name + ".weight"]
         return F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), None, conv.stride, conv.padding, groups=count)
 
