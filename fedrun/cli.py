@@ -10,7 +10,6 @@ failed`` and its sentence, and the sweep goes on (``fedrun-report`` marks it).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -23,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedrun import boundary, lock
-from fedrun.checkpoint import RunFinished
+from fedrun.rundir import RunFinished
 from fedrun.cli_errors import Prepared, precheck
 from fedrun.config import CONF_DIR, register_configs
 
@@ -37,18 +36,11 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def _finished(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a readable summary.json with status finished (skip_finished=true)."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status") == "finished"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _job_failed(cfg: DictConfig, run_dir: Path, message: str) -> None:
     """A sweep job's failure on record: ``summary.json`` with status failed (unless the run wrote its own)."""
-    from fedrun.checkpoint import read_summary
     from fedrun.outputs import write_json_atomic
+
+    from fedrun.rundir import read_summary
 
     summary = read_summary(run_dir)
     if summary is None or summary.get("status") == "running":
@@ -66,9 +58,6 @@ def _main(cfg: DictConfig) -> Optional[float]:
     try:
         from fedrun.runner import run  # imported here so `fedrun --help` stays fast
 
-        if cfg.get("skip_finished") and _finished(run_dir):
-            log.info("fedrun: skipped, already finished: %s", run_dir)
-            return None
         summary = run(cfg, run_dir)
         return summary.get("final_test_acc")  # what a sweeper maximises (conf/hparams_search/)
     except RunFinished as done:

@@ -2,7 +2,7 @@
 
 At the start a fresh run writes ``summary.json`` with ``status: running`` and its config, so that a
 run dir whose run is killed before its first checkpoint still says which config wrote its
-``metrics.csv`` (:func:`fedrun.checkpoint.check_run_dir` refuses another config there).
+``metrics.csv`` (:func:`fedrun.rundir.decide` refuses another config there).
 
 At the end (:func:`finish_run`):
 
@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from fedrun import checkpoint
+from fedrun import rundir
 from fedrun.outputs import write_json_atomic
 
 log = logging.getLogger("fedrun")
@@ -47,7 +47,7 @@ def write_plot(rows: list[dict[str, Any]], run_dir: Path, title: str) -> None:
 
 def write_started(run_dir: Path, config: dict[str, Any]) -> None:
     """A fresh run's placeholder summary: status running and the config that writes this run dir."""
-    write_json_atomic(Path(run_dir) / checkpoint.SUMMARY, {"status": "running", "rounds_done": 0, "config": config})
+    write_json_atomic(Path(run_dir) / rundir.SUMMARY, {"status": "running", "rounds_done": 0, "config": config})
 
 
 def finish_run(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], title: str) -> None:
@@ -55,11 +55,8 @@ def finish_run(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any
     run_dir = Path(run_dir)
     if rows:
         write_plot(rows, run_dir, title)
-    write_json_atomic(run_dir / checkpoint.SUMMARY, summary)
-    if summary.get("status") == "finished":
-        checkpoint.remove(run_dir)
-    else:  # state files no checkpoint refers to cannot be resumed from
-        checkpoint.remove_unused_state(run_dir)
+    write_json_atomic(run_dir / rundir.SUMMARY, summary)
+    rundir.finish(run_dir, str(summary.get("status")))  # finished: checkpoint, then state/; else unused state/
 
 
 def title_from_config(config: dict[str, Any], data_name: Optional[str] = None) -> str:
@@ -79,15 +76,22 @@ def title_from_config(config: dict[str, Any], data_name: Optional[str] = None) -
 def complete_finished(run_dir: Path, summary: dict[str, Any]) -> None:
     """Finish what a finished run's last moments left undone: a missing plot, a checkpoint, ``state/``."""
     run_dir = Path(run_dir)
-    checkpoint.remove(run_dir)  # the run finished: nothing resumes from them
-    metrics = run_dir / checkpoint.METRICS
+    rundir.finish(run_dir, "finished")  # the run finished: nothing resumes from its checkpoint or state/
+    metrics = run_dir / rundir.METRICS
     if (run_dir / PLOT).exists() or not metrics.is_file():
         return
-    rows = [_numbers(r) for r in checkpoint.read_metrics(metrics)]
+    rows = [_numbers(r) for r in _read_metrics(metrics)]
     if rows:
         title = summary.get("plot_title") or title_from_config(summary.get("config") or {})
         write_plot(rows, run_dir, title)
         log.info("fedrun: wrote the missing %s of the finished run in %s", PLOT, run_dir)
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _numbers(row: dict[str, str]) -> dict[str, Any]:

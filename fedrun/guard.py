@@ -21,7 +21,7 @@ A :class:`~fedrun.errors.DivergenceError` carries the round and what was seen (:
 runner writes no metrics row for that round, puts the record into ``summary.json`` (``diverged``)
 with ``status: diverged``, and the CLI exits with code 3.
 
-The guard reads the config once (:meth:`GuardSpec.from_config`); the round loop sees only the spec.
+The guard reads only the run's :class:`~fedrun.specs.GuardSpec`.
 """
 
 from __future__ import annotations
@@ -33,47 +33,17 @@ from typing import Any, Optional
 import torch
 
 from fedrun.errors import DivergenceError
+from fedrun.specs import GuardSpec
 
-# Algorithm hyperparameters whose lowering typically calms a diverging run.
-LOWERABLE = ("alpha", "mu", "server_lr", "tau")
 DROPPED_ROUNDS = 3  # rounds in a row that drop more than half of their clients before the run stops
 
 
-@dataclass(frozen=True)
-class GuardSpec:
-    """What the guard needs from the config."""
-
-    algo: str  # the algorithm's class name, for messages
-    lr: float
-    knobs: tuple[tuple[str, Any], ...] = ()  # (algo key, value) of LOWERABLE hyperparameters
-    on_nonfinite: str = "stop"  # stop | drop
-    factor: float = 100.0  # divergence_factor (0: no loss-size checks)
-    dropped_rounds: int = DROPPED_ROUNDS
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "GuardSpec":
-        from fedrun.config import choice
-
-        algo = cfg.algo
-        knobs = tuple((k, algo[k]) for k in LOWERABLE if k in algo and isinstance(algo[k], (int, float)))
-        return cls(
-            algo=str(algo._target_).rsplit(".", 1)[-1],
-            lr=float(cfg.lr),
-            knobs=knobs,
-            on_nonfinite=choice(cfg.get("on_nonfinite", "stop")),
-            factor=float(cfg.get("divergence_factor", 0.0) or 0.0),
-        )
-
-    def advice(self) -> str:
-        """``lower lr=0.1 (or algo.alpha=0.01)``: the knobs of this config to turn down."""
-        extra = f" (or {', '.join(f'algo.{k}={v}' for k, v in self.knobs)})" if self.knobs else ""
-        return f"lower lr={self.lr}{extra}"
-
-    def diverged(self, round_idx: int, what: str, **seen: Any) -> DivergenceError:
-        err = DivergenceError(f"training diverged in round {round_idx} (algo={self.algo}): {what}; {self.advice()}.")
-        err.round = round_idx
-        err.record = {"round": round_idx, "reason": what, **{k: _plain(v) for k, v in seen.items()}}
-        return err
+def diverged(spec: GuardSpec, round_idx: int, what: str, **seen: Any) -> DivergenceError:
+    """The error for ``round_idx``; :attr:`record` (round, reason, what was seen) goes into summary.json."""
+    err = DivergenceError(f"training diverged in round {round_idx} (algo={spec.algo}): {what}; {spec.advice()}.")
+    err.round = round_idx
+    err.record = {"round": round_idx, "reason": what, **{k: _plain(v) for k, v in seen.items()}}
+    return err
 
 
 def _plain(value: Any) -> Any:
@@ -81,12 +51,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
-
-
-def on_nonfinite(cfg: Any) -> str:
-    from fedrun.config import choice
-
-    return choice(cfg.get("on_nonfinite", "stop"))
 
 
 @torch.no_grad()
@@ -121,8 +85,8 @@ def screen_clients(spec: GuardSpec, round_idx: int, clients: torch.Tensor, resul
     bad = int((~ok).sum())
     if spec.on_nonfinite != "drop":
         first = int(clients[~ok.to(clients.device)][0])
-        raise spec.diverged(
-            round_idx,
+        raise diverged(
+            spec, round_idx,
             f"{bad} of {len(clients)} active clients (first: client {first}) got a non-finite loss or model "
             "(on_nonfinite=drop would leave such clients out)",
             nonfinite_clients=bad, active_clients=len(clients),
@@ -133,7 +97,7 @@ def screen_clients(spec: GuardSpec, round_idx: int, clients: torch.Tensor, resul
 
 def check_server(spec: GuardSpec, round_idx: int, theta: torch.Tensor) -> None:
     if not bool(torch.isfinite(theta).all()):
-        raise spec.diverged(round_idx, "the new server model is non-finite")
+        raise diverged(spec, round_idx, "the new server model is non-finite")
 
 
 class LossGuard:
@@ -144,18 +108,14 @@ class LossGuard:
         self.reference = float(reference)
         self.dropped_streak = int(dropped_streak)
 
-    def state(self) -> dict[str, Any]:
-        """What a checkpoint keeps (``Counters.extra``)."""
-        return {"guard_reference": self.reference, "dropped_streak": self.dropped_streak}
-
     def limit(self) -> float:
-        return self.spec.factor * self.reference
+        return self.spec.divergence_factor * self.reference
 
     def check_dropped(self, round_idx: int, dropped: int, active: int) -> None:
         self.dropped_streak = self.dropped_streak + 1 if dropped * 2 > active else 0
-        if self.dropped_streak >= self.spec.dropped_rounds:
-            raise self.spec.diverged(
-                round_idx,
+        if self.dropped_streak >= DROPPED_ROUNDS:
+            raise diverged(
+                self.spec, round_idx,
                 f"on_nonfinite=drop left out more than half of the active clients ({dropped} of {active} now) "
                 f"in each of the last {self.dropped_streak} rounds",
                 dropped_clients=dropped, active_clients=active,
@@ -165,28 +125,20 @@ class LossGuard:
         if math.isnan(loss):  # every client was dropped: nothing to compare
             return
         if not math.isfinite(loss):
-            raise self.spec.diverged(round_idx, f"the mean train loss is {loss}", train_loss=loss)
-        if self.spec.factor > 0 and loss > self.limit():
-            raise self.spec.diverged(round_idx, self._over("train loss", loss), train_loss=loss)
+            raise diverged(self.spec, round_idx, f"the mean train loss is {loss}", train_loss=loss)
+        if self.spec.divergence_factor > 0 and loss > self.limit():
+            raise diverged(self.spec, round_idx, self._over("train loss", loss), train_loss=loss)
 
     def check_test(self, round_idx: int, metrics: dict[str, float]) -> None:
         loss = metrics.get("test_loss", 0.0)
         seen = {k: metrics.get(k) for k in ("train_loss", "test_loss", "test_acc")}
         if not math.isfinite(loss):
-            raise self.spec.diverged(round_idx, f"the server model's test loss is {loss}", **seen)
-        if self.spec.factor > 0 and loss > self.limit():
-            raise self.spec.diverged(round_idx, self._over("server model's test loss", loss), **seen)
+            raise diverged(self.spec, round_idx, f"the server model's test loss is {loss}", **seen)
+        if self.spec.divergence_factor > 0 and loss > self.limit():
+            raise diverged(self.spec, round_idx, self._over("server model's test loss", loss), **seen)
 
     def _over(self, what: str, loss: float) -> str:
         return (
-            f"the {what} {loss:.4g} is over divergence_factor={self.spec.factor:g} times the reference "
+            f"the {what} {loss:.4g} is over divergence_factor={self.spec.divergence_factor:g} times the reference "
             f"{self.reference:.4g} (the larger of the initial model's loss and log C)"
         )
-
-
-def initial_state(exp: Any, extra: Optional[dict[str, Any]]) -> tuple[float, int]:
-    """(reference, dropped streak) for a run: from a checkpoint's counters, else computed now."""
-    extra = extra or {}
-    if "guard_reference" in extra:
-        return float(extra["guard_reference"]), int(extra.get("dropped_streak", 0))
-    return reference_loss(exp), 0

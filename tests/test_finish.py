@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrun import checkpoint, finish, runner
+from fedrun import checkpoint, finish, rundir, runner
 from fedrun.cli_errors import compose
 from tests.test_errors import TINY, plain
 
@@ -50,7 +50,7 @@ def test_summary_is_written_after_the_plot(monkeypatch, tmp_path):
     real_plot, real_json = finish.write_plot, finish.write_json_atomic
     monkeypatch.setattr(finish, "write_plot", lambda *a: (order.append("plot"), real_plot(*a)))
     monkeypatch.setattr(finish, "write_json_atomic", lambda path, p: (order.append(p["status"]), real_json(path, p)))
-    monkeypatch.setattr(checkpoint, "remove", lambda run_dir, real=checkpoint.remove: (order.append("remove"), real(run_dir)))
+    monkeypatch.setattr(rundir, "finish", lambda run_dir, status, real=rundir.finish: (order.append("remove"), real(run_dir, status)))
     runner.run(plain(compose(MMAP)), tmp_path)
     assert order == ["running", "plot", "finished", "remove"]
 
@@ -70,12 +70,12 @@ def test_kill_before_the_summary_resumes_and_finishes(monkeypatch, tmp_path):
 def test_kill_after_the_summary_then_rerun_completes_the_finished_run(monkeypatch, tmp_path):
     cfg = plain(compose(MMAP))
     with monkeypatch.context() as mp:
-        kill_at(mp, checkpoint, "remove")
+        kill_at(mp, rundir, "finish")
         with pytest.raises(Killed):
             runner.run(cfg, tmp_path)
     assert outputs(tmp_path) == {"summary": "finished", "plot": True, "checkpoint": True, "state": True}
     (tmp_path / "convergence.png").unlink()  # as an older fedrun, which plotted after the summary, could leave it
-    with pytest.raises(checkpoint.RunFinished):
+    with pytest.raises(rundir.RunFinished):
         runner.run(cfg, tmp_path)
     assert outputs(tmp_path) == {"summary": "finished", "plot": True, "checkpoint": False, "state": False}
 
@@ -83,10 +83,10 @@ def test_kill_after_the_summary_then_rerun_completes_the_finished_run(monkeypatc
 DRIVER = textwrap.dedent(
     """
     import os, signal, sys
-    from fedrun import checkpoint, finish
+    from fedrun import finish, rundir
     from fedrun.cli import main
 
-    target, name = {"plot": (finish, "write_plot"), "summary": (checkpoint, "remove")}[sys.argv[1]]
+    target, name = {"plot": (finish, "write_plot"), "summary": (rundir, "finish")}[sys.argv[1]]
     setattr(target, name, lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
     sys.argv = ["fedrun", *sys.argv[2:]]
     main()

@@ -90,8 +90,10 @@ def test_dropping_most_clients_round_after_round_stops(monkeypatch, tmp_path):
 
 
 def test_guard_spec_is_frozen_and_names_the_knobs():
-    spec = guard.GuardSpec.from_config(plain(compose(["algo=fedprox"])))
+    from fedrun import specs
+
+    spec = specs.read(plain(compose(["algo=fedprox"]))).guard
     assert spec.algo == "FedProx" and spec.advice() == "lower lr=0.1 (or algo.mu=0.0001)"
     with pytest.raises(Exception):
         spec.lr = 1.0  # type: ignore[misc]
-    assert torch.isfinite(torch.tensor(spec.factor))
+    assert torch.isfinite(torch.tensor(spec.divergence_factor))
