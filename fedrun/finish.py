@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fedrun import rundir
 from fedrun.outputs import write_json_atomic
@@ -32,15 +32,17 @@ log = logging.getLogger("fedrun")
 PLOT = "convergence.png"
 
 
-def write_plot(rows: list[dict[str, Any]], run_dir: Path, title: str) -> None:
-    """``convergence.png`` from ``rows``, written whole or not at all."""
-    from fedrun.plots import convergence_plot
+def write_plot(rows: list[dict[str, Any]], run_dir: Path, title: str, plot: Optional[Callable[..., Any]] = None) -> None:
+    """``convergence.png`` from ``rows`` (drawn by ``plot``, default :func:`fedrun.plots.convergence_plot`), written whole or not at all."""
+    if plot is None:
+        from fedrun.plots import convergence_plot as plot
 
     path = Path(run_dir) / PLOT
     tmp = path.with_name("convergence.tmp.png")  # the suffix tells matplotlib the format
     try:
-        convergence_plot(rows, tmp, title)
-        os.replace(tmp, path)
+        plot(rows, tmp, title)
+        if tmp.exists():
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -50,11 +52,11 @@ def write_started(run_dir: Path, config: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / rundir.SUMMARY, {"status": "running", "rounds_done": 0, "config": config})
 
 
-def finish_run(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], title: str) -> None:
+def finish_run(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], title: str, plot: Optional[Callable[..., Any]] = None) -> None:
     """Plot, summary (last), then the checkpoint and state files (see the module docstring)."""
     run_dir = Path(run_dir)
     if rows:
-        write_plot(rows, run_dir, title)
+        write_plot(rows, run_dir, title, plot)
     write_json_atomic(run_dir / rundir.SUMMARY, summary)
     rundir.finish(run_dir, str(summary.get("status")))  # finished: checkpoint, then state/; else unused state/
 

@@ -30,6 +30,7 @@ from fedrun.fit import build_model
 from fedrun.memory import check_data_fits
 from fedrun.outputs import MetricsWriter, summarize
 from fedrun.params import FlatModel
+from fedrun.plots import convergence_plot
 from fedrun.progress import Progress
 from fedrun.seeding import derive_seed, generator
 from fedrun.signals import Interrupted, StopSignals
@@ -244,9 +245,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             raise
         finally:
             progress.close()
-            summary = summarize(writer.rows, status, time.perf_counter() - began, exp.model.num_params, spec.config, extra)
+            summary = {**summarize(writer.rows, status, time.perf_counter() - began, exp.model.num_params, spec.config), **extra}
             try:  # plot, summary.json last, then checkpoint and state (fedrun/finish.py)
-                finish.finish_run(run_dir, writer.rows, summary, extra["plot_title"])
+                finish.finish_run(run_dir, writer.rows, summary, extra["plot_title"], convergence_plot)
             except Exception as err:  # noqa: BLE001 - a run already failing reports its own error
                 if status == "finished":
                     raise

@@ -19,10 +19,18 @@ from pathlib import Path
 import pytest
 
 from fedrun import checkpoint, finish, rundir, runner
-from fedrun.cli_errors import compose
-from tests.test_errors import TINY, plain
+from conftest import compose_config
+from tests.test_errors import TINY
 
 MMAP = [*TINY, "checkpoint_every=2", "state_placement=mmap"]  # checkpoint after round 2; state/ holds files
+
+
+@pytest.fixture(autouse=True)
+def draw_figures(monkeypatch):
+    """These tests are about the figure: draw it (tests/conftest.py skips it in other tests)."""
+    from fedrun import plots
+
+    monkeypatch.setattr(runner, "convergence_plot", plots.convergence_plot)
 
 
 class Killed(BaseException):
@@ -51,12 +59,12 @@ def test_summary_is_written_after_the_plot(monkeypatch, tmp_path):
     monkeypatch.setattr(finish, "write_plot", lambda *a: (order.append("plot"), real_plot(*a)))
     monkeypatch.setattr(finish, "write_json_atomic", lambda path, p: (order.append(p["status"]), real_json(path, p)))
     monkeypatch.setattr(rundir, "finish", lambda run_dir, status, real=rundir.finish: (order.append("remove"), real(run_dir, status)))
-    runner.run(plain(compose(MMAP)), tmp_path)
+    runner.run(compose_config(*MMAP), tmp_path)
     assert order == ["running", "plot", "finished", "remove"]
 
 
 def test_kill_before_the_summary_resumes_and_finishes(monkeypatch, tmp_path):
-    cfg = plain(compose(MMAP))
+    cfg = compose_config(*MMAP)
     with monkeypatch.context() as mp:
         kill_at(mp, finish, "write_plot")
         with pytest.raises(Killed):
@@ -68,7 +76,7 @@ def test_kill_before_the_summary_resumes_and_finishes(monkeypatch, tmp_path):
 
 
 def test_kill_after_the_summary_then_rerun_completes_the_finished_run(monkeypatch, tmp_path):
-    cfg = plain(compose(MMAP))
+    cfg = compose_config(*MMAP)
     with monkeypatch.context() as mp:
         kill_at(mp, rundir, "finish")
         with pytest.raises(Killed):

@@ -19,16 +19,16 @@ import pytest
 import torch
 
 from fedrun import guard, runner
-from fedrun.cli_errors import compose
 from fedrun.errors import DivergenceError
-from tests.test_errors import inject, plain
+from conftest import compose_config
+from tests.test_errors import inject
 
 FAST = ["device=cpu", "progress=false", "eval_all=false", "eval_active=false"]
 
 
 def diverge(tmp_path: Path, args: list[str]) -> tuple[DivergenceError, dict]:
     with pytest.raises(DivergenceError) as err:
-        runner.run(plain(compose([*FAST, *args])), tmp_path)
+        runner.run(compose_config(*FAST, *args), tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())  # strict JSON: no bare NaN
     return err.value, summary
 
@@ -51,7 +51,7 @@ def test_blow_up_in_round_1_stops_in_round_1(tmp_path, args, algo, seen):
 
 
 def test_reference_is_the_initial_model_and_log_c():
-    cfg = plain(compose(FAST))
+    cfg = compose_config(*FAST)
     exp = runner.build(cfg)
     assert guard.reference_loss(exp) == pytest.approx(math.log(5), rel=1e-6)  # zero init: uniform logits
     exp.theta.normal_(0, 3.0)  # a worse initial model raises the reference above log C
@@ -73,7 +73,7 @@ def test_stops_in_the_round_it_happens_even_between_evaluations(monkeypatch, tmp
 def test_healthy_fedavg_on_paper_synthetic_seed_4_is_not_stopped(tmp_path):
     """Issue 15's false alarm: round 1's only active client holds one class (train loss near 0);
     against round 1 a normal later loss looked 100x too big. Against the reference it does not."""
-    cfg = plain(compose([*FAST, "+experiment=paper_synthetic", "algo=fedavg", "seed=4", "rounds=40"]))
+    cfg = compose_config(*FAST, "+experiment=paper_synthetic", "algo=fedavg", "seed=4", "rounds=40")
     summary = runner.run(cfg, tmp_path)
     assert summary["status"] == "finished" and summary["rounds_done"] == 40
 
@@ -92,7 +92,7 @@ def test_dropping_most_clients_round_after_round_stops(monkeypatch, tmp_path):
 def test_guard_spec_is_frozen_and_names_the_knobs():
     from fedrun import specs
 
-    spec = specs.read(plain(compose(["algo=fedprox"]))).guard
+    spec = specs.read(compose_config("algo=fedprox")).guard
     assert spec.algo == "FedProx" and spec.advice() == "lower lr=0.1 (or algo.mu=0.0001)"
     with pytest.raises(Exception):
         spec.lr = 1.0  # type: ignore[misc]

@@ -18,8 +18,8 @@ import time
 import pytest
 
 from fedrun import lock, runner
-from fedrun.cli_errors import compose
-from tests.test_errors import TINY, plain
+from conftest import compose_config
+from tests.test_errors import TINY
 
 
 def test_lock_file_names_the_holder_and_is_emptied_on_release(tmp_path):
@@ -40,7 +40,7 @@ def test_a_live_holder_refuses_a_second_run_with_one_sentence(tmp_path):
     fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         with pytest.raises(lock.RunDirLocked) as err:
-            runner.run(plain(compose(TINY)), run_dir)
+            runner.run(compose_config(*TINY), run_dir)
         assert str(err.value) == (
             f"{run_dir} is in use by another fedrun run (pid 4242 on otherhost): wait for it to end, or pick another hydra.run.dir."
         )
