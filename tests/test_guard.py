@@ -73,7 +73,7 @@ def test_stops_in_the_round_it_happens_even_between_evaluations(monkeypatch, tmp
 def test_healthy_fedavg_on_paper_synthetic_seed_4_is_not_stopped(tmp_path):
     """Issue 15's false alarm: round 1's only active client holds one class (train loss near 0);
     against round 1 a normal later loss looked 100x too big. Against the reference it does not."""
-    cfg = compose_config(*FAST, "+experiment=paper_synthetic", "algo=fedavg", "seed=4", "rounds=40")
+    cfg = compose_config(*FAST, "experiment=paper_synthetic", "algo=fedavg", "seed=4", "rounds=40")
     summary = runner.run(cfg, tmp_path)
     assert summary["status"] == "finished" and summary["rounds_done"] == 40
 
