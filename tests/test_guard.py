@@ -69,7 +69,6 @@ def test_stops_in_the_round_it_happens_even_between_evaluations(monkeypatch, tmp
     assert [int(r.split(",")[0]) for r in rows] == ([1, 2] if eval_every == 1 else [2])
 
 
-@pytest.mark.slow  # 40 rounds of the paper's setup
 def test_healthy_fedavg_on_paper_synthetic_seed_4_is_not_stopped(tmp_path):
     """Issue 15's false alarm: round 1's only active client holds one class (train loss near 0);
     against round 1 a normal later loss looked 100x too big. Against the reference it does not."""
