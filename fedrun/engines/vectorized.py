@@ -33,11 +33,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
 from fedrun.algorithms.base import LocalObjective
 from fedrun.data import FederatedData
@@ -45,14 +44,15 @@ from fedrun.engines.base import (
     Engine,
     LocalResult,
     LocalTraining,
-    batch_schedule,
     client_generators,
-    round_draws,
+    draws_for,
+    padded_schedule,
     sgd_step,
+    sgd_step_,
     total_decay,
 )
 from fedrun.engines.sequential import SequentialEngine
-from fedrun.engines.stacked import LayerChain, StackedForward, agrees, batched_forward, unflatten_stacked, vmap_forward
+from fedrun.engines.stacked import ChainGrad, LayerChain, StackedForward, agrees, batched_forward, unflatten_stacked, vmap_forward
 from fedrun.errors import FedrunError
 from fedrun import memory
 from fedrun.params import FlatModel
@@ -60,6 +60,7 @@ from fedrun.params import FlatModel
 log = logging.getLogger("fedrun")
 
 GRADIENTS = ("auto", "batched", "vmap")
+BLOCK_BYTES = 16 * 2**20  # input samples gathered at once by _Plan.steps
 _fallback_logged: set[str] = set()
 
 
@@ -198,6 +199,10 @@ class VectorizedEngine(Engine):
         # w would zero-fill and add a full [A, P] tensor per layer (slice_backward). Only extra terms
         # whose gradient is not known explicitly need autograd through w.
         leaves = explicit_extra or not extra
+        if manual and not hp.bf16:
+            const = _extra_grad(objective, torch.zeros_like(w)) if explicit_extra else None
+            prox = objective.prox.reshape(-1, 1).to(w.dtype) if explicit_extra and objective.prox is not None else None
+            return _train_explicit(model, forward, w, data, plan, const, prox, decay, hp)
         for s in range(plan.num_steps):
             rows = plan.rows[:, s]
             x, y = data.x_train[rows], data.y_train[rows]
@@ -241,6 +246,56 @@ class VectorizedEngine(Engine):
                 loss_sum += client_ce.detach()
         taken = plan.counts_cpu.gt(0).sum(1)
         return w.detach(), loss_sum / taken.clamp(min=1).to(device), taken
+
+
+def _train_explicit(
+    model: FlatModel,
+    chain: LayerChain,
+    w: torch.Tensor,
+    data: FederatedData,
+    plan: "_Plan",
+    const: Optional[torch.Tensor],
+    prox: Optional[torch.Tensor],
+    decay: torch.Tensor,
+    hp: LocalTraining,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Local training of a chunk by a Flatten/Linear/ReLU chain's explicit gradient, in float32.
+
+    ``w`` [A, P] (the chunk's starting models, a buffer of its own) is updated in place; the
+    extra terms' gradient is ``const + prox * w``. Everything a step needs is made before the loop
+    (:meth:`_Plan.steps`, :class:`~fedrun.engines.stacked.ChainGrad`), so each step is its arithmetic:
+    the chain's kernels, the extra terms and the in-place SGD step (:func:`sgd_step_`), with the
+    numbers of the general loop bit for bit.
+    """
+    grad_of = ChainGrad(chain, model, w, hp.batch_size)
+    loss_sum = torch.zeros(w.shape[0], device=w.device)
+    with torch.no_grad():
+        for step in plan.steps(data):
+            x = _augmented(data, plan, step.index, step.x)
+            neg_ce, grad = grad_of(x, step.y3, step.weights, step.weights3)
+            loss_sum.sub_(neg_ce)  # loss_sum += CE
+            if const is not None:
+                grad.add_(const)
+            if prox is not None:
+                grad.addcmul_(prox, w)
+            if step.active is None:
+                sgd_step_(w, grad, hp.lr, decay, hp.clip_norm)
+            else:  # clients without this step keep their model
+                torch.where(step.active, sgd_step(w, grad, hp.lr, decay, hp.clip_norm), w, out=w)
+    taken = plan.counts_cpu.gt(0).sum(1)
+    return w, loss_sum / taken.clamp(min=1).to(w.device), taken
+
+
+def _augmented(data: FederatedData, plan: "_Plan", s: int, x: torch.Tensor) -> torch.Tensor:
+    """Step ``s``'s inputs ``x`` [A, B, ...] after the data's augmentation, if any."""
+    if plan.aug_draws is not None:  # this step's rows of every client's round draws: one call
+        count, batch = x.shape[0], x.shape[1]
+        return data.augment.apply(
+            x.reshape(count * batch, *x.shape[2:]), *(d[:, s].reshape(count * batch, *d.shape[3:]) for d in plan.aug_draws)
+        ).view_as(x)
+    if data.augment is not None:
+        return _augment(data, x, plan.counts_cpu[:, s].tolist(), plan.aug_generators)
+    return x
 
 
 def _extra_grad(objective: LocalObjective, w: torch.Tensor) -> torch.Tensor:
@@ -299,18 +354,16 @@ class _Plan:
         for a, client in enumerate(ids):
             g_batch, g_aug = client_generators(seed, round_idx, client)
             fixed = None if objective.steps is None else int(objective.steps[a])
-            schedules.append(batch_schedule(len(partition[client]), hp.epochs, hp.batch_size, g_batch, fixed))
+            schedules.append(padded_schedule(len(partition[client]), hp.epochs, hp.batch_size, g_batch, fixed))
             aug.append(g_aug)
-            draws.append(round_draws(augment, schedules[-1], g_aug))
+            draws.append(draws_for(augment, int(schedules[-1][1].sum()), g_aug))
         count, batch = len(ids), hp.batch_size
-        num_steps = max((len(s) for s in schedules), default=0)
+        num_steps = max((len(c) for _, c in schedules), default=0)
         local = torch.zeros(count, num_steps, batch, dtype=torch.long)
         counts = torch.zeros(count, num_steps, dtype=torch.long)
-        for a, sched in enumerate(schedules):
-            if sched:
-                padded = pad_sequence(sched, batch_first=True)
-                local[a, : len(sched), : padded.shape[1]] = padded
-                counts[a, : len(sched)] = torch.tensor([len(t) for t in sched])
+        for a, (sched, cnt) in enumerate(schedules):
+            local[a, : len(cnt)] = sched
+            counts[a, : len(cnt)] = cnt
         sizes = [len(partition[c]) for c in ids]
         index = torch.zeros(count, max(sizes, default=1), dtype=torch.long, device=device)
         for a, client in enumerate(ids):
@@ -331,6 +384,35 @@ class _Plan:
         return _Plan(
             rows, weights.to(device), active.to(device), active.all(0).tolist(), counts, aug, aug_draws, num_steps
         )
+
+    def steps(self, data: FederatedData, block_bytes: int = BLOCK_BYTES) -> Iterator["_Step"]:
+        """Each step's batch, made ahead of the loop: the samples of several steps are gathered
+        in one indexing call (as many steps as fit in ``block_bytes``, at least one) into
+        contiguous per-step tensors; labels, weights and activity are split per step once."""
+        count, num_steps, batch = self.rows.shape
+        rows = self.rows.transpose(0, 1)  # [S, A, B]
+        ys = data.y_train[rows].unsqueeze(-1).unbind(0)  # [A, B, 1] each
+        weights = self.weights.transpose(0, 1).contiguous()
+        weights2, weights3 = weights.unbind(0), weights.unsqueeze(-1).unbind(0)
+        active = self.active.t().unsqueeze(-1).unbind(0)  # [A, 1] each
+        per_step = count * batch * data.x_train[0].numel() * data.x_train.element_size()
+        block = max(1, block_bytes // max(per_step, 1))
+        for start in range(0, num_steps, block):
+            xs = data.x_train[rows[start : start + block]].unbind(0)
+            for s, x in enumerate(xs, start):
+                yield _Step(s, x, ys[s], weights2[s], weights3[s], None if self.everyone[s] else active[s])
+
+
+class _Step(NamedTuple):
+    """One local step of a chunk: its index, inputs [A, B, ...], labels [A, B, 1], sample weights
+    [A, B] and [A, B, 1], and which clients take it ([A, 1] bool, None when all do)."""
+
+    index: int
+    x: torch.Tensor
+    y3: torch.Tensor
+    weights: torch.Tensor
+    weights3: torch.Tensor
+    active: Optional[torch.Tensor]
 
 
 def _augment(data: FederatedData, x: torch.Tensor, counts: list[int], generators: list[torch.Generator]) -> torch.Tensor:
