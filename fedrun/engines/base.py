@@ -112,10 +112,13 @@ def sgd_step(
 ) -> torch.Tensor:
     """One SGD step for stacked parameters ``w`` [A, P] with gradients ``grad`` [A, P] (a new tensor).
 
-    ``decay`` is the total weight decay, a float or an [A, 1] tensor. Same numbers as
-    :func:`sgd_step_`, which is this computed in place.
+    ``decay`` is the total weight decay, a float or an [A, 1] tensor. :func:`sgd_step_` computes the
+    same numbers in place.
     """
-    return sgd_step_(w.clone(), grad.clone(), lr, decay, clip_norm)
+    if clip_norm > 0:
+        norm = torch.linalg.vector_norm(grad, dim=-1, keepdim=True)
+        grad = grad * (clip_norm / (norm + 1e-6)).clamp(max=1.0)
+    return w - lr * (grad + decay * w)
 
 
 def sgd_step_(

@@ -132,13 +132,43 @@ class LayerChain:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(client CE [A], gradient [A, P]) of ``sum_b weights[a, b] * CE(f(w[a], x[a, b]), y[a, b])``.
 
-        The same arithmetic as :class:`ChainGrad`, set up for this one call.
+        Pure (new tensors, no buffers): the form for autocast and ``torch.compile``. The training
+        loop's float32 path runs :class:`ChainGrad`, the same kernels writing into buffers made once
+        (tests check the two are bit for bit equal).
         """
         if not self.explicit:
             raise ValueError("ce_grad needs a chain of Flatten/Linear/ReLU layers")
-        step = ChainGrad(self, model, w, x.shape[1])
-        neg_ce, grad = step(x, y.unsqueeze(-1), weights, weights.unsqueeze(-1))
-        return -neg_ce, grad
+        params = unflatten_stacked(model, w)
+        count, batch = x.shape[0], x.shape[1]
+        saved: list[tuple[tuple[str, ...], torch.Tensor]] = []
+        h = x
+        for op in self.ops:
+            if op[0] == "flatten":
+                h = h.reshape(count, batch, -1)
+            elif op[0] == "linear":
+                saved.append((op, h))
+                h = torch.baddbmm(params[op[2]].unsqueeze(1), h, params[op[1]].transpose(1, 2))
+            else:
+                saved.append((op, h))
+                h = torch.relu(h)
+        logp = torch.log_softmax(h, dim=-1)
+        target = y.unsqueeze(-1)
+        client_ce = -(logp.gather(-1, target).squeeze(-1) * weights).sum(1)
+        d = logp.exp().scatter_add_(-1, target, torch.full_like(target, -1, dtype=logp.dtype))
+        d = d * weights.unsqueeze(-1)
+        grads: dict[str, torch.Tensor] = {}
+        first_linear = next(i for i, (op, _) in enumerate(saved) if op[0] == "linear")
+        for i in range(len(saved) - 1, first_linear - 1, -1):
+            op, h_in = saved[i]
+            if op[0] == "linear":
+                grads[op[1]] = torch.bmm(d.transpose(1, 2), h_in)
+                grads[op[2]] = d.sum(1)
+                if i > first_linear:
+                    d = torch.bmm(d, params[op[1]])
+            else:
+                d = d * (h_in > 0)
+        grad = torch.cat([grads[name].reshape(count, -1) for name in model.names], dim=1)
+        return client_ce, grad
 
 
 class ChainGrad:
@@ -178,7 +208,8 @@ class ChainGrad:
                 weight, bias = params[op[1]], params[op[2]]
                 self.layers.append((weight, weight.transpose(1, 2), bias.unsqueeze(1), grads[op[1]], grads[op[2]]))
                 self.relu.append(False)
-        self.flatten_first = chain.ops[0][0] == "flatten"
+        first_linear = next(i for i, op in enumerate(chain.ops) if op[0] == "linear")
+        self.flatten_first = any(op[0] == "flatten" for op in chain.ops[:first_linear])
         self.minus_one = torch.full((count, batch, 1), -1.0, dtype=w.dtype, device=w.device)
 
     def __call__(

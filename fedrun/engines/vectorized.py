@@ -35,26 +35,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple, Optional
+from functools import partial
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from fedrun.algorithms.base import LocalObjective
 from fedrun.data import FederatedData
-from fedrun.engines.base import (
-    Engine,
-    LocalResult,
-    LocalTraining,
-    client_generators,
-    draws_for,
-    padded_schedule,
-    sgd_step,
-    sgd_step_,
-    total_decay,
-)
+from fedrun.engines.base import Engine, LocalResult, LocalTraining, sgd_step, total_decay
+from fedrun.engines import compiled
 from fedrun.engines.sequential import SequentialEngine
-from fedrun.engines.stacked import ChainGrad, LayerChain, StackedForward, agrees, batched_forward, unflatten_stacked, vmap_forward
+from fedrun.engines.steps import Plan, augmented, train_explicit
+from fedrun.engines.stacked import LayerChain, StackedForward, agrees, batched_forward, unflatten_stacked, vmap_forward
 from fedrun.errors import FedrunError
 from fedrun import memory
 from fedrun.params import FlatModel
@@ -62,7 +55,6 @@ from fedrun.params import FlatModel
 log = logging.getLogger("fedrun")
 
 GRADIENTS = ("auto", "batched", "vmap")
-BLOCK_BYTES = 16 * 2**20  # input samples gathered at once by _Plan.steps
 _fallback_logged: set[str] = set()
 
 
@@ -72,13 +64,15 @@ class VectorizedEngine(Engine):
     ``gradient``: ``auto`` (layer chains hand-batched: Linear/ReLU chains with an explicit
     backward, convolutional chains as grouped convolutions on a GPU; other models through vmap),
     ``batched`` (the hand-batched chain through autograd, also on CPU) or ``vmap``.
-    ``compile``: run the stacked loss through ``torch.compile`` (an option; off by default).
+    ``compile``: ``torch.compile`` the whole local step of Linear/ReLU chains, the stacked forward of
+    other models; CUDA graphs on a GPU (:mod:`fedrun.engines.compiled`; an option, off by default).
     """
 
     chunk_size: int = 0
     gradient: str = "auto"
     compile: bool = False
     _cache: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _steps: dict[tuple, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 0:
@@ -123,8 +117,9 @@ class VectorizedEngine(Engine):
             if not agrees(model, forward, sample):  # e.g. torch's fused nn.LSTM: no batching rule
                 forward = None
                 _log_fallback(model, "cannot run under torch.func.vmap")
-        if forward is not None and self.compile:
-            forward = torch.compile(forward)  # dynamic shapes after the first recompile (A varies)
+        explicit = isinstance(forward, LayerChain) and forward.explicit and self.gradient == "auto"
+        if forward is not None and self.compile and not explicit:  # explicit chains compile the whole step
+            forward = compiled.compiled_forward(forward, sample.device)  # A varies: dynamic after one recompile
         return self._remember(model, forward, sample)
 
     def _remember(self, model: FlatModel, forward: Optional[StackedForward], sample: torch.Tensor) -> Optional[StackedForward]:
@@ -187,20 +182,29 @@ class VectorizedEngine(Engine):
         round_idx: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device, count = theta.device, len(ids)
-        plan = _Plan.build(ids, partition, objective, hp, seed, round_idx, device, data.augment)
+        plan = Plan.build(ids, partition, objective, hp, seed, round_idx, device, data.augment)
         w = theta.detach().unsqueeze(0).repeat(count, 1)
         manual = isinstance(forward, LayerChain) and forward.explicit and self.gradient == "auto"
         const = prox = None
         if objective.has_extra:  # LocalObjective.extra_grad(w) = const + prox * w; const fixed for the round
             const, prox = objective.affine_parts(w)
         if manual and not hp.bf16 and objective.hook is None:
-            return _train_explicit(model, forward, w, data, plan, const, prox, decay, hp)
+            if not self.compile:
+                return train_explicit(model, forward, w, data, plan, const, prox, decay, hp)
+            key = (id(model), hp.clip_norm)
+            if key not in self._steps:
+                self._steps[key] = compiled.step_function(forward, model, hp.clip_norm, device)
+            w, loss_sum = compiled.train_compiled(
+                self._steps[key], w, plan.steps(data), partial(augmented, data, plan), const, prox, decay, hp
+            )
+            taken = plan.counts_cpu.gt(0).sum(1)
+            return w, loss_sum / taken.clamp(min=1).to(device), taken
         loss_sum = torch.zeros(count, device=device)
         # Autograd path: the parameter views of w are the leaves (w itself needs no gradient), so
         # backward writes each layer's gradient once and one cat joins them; differentiating w.r.t.
         # w would zero-fill and add a full [A, P] tensor per layer (slice_backward).
         for step in plan.steps(data):
-            x, y, sample_weights = _augmented(data, plan, step.index, step.x), step.y3.squeeze(-1), step.weights
+            x, y, sample_weights = augmented(data, plan, step.index, step.x), step.y3.squeeze(-1), step.weights
 
             def grad_fn(v: torch.Tensor, extra: bool = True, x=x, y=y, sample_weights=sample_weights):
                 """(cross-entropy [A], gradient [A, P]) at stacked parameters v on this step's batch."""
@@ -237,160 +241,8 @@ class VectorizedEngine(Engine):
         return w.detach(), loss_sum / taken.clamp(min=1).to(device), taken
 
 
-def _train_explicit(
-    model: FlatModel,
-    chain: LayerChain,
-    w: torch.Tensor,
-    data: FederatedData,
-    plan: "_Plan",
-    const: Optional[torch.Tensor],
-    prox: Optional[torch.Tensor],
-    decay: torch.Tensor,
-    hp: LocalTraining,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Local training of a chunk by a Flatten/Linear/ReLU chain's explicit gradient, in float32.
-
-    ``w`` [A, P] (the chunk's starting models, a buffer of its own) is updated in place; the
-    extra terms' gradient is ``const + prox * w``. Everything a step needs is made before the loop
-    (:meth:`_Plan.steps`, :class:`~fedrun.engines.stacked.ChainGrad`), so each step is its arithmetic:
-    the chain's kernels, the extra terms and the in-place SGD step (:func:`sgd_step_`), with the
-    numbers of the general loop bit for bit.
-    """
-    grad_of = ChainGrad(chain, model, w, hp.batch_size)
-    loss_sum = torch.zeros(w.shape[0], device=w.device)
-    with torch.no_grad():
-        for step in plan.steps(data):
-            x = _augmented(data, plan, step.index, step.x)
-            neg_ce, grad = grad_of(x, step.y3, step.weights, step.weights3)
-            loss_sum.sub_(neg_ce)  # loss_sum += CE
-            if const is not None:
-                grad.add_(const)
-            if prox is not None:
-                grad.addcmul_(prox, w)
-            if step.active is None:
-                sgd_step_(w, grad, hp.lr, decay, hp.clip_norm)
-            else:  # clients without this step keep their model
-                torch.where(step.active, sgd_step(w, grad, hp.lr, decay, hp.clip_norm), w, out=w)
-    taken = plan.counts_cpu.gt(0).sum(1)
-    return w, loss_sum / taken.clamp(min=1).to(w.device), taken
-
-
-def _augmented(data: FederatedData, plan: "_Plan", s: int, x: torch.Tensor) -> torch.Tensor:
-    """Step ``s``'s inputs ``x`` [A, B, ...] after the data's augmentation, if any."""
-    if plan.aug_draws is not None:  # this step's rows of every client's round draws: one call
-        count, batch = x.shape[0], x.shape[1]
-        return data.augment.apply(
-            x.reshape(count * batch, *x.shape[2:]), *(d[:, s].reshape(count * batch, *d.shape[3:]) for d in plan.aug_draws)
-        ).view_as(x)
-    if data.augment is not None:
-        return _augment(data, x, plan.counts_cpu[:, s].tolist(), plan.aug_generators)
-    return x
-
-
 def _log_fallback(model: FlatModel, why: str) -> None:
     name = type(model.module).__name__
     if name not in _fallback_logged:
         _fallback_logged.add(name)
         log.info("engine=vectorized: %s %s; training its clients with the sequential engine.", name, why)
-
-
-@dataclass
-class _Plan:
-    """Padded batch schedules of a chunk of clients: global rows [A, S, B], weights, activity."""
-
-    rows: torch.Tensor  # [A, S, B] int64 global sample ids (padding: the client's first sample)
-    weights: torch.Tensor  # [A, S, B] 1/count on real samples, 0 on padding
-    active: torch.Tensor  # [A, S] bool: client has a step s
-    everyone: list[bool]  # [S]: every client has a step s
-    counts_cpu: torch.Tensor  # [A, S] real samples per step
-    aug_generators: list[torch.Generator]
-    aug_draws: Optional[list[torch.Tensor]]  # per draw: [A, S, B, ...] on the device (padding: zeros)
-    num_steps: int
-
-    @staticmethod
-    def build(
-        ids: list[int],
-        partition: list[torch.Tensor],
-        objective: LocalObjective,
-        hp: LocalTraining,
-        seed: int,
-        round_idx: int,
-        device: torch.device,
-        augment: object = None,
-    ) -> "_Plan":
-        schedules, aug, draws = [], [], []
-        for a, client in enumerate(ids):
-            g_batch, g_aug = client_generators(seed, round_idx, client)
-            fixed = None if objective.steps is None else int(objective.steps[a])
-            schedules.append(padded_schedule(len(partition[client]), hp.epochs, hp.batch_size, g_batch, fixed))
-            aug.append(g_aug)
-            draws.append(draws_for(augment, int(schedules[-1][1].sum()), g_aug))
-        count, batch = len(ids), hp.batch_size
-        num_steps = max((len(c) for _, c in schedules), default=0)
-        local = torch.zeros(count, num_steps, batch, dtype=torch.long)
-        counts = torch.zeros(count, num_steps, dtype=torch.long)
-        for a, (sched, cnt) in enumerate(schedules):
-            local[a, : len(cnt)] = sched
-            counts[a, : len(cnt)] = cnt
-        sizes = [len(partition[c]) for c in ids]
-        index = torch.zeros(count, max(sizes, default=1), dtype=torch.long, device=device)
-        for a, client in enumerate(ids):
-            index[a, : sizes[a]] = partition[client].to(device)
-        local_dev = local.to(device, non_blocking=True)
-        rows = torch.gather(index, 1, local_dev.view(count, -1)).view(count, num_steps, batch)
-        mask = torch.arange(batch).view(1, 1, batch) < counts.unsqueeze(-1)
-        weights = mask.float() / counts.clamp(min=1).unsqueeze(-1).float()
-        active = counts.gt(0)
-        aug_draws = None
-        if draws and draws[0] is not None:  # scatter each client's round draws onto its real sample slots
-            aug_draws = []
-            for k, first in enumerate(draws[0]):
-                full = first.new_zeros((count, num_steps, batch, *first.shape[1:]))
-                for a in range(count):
-                    full[a][mask[a]] = draws[a][k]  # row-major over (step, slot): the round's sample order
-                aug_draws.append(full.to(device))
-        return _Plan(
-            rows, weights.to(device), active.to(device), active.all(0).tolist(), counts, aug, aug_draws, num_steps
-        )
-
-    def steps(self, data: FederatedData, block_bytes: int = BLOCK_BYTES) -> Iterator["_Step"]:
-        """Each step's batch, made ahead of the loop: the samples of several steps are gathered
-        in one indexing call (as many steps as fit in ``block_bytes``, at least one) into
-        contiguous per-step tensors; labels, weights and activity are split per step once."""
-        count, num_steps, batch = self.rows.shape
-        rows = self.rows.transpose(0, 1)  # [S, A, B]
-        ys = data.y_train[rows].unsqueeze(-1).unbind(0)  # [A, B, 1] each
-        weights = self.weights.transpose(0, 1).contiguous()
-        weights2, weights3 = weights.unbind(0), weights.unsqueeze(-1).unbind(0)
-        active = self.active.t().unsqueeze(-1).unbind(0)  # [A, 1] each
-        per_step = count * batch * data.x_train[0].numel() * data.x_train.element_size()
-        block = max(1, block_bytes // max(per_step, 1))
-        for start in range(0, num_steps, block):
-            xs = data.x_train[rows[start : start + block]].unbind(0)
-            for s, x in enumerate(xs, start):
-                yield _Step(s, x, ys[s], weights2[s], weights3[s], None if self.everyone[s] else active[s])
-
-
-class _Step(NamedTuple):
-    """One local step of a chunk: its index, inputs [A, B, ...], labels [A, B, 1], sample weights
-    [A, B] and [A, B, 1], and which clients take it ([A, 1] bool, None when all do)."""
-
-    index: int
-    x: torch.Tensor
-    y3: torch.Tensor
-    weights: torch.Tensor
-    weights3: torch.Tensor
-    active: Optional[torch.Tensor]
-
-
-def _augment(data: FederatedData, x: torch.Tensor, counts: list[int], generators: list[torch.Generator]) -> torch.Tensor:
-    """Apply an augmentation callable without ``draw``/``apply`` (those use the plan's round draws)
-    to each client's real samples, once per client with that client's generator."""
-    aug, count, batch = data.augment, x.shape[0], x.shape[1]
-    pieces = [aug(x[a, :c], generators[a]) if c > 0 else None for a, c in enumerate(counts)]
-    first = next(p for p in pieces if p is not None)
-    out = first.new_zeros((count, batch, *first.shape[1:]))
-    for a, p in enumerate(pieces):
-        if p is not None:
-            out[a, : p.shape[0]] = p
-    return out
