@@ -9,6 +9,8 @@ shape ``[A, B, ...]``; the output is ``[A, B, num_classes]``. Two implementation
   clients' C channels side by side, ``groups=A``), which is what ``vmap`` turns a convolution into,
   without vmap's per-operation dispatch. Chains without convolutions also have an explicit backward
   (:meth:`LayerChain.ce_grad`), the fastest path on CPU, where per-operation overhead dominates;
+- a model's own ``stacked_forward(params, x)`` method, when it has one (the GroupNorm ResNet-18:
+  grouped convolutions and one ``group_norm`` over all clients);
 - :func:`vmap_forward`: any parameter-only module through ``torch.func.vmap`` over
   ``functional_call``.
 
@@ -175,7 +177,7 @@ class ChainGrad:
     """The explicit gradient of a Flatten/Linear/ReLU chain at stacked parameters ``w`` [A, P].
 
     Bound to ``w`` once (a chunk's parameter buffer, updated in place by the caller between calls):
-    the parameter views, the gradient buffer ``grad`` [A, P] with its per-layer views and the
+    the parameter views, the gradient buffers (one per parameter and ``grad`` [A, P]) and the
     constant of the one-hot are made here, so a call runs only arithmetic, most kernels writing
     into place. Per call, for a chain of L linear layers: L ``baddbmm`` forward, ``log_softmax``,
     the loss (gather, multiply, sum), softmax − one-hot (``exp_``, ``scatter_add_``, multiply by the
@@ -250,11 +252,16 @@ class ChainGrad:
         return neg_ce, torch.cat(self.flat_grads, dim=1, out=self.grad)
 
 
-def batched_forward(module: nn.Module) -> Optional[LayerChain]:
-    """A hand-batched stacked forward for plain layer chains (see :func:`_chain`), or None.
+def batched_forward(module: nn.Module) -> Optional[StackedForward]:
+    """A hand-batched stacked forward: the module's own ``stacked_forward(params, x)`` if it has one
+    (:class:`fedrun.models_resnet.ResNet18GN`), a :class:`LayerChain` for plain layer chains (see
+    :func:`_chain`), or None.
 
     The caller should confirm it against the module (:func:`agrees`) before trusting it.
     """
+    own = getattr(module, "stacked_forward", None)
+    if callable(own):
+        return own
     ops = _chain(module)
     if ops is None or not any(op[0] == "linear" for op in ops):
         return None
