@@ -12,8 +12,8 @@
   negligible, so what is timed is Python, the dispatcher and autograd, the part a GPU cannot hide
   without CUDA graphs.
 
-For each: milliseconds per round (wall and this process's CPU time; best of 5 after a warm-up
-round), aten kernels and view operations per local step (a ``TorchDispatchMode`` over one round),
+For each: the first round's seconds (with ``compile=true`` the compile time), milliseconds per
+round (wall and this process's CPU time; best of 5 after it), aten kernels and view operations per local step (a ``TorchDispatchMode`` over one round),
 and the most frequent kernels. On a shared machine compare CPU times, and variants side by side.
 """
 from __future__ import annotations
@@ -92,7 +92,9 @@ def measure(name: str, compile_step: bool) -> None:
         return result
 
     engine.train = counting
-    one_round()
+    first = time.perf_counter()
+    one_round()  # warm-up: with compile=true this round compiles
+    first = time.perf_counter() - first
     walls, cpus, rounds = [], [], 5
     for _ in range(5):
         steps["n"] = 0
@@ -119,7 +121,7 @@ def measure(name: str, compile_step: bool) -> None:
     print(f"{name} (threads {torch.get_num_threads()}, compile {compile_step}, load {os.getloadavg()[0]:.1f}): "
           f"{min(walls) * 1e3:.1f} ms/round wall, {min(cpus) * 1e3:.1f} ms CPU, {per_round:.0f} steps/round "
           f"= {min(cpus) / max(per_round, 1) * 1e6:.0f} us CPU/step; {counts['ops'] / n:.1f} kernels "
-          f"+ {counts['views'] / n:.1f} views per step (the whole round's training)")
+          f"+ {counts['views'] / n:.1f} views per step (the whole round's training); first round {first:.1f} s")
     print("   " + ", ".join(f"{k} {c / n:.1f}" for k, c in kinds.most_common(12)))
 
 
