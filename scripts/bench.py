@@ -12,7 +12,9 @@ bench options:
 - ``bench.rounds=3`` rounds per timed repeat; ``bench.repeats=3`` repeats (the same round numbers,
   so the same clients, each time); ``s_per_round`` is the best repeat, ``s_per_round_median`` the
   median (on a shared machine the best is the closest to what the hardware can do);
-- ``bench.threads=0`` torch intra-op threads (0 = torch's default);
+- ``bench.threads=0`` torch intra-op threads (0 = torch's default); with 1 thread,
+  ``cpu_s_per_round`` (the process's CPU time, best repeat) is close to what an idle machine's wall
+  clock would show, useful on a shared machine;
 - ``bench.eval=none`` evaluation in each timed round: ``none`` (local training and aggregation
   only), ``run`` (what ``fedrun`` evaluates: the server model, plus the mean of the active models
   with ``eval_active`` and the mean of all models with ``eval_all``, every ``eval_every`` rounds) or
@@ -199,15 +201,16 @@ def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dic
 
     for r in range(1, warmup + 1):
         one_round(r)
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
         samples.update(n=0, clients=0)
         sync(exp.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for r in range(warmup + 1, warmup + rounds + 1):
             one_round(r)
         sync(exp.device)
         times.append((time.perf_counter() - start) / rounds)
+        cpu_times.append((time.process_time() - cpu_start) / rounds)
     best = min(times)
     flops = train_flops_per_sample(exp, int(cfg.batch_size))
     ops = count_ops(exp, train, engine, warmup + 1) if bench["ops"].lower() == "true" else {}
@@ -217,6 +220,7 @@ def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dic
         "train_flops_per_sample": flops,
         "tflop_per_s": flops * samples["n"] / rounds / best / 1e12,
         "s_per_round_median": statistics.median(times),
+        "cpu_s_per_round": min(cpu_times),  # this process's CPU time: with 1 thread, near the idle wall time
         "s_per_round_all": times,
         "client_samples_per_s": samples["n"] / rounds / best,
         "active_clients_per_round": samples["clients"] / rounds,
