@@ -194,9 +194,9 @@ def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dic
     warmup, rounds, repeats = int(bench["warmup"]), int(bench["rounds"]), int(bench["repeats"])
 
     def one_round(r: int) -> None:
-        step = run_round(exp, r)
-        if bench["eval"] != "none" and r % int(cfg.eval_every) == 0:
-            evaluate_round(exp, step["active_model"])
+        record = run_round(exp, r)
+        if bench["eval"] != "none" and r % exp.spec.evaluation.every == 0:
+            evaluate_round(exp, record.active_model)
             if bench["eval"] == "reference":
                 evaluate(exp.model, exp.theta, exp.data.x_train, exp.data.y_train)
 
