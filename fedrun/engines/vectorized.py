@@ -18,7 +18,10 @@ an objective's :class:`~fedrun.algorithms.base.LocalHook` gets the step's gradie
 returns the gradient for all clients of the chunk at once. Clipping, weight decay and the update are
 :func:`~fedrun.engines.base.sgd_step`. Augmentation random numbers are drawn once
 per client and round (:func:`~fedrun.engines.base.round_draws`) and each step applies its slice for
-all clients in one call.
+all clients in one call. Steps are prepared before the loop (:class:`~fedrun.engines.steps.Plan`);
+Linear/ReLU chains in float32 without a hook run :func:`~fedrun.engines.steps.train_explicit`, a
+loop of bare arithmetic with the same numbers, and ``compile=true`` makes the step one
+``torch.compile`` unit (:mod:`fedrun.engines.compiled`).
 
 Active clients that do not fit in memory together are trained in chunks of ``chunk_size``
 (0 = as many as the memory estimate allows, :mod:`fedrun.memory`). A model that ``vmap`` cannot
