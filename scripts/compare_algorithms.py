@@ -34,7 +34,11 @@ SETTING = [
     "data=synthetic", "data.alpha=1", "data.beta=1", "data.iid_solution=false", "data.iid_data=false",
     "partition=natural", "num_clients=100", "participation=0.1", "rounds=200", "seed=0", "engine=sequential",
 ]
-LABELS = {"feddyn": "FedDyn", "fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD", "fedadam": "FedAdam"}
+LABELS = {
+    "feddyn": "FedDyn", "fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD", "fedadam": "FedAdam",
+    "feddc": "FedDC", "fedspeed": "FedSpeed", "fedsmoo": "FedSMOO", "fednova": "FedNova",
+}
+NINE = ["feddyn", "fedavg", "fedprox", "scaffold", "fedadam", "feddc", "fedspeed", "fedsmoo", "fednova"]
 
 
 def run_algorithm(algo: str, run_dir: Path, overrides: list[str]) -> None:
@@ -42,6 +46,17 @@ def run_algorithm(algo: str, run_dir: Path, overrides: list[str]) -> None:
     # One intra-op thread: the models are tiny, and on a shared machine extra threads only contend.
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     cmd = [sys.executable, "-m", "fedrun", f"algo={algo}", *SETTING, *overrides, "progress=false", f"hydra.run.dir={run_dir}"]
+    print("+", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+
+
+def run_multirun(algos: list[str], runs: Path, overrides: list[str]) -> None:
+    """One Hydra multirun ``fedrun -m algo=a,b,...`` with the comparison's setting; run dirs ``runs/<algo>``."""
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    cmd = [
+        sys.executable, "-m", "fedrun", "-m", f"algo={','.join(algos)}", *SETTING, *overrides, "progress=false",
+        f"hydra.sweep.dir={runs}", "hydra.sweep.subdir=${hydra:runtime.choices.algo}",
+    ]
     print("+", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
 
@@ -67,13 +82,14 @@ def figure(frames: dict[str, pd.DataFrame], path: Path, title: str, smooth: int 
     for ax, (col, label, log, window) in zip(axes, panels):
         for algo, df in frames.items():
             if col in df:
-                ax.plot(df["round"], df[col].rolling(window, min_periods=1).mean(), label=LABELS.get(algo, algo), lw=1.3)
+                style = "--" if algo in NINE[5:] else "-"  # FedDyn's successors dashed
+                ax.plot(df["round"], df[col].rolling(window, min_periods=1).mean(), style, label=LABELS.get(algo, algo), lw=1.3)
         ax.set_xlabel("round")
         ax.set_ylabel(label)
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend()
+    axes[-1].legend(fontsize=8, ncol=2 if len(frames) > 5 else 1)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,10 +119,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "compare" / "synthetic")
     parser.add_argument("--figure", type=Path, default=REPO / "docs" / "figures" / "synthetic_compare.png")
     parser.add_argument("--reuse", action="store_true", help="only read the run directories already under --runs")
+    parser.add_argument("--multirun", action="store_true", help="all algorithms as one `fedrun -m` sweep (--algos nine: all nine methods)")
     parser.add_argument("--last", type=int, default=20, help="rounds averaged in the table's smoothed column")
     parser.add_argument("overrides", nargs="*", help="extra fedrun overrides for every run (e.g. rounds=50)")
     args = parser.parse_args(argv)
-    if not args.reuse:
+    if args.algos == ["nine"]:
+        args.algos = NINE
+    if args.multirun and not args.reuse:
+        run_multirun(args.algos, args.runs, args.overrides)
+    elif not args.reuse:
         for algo in args.algos:
             run_algorithm(algo, args.runs / algo, args.overrides)
     frames = load(args.runs, args.algos)

@@ -18,7 +18,7 @@ Model and μ_k up, model and s down (2x FedAvg each way).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -29,26 +29,21 @@ from fedrun.algorithms.sam import EPS, ascent
 
 @dataclass(frozen=True)
 class SmooHook(LocalHook):
-    """DRegSAM's step; ``mu`` [A, P] is this round's copy of the active clients' μ_k, updated per step.
-
-    ``steps`` [A]: each client's local steps (E·⌈n_k/B⌉). The vectorised engine calls the hook for
-    every client of a chunk at every step and discards the update of a client whose schedule has
-    ended; ``taken`` counts the calls per client so that such a client's μ_k stays as it was.
-    """
+    """DRegSAM's step; ``mu`` [A, P] is this round's copy of the active clients' μ_k, updated at each
+    step a client really takes (``active``; the vectorised engine pads shorter schedules)."""
 
     rho: float
     s: torch.Tensor  # [P]
     mu: torch.Tensor = field(repr=False)  # [A, P]
-    steps: torch.Tensor = field(repr=False)  # [A] int64
-    taken: torch.Tensor = field(repr=False)  # [A] int64, zeros at start
 
-    def gradient(self, grad_fn: GradFn, w: torch.Tensor, objective: LocalObjective) -> tuple[torch.Tensor, torch.Tensor]:
+    def gradient(
+        self, grad_fn: GradFn, w: torch.Tensor, objective: LocalObjective, active: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = objective.hook_rows
         loss, g = grad_fn(w, False)
         e = ascent(g - self.mu[rows] - self.s, self.rho)
-        live = (self.taken[rows] < self.steps[rows]).to(e.dtype)[:, None]
-        self.mu[rows] += live * (e - self.s)
-        self.taken[rows] += 1
+        change = e - self.s
+        self.mu[rows] += change if active is None else torch.where(active, change, torch.zeros_like(change))
         _, grad = grad_fn(w + e, True)
         return loss, grad
 
@@ -66,9 +61,7 @@ class FedSMOO(FedSpeed):
         return {"h_mean": torch.zeros_like(theta), "s": torch.zeros_like(theta)}
 
     def hook(self, rnd: Round, server: ServerState) -> LocalHook:
-        ctx = rnd.ctx
-        steps = ctx.local_epochs * torch.div(rnd.sizes + ctx.batch_size - 1, ctx.batch_size, rounding_mode="floor")
-        return SmooHook(self.rho, server["s"], rnd.rows["mu"].clone(), steps, torch.zeros_like(steps))
+        return SmooHook(self.rho, server["s"], rnd.rows["mu"].clone())
 
     def client_update(self, rnd: Round, server: ServerState, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
         return {**super().client_update(rnd, server, thetas), "mu": rnd.local["mu"]}

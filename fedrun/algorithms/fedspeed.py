@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -31,7 +31,9 @@ class SpeedHook(LocalHook):
 
     rho: float
 
-    def gradient(self, grad_fn: GradFn, w: torch.Tensor, objective: LocalObjective) -> tuple[torch.Tensor, torch.Tensor]:
+    def gradient(
+        self, grad_fn: GradFn, w: torch.Tensor, objective: LocalObjective, active: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         loss, g = grad_fn(w, False)
         _, grad = grad_fn(w + ascent(g, self.rho), True)
         return loss, grad
