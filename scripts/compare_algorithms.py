@@ -5,9 +5,14 @@ participation 0.1, 200 rounds):
 
     python scripts/compare_algorithms.py
 
-runs ``fedrun algo=X`` for each algorithm (one run directory each under ``--runs``), or with
-``--reuse`` only reads the ``metrics.csv`` files already there, then writes the figure and prints a
-markdown table of the final round. Every run sees the same data, initial model and active clients
+runs ``fedrun algo=X`` for each algorithm (one run directory each under ``--runs``), with
+``--multirun`` as one ``fedrun -m algo=X,Y,...`` sweep, or with ``--reuse`` only reads the
+``metrics.csv`` files already there, then writes the figure and prints a markdown table of the final
+round. The README's nine-method table (all of fedrun's methods, 100 rounds, unequal client sizes):
+
+    python scripts/compare_algorithms.py --multirun --algos nine --runs outputs/compare/nine \
+        --figure docs/figures/synthetic_compare_nine.png rounds=100 engine=vectorized data.sigma=0.3
+ Every run sees the same data, initial model and active clients
 (everything is seeded by ``seed``), so the curves differ only by the algorithm.
 
 On the synthetic data the test set is the training data (``data.test_fraction=0``, the reference
@@ -41,11 +46,16 @@ LABELS = {
 NINE = ["feddyn", "fedavg", "fedprox", "scaffold", "fedadam", "feddc", "fedspeed", "fedsmoo", "fednova"]
 
 
+def merged(overrides: list[str]) -> list[str]:
+    """SETTING with ``overrides`` applied (a later value of a key replaces the earlier one)."""
+    return [f"{k}={v}" for k, v in dict(item.split("=", 1) for item in SETTING + overrides).items()]
+
+
 def run_algorithm(algo: str, run_dir: Path, overrides: list[str]) -> None:
     """``fedrun algo=<algo>`` with the comparison's setting into ``run_dir``."""
     # One intra-op thread: the models are tiny, and on a shared machine extra threads only contend.
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    cmd = [sys.executable, "-m", "fedrun", f"algo={algo}", *SETTING, *overrides, "progress=false", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "fedrun", f"algo={algo}", *merged(overrides), "progress=false", f"hydra.run.dir={run_dir}"]
     print("+", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
 
@@ -54,7 +64,7 @@ def run_multirun(algos: list[str], runs: Path, overrides: list[str]) -> None:
     """One Hydra multirun ``fedrun -m algo=a,b,...`` with the comparison's setting; run dirs ``runs/<algo>``."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     cmd = [
-        sys.executable, "-m", "fedrun", "-m", f"algo={','.join(algos)}", *SETTING, *overrides, "progress=false",
+        sys.executable, "-m", "fedrun", "-m", f"algo={','.join(algos)}", *merged(overrides), "progress=false",
         f"hydra.sweep.dir={runs}", "hydra.sweep.subdir=${hydra:runtime.choices.algo}",
     ]
     print("+", " ".join(cmd[2:]), flush=True)
@@ -131,8 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         for algo in args.algos:
             run_algorithm(algo, args.runs / algo, args.overrides)
     frames = load(args.runs, args.algos)
-    merged = dict(item.split("=", 1) for item in SETTING + args.overrides)  # later overrides win, as in Hydra
-    setting = " ".join(f"{k}={v}" for k, v in merged.items() if k != "data")
+    setting = " ".join(item for item in merged(args.overrides) if not item.startswith("data="))
     figure(frames, args.figure, f"synthetic, heterogeneous solutions and data: {setting}")
     print(table(frames, args.last))
 
