@@ -23,7 +23,7 @@ from fedrun.algorithms.base import Algorithm, FedContext
 from fedrun.algorithms.feddc import FedDC
 from fedrun.algorithms.fedavg import FedAvg
 from fedrun.rounds import add_tables, open_round, write_rows
-from fedrun.state import ClientStateStore
+from fedrun.state import TensorStore
 from tests.test_feddyn_fixed_point import M, make_problem, rel_error, solve
 
 
@@ -33,7 +33,7 @@ def federated_least_squares(algo: Algorithm, xs, ys, rounds: int, local_steps: i
     # One batch per epoch (B = largest n_k) and E = K epochs: every client takes K full-batch steps,
     # and FedDC's divisor K = E·⌈(N/m)/B⌉ is the same K.
     ctx = FedContext(M, dim, sizes, batch_size=int(sizes.max()), local_epochs=local_steps, device=torch.device("cpu"))
-    store = ClientStateStore(M, dim, torch.device("cpu"))
+    store = TensorStore(M, dim, torch.device("cpu"))
     add_tables(algo, store)
     const = algo.setup(ctx)
     theta = torch.zeros(dim)

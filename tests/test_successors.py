@@ -29,7 +29,7 @@ from fedrun.algorithms.fedspeed import FedSpeed
 from fedrun.rounds import add_tables, open_round, write_rows
 from fedrun.runner import build, run_round
 from fedrun.sampling import SAMPLERS
-from fedrun.state import ClientStateStore
+from fedrun.state import TensorStore
 from tests.conftest import compose_config
 
 B = (4.0, -4.0, 16.0, 10.0)
@@ -55,7 +55,7 @@ def run_rounds(name: str, sizes=(1, 1, 1, 1), batch_size: int = 1, b=B, **hparam
     algo = METHODS[name](**hparams)
     m = len(b)
     ctx = FedContext(m, 1, torch.tensor(sizes), batch_size, 1, torch.device("cpu"))
-    store = ClientStateStore(m, 1, torch.device("cpu"))
+    store = TensorStore(m, 1, torch.device("cpu"))
     add_tables(algo, store)
     const = algo.setup(ctx)
     theta = torch.zeros(1)
