@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from fedrun import distributed
 from fedrun.checkpoint import RunFinished
 from fedrun.cli_errors import Prepared, precheck
 from fedrun.config import CONF_DIR, register_configs
@@ -62,7 +63,8 @@ def _main(cfg: DictConfig) -> Optional[float]:
         _fail(str(err), 3)
     except FedrunError as err:
         kept = ("metrics.csv", "checkpoint.pt", "summary.json")
-        if run_dir != _PREPARED.run_dir or not _PREPARED.existed:
+        writes = distributed.current() is None or distributed.current().writer  # ranks > 0 leave the run dir to rank 0
+        if writes and (run_dir != _PREPARED.run_dir or not _PREPARED.existed):
             if not any((run_dir / name).exists() for name in kept):
                 shutil.rmtree(run_dir, ignore_errors=True)
         _fail(str(err), getattr(err, "exit_code", 2))
@@ -71,19 +73,32 @@ def _main(cfg: DictConfig) -> Optional[float]:
 _PREPARED = Prepared([])
 
 
+def _precheck(argv: list[str]) -> Prepared:
+    try:
+        return precheck(argv)
+    except (RunFinished, FedrunError):
+        raise
+    except Exception:  # noqa: BLE001 - a case the pre-check does not know: let Hydra report it
+        return Prepared(argv)
+
+
 def main() -> None:
     global _PREPARED
-    try:  # bad overrides, resume decisions and unwritable dirs: one sentence, before Hydra makes a run dir
-        _PREPARED = precheck(sys.argv[1:])
+    try:  # under torchrun: join the other ranks (fedrun.distributed); rank 0 checks and names the run dir
+        ranks = distributed.setup()
+        # bad overrides, resume decisions and unwritable dirs: one sentence, before Hydra makes a run dir
+        _PREPARED = _precheck(sys.argv[1:]) if ranks is None else distributed.share_precheck(ranks, _precheck, sys.argv[1:])
     except RunFinished as done:
         print(f"fedrun: {done}", file=sys.stderr)
-        return
+        return distributed.teardown()
     except FedrunError as err:
+        distributed.teardown()
         _fail(str(err))
-    except Exception:  # noqa: BLE001 - a case the pre-check does not know: let Hydra report it
-        _PREPARED = Prepared(sys.argv[1:])
     sys.argv[1:] = _PREPARED.argv
-    _main()
+    try:
+        _main()
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

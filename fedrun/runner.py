@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedrun.algorithms.base import Algorithm, FedContext, RoundInfo, ServerState
-from fedrun import checkpoint, guard
+from fedrun import checkpoint, distributed, guard, ranked_checkpoint, sharded
 from fedrun.config import build_object, choice, validate
 from fedrun.data import FederatedData
 from fedrun.determinism import configure_determinism
@@ -88,7 +88,11 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = 
     engine: Engine = build_object(cfg.engine, _convert_="all")
     sizes = torch.tensor([len(p) for p in partition], dtype=torch.long)
     ctx = FedContext(m, model.num_params, sizes, int(cfg.batch_size), int(cfg.local_epochs), device)
-    store = store_for_run(cfg, data, model, algorithm, device, state_dir, state_files)  # placement by estimated size
+    ranks = distributed.current()  # several processes: this rank's rows of the state, its share of the training
+    if ranks is None:
+        store = store_for_run(cfg, data, model, algorithm, device, state_dir, state_files)  # placement by estimated size
+    else:
+        store, engine = sharded.store_for_rank(cfg, data, model, algorithm, device, ranks), sharded.ShardedEngine(engine, ranks)
     server = algorithm.setup(ctx, theta, store)
     if cfg.eval_all:
         # Each client's latest model as its change from the initial model: zeros until the client first
@@ -170,13 +174,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run all rounds of ``cfg`` and write the outputs into ``run_dir``; returns the summary."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    resumed = checkpoint.check_run_dir(cfg, run_dir)  # a checkpoint to continue from, or None; refuses a changed config
+    ranks = distributed.current()  # rank 0 of several writes the run dir; every rank checkpoints its shard
+    writes = ranks is None or ranks.writer
+    resumed = ranked_checkpoint.check_run_dir(cfg, run_dir, ranks)  # a checkpoint to continue from, or None; refuses a changed config
     configure_determinism(cfg)
     # mmap client state: durable files in <run dir>/state/, rolled back to the checkpoint when it refers to them
     exp = build(cfg, checkpoint.state_dir(run_dir), checkpoint.prepare_state_files(run_dir, resumed))
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    writer = MetricsWriter(run_dir / "metrics.csv", metric_columns(cfg))
-    counters = checkpoint.Counters() if resumed is None else checkpoint.restore(resumed, exp, writer.path)
+    writer = (MetricsWriter if writes else ranked_checkpoint.RowsOnly)(run_dir / "metrics.csv", metric_columns(cfg))
+    counters = checkpoint.Counters() if resumed is None else ranked_checkpoint.restore(resumed, exp, writer.path, run_dir, ranks)
     if resumed is not None:
         writer.rows = list(resumed["rows"])
         log.info("fedrun: resuming %s after round %d", run_dir, counters.round)
@@ -187,7 +193,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "fedrun: %s on %s (%d clients, %d params, device %s) -> %s",
         type(exp.algorithm).__name__, exp.data.name, exp.ctx.num_clients, exp.model.num_params, exp.device, run_dir,
     )
-    progress = Progress(rounds, start=counters.round, enabled=cfg.progress)
+    progress = Progress(rounds, start=counters.round, enabled=cfg.progress if writes else False)
     start = time.perf_counter() - counters.wall_s
     pending = counters.pending
     comm = counters.comm
@@ -221,7 +227,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 pending = {"train_loss": [], "uplink_mb": 0.0, "downlink_mb": 0.0}
                 progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
             state = checkpoint.Counters(r, comm, pending, time.perf_counter() - start, {"reference_loss": loss_guard.reference})
-            checkpoint.after_round(cfg, run_dir, exp, state, writer.rows, signals)  # periodic / on-signal checkpoint
+            ranked_checkpoint.after_round(cfg, run_dir, exp, state, writer.rows, signals, ranks)  # periodic / on-signal checkpoint
         status = "finished"
     except DivergenceError:
         status = "diverged"
@@ -236,13 +242,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if status == "running":
             status = "failed"
         summary = summarize(writer.rows, status, seconds, exp.model.num_params, config)
-        write_json_atomic(run_dir / "summary.json", summary)
-        if status == "finished":  # only now: a kill before this line leaves the checkpoint to resume from
-            checkpoint.remove(run_dir)
-        else:  # state files no checkpoint refers to cannot be resumed from
-            checkpoint.remove_unused_state(run_dir)
-        if writer.rows:
-            convergence_plot(writer.rows, run_dir / "convergence.png", plot_title(cfg, exp))
+        if writes:
+            write_json_atomic(run_dir / "summary.json", summary)
+            if status == "finished":  # only now: a kill before this line leaves the checkpoint to resume from
+                checkpoint.remove(run_dir)
+                if ranks is not None:
+                    ranked_checkpoint.finish(run_dir)  # after checkpoint.pt, which refers to the shards
+            else:  # state files no checkpoint refers to cannot be resumed from
+                checkpoint.remove_unused_state(run_dir)
+            if writer.rows:
+                convergence_plot(writer.rows, run_dir / "convergence.png", plot_title(cfg, exp))
     return summary
 
 
