@@ -48,6 +48,8 @@ def _main(cfg: DictConfig) -> Optional[float]:
     from fedrun.runner import run  # imported here so `fedrun --help` stays fast
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if distributed.current() is not None and not distributed.current().writer:
+        log.setLevel(logging.WARNING)  # rank 0 logs the run; the others only what goes wrong
     if cfg.get("skip_finished") and _finished(run_dir):
         log.info("fedrun: skipped, already finished: %s", run_dir)
         return

@@ -23,11 +23,14 @@ import pytest
 import torch
 
 from fedrun import distributed, ranked_checkpoint
+from fedrun.engines.sequential import SequentialEngine
 from fedrun.errors import FedrunError
 from fedrun.runner import build, run, run_round
 from tests.conftest import compose_config
 
 ALGOS = ("feddyn", "scaffold", "fedadam")
+# the other algorithms, the other engine and per-rank mmap state (slow tests)
+EXTRA = {"fedavg_sequential": ("algo=fedavg", "engine=sequential"), "fedprox": ("algo=fedprox",), "feddyn_mmap": ("algo=feddyn", "state_placement=mmap")}
 # partial participation (Bernoulli p = 0.3 of 20 clients), a short run
 SMALL = ("participation=0.3", "rounds=3", "local_epochs=2", "progress=false", "checkpoint_every=0")
 STATE_ROUNDS = 3
@@ -43,10 +46,15 @@ def rank_env(rank: int, size: int, port: int) -> dict[str, str]:
     return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
 
 
-def _worker(rank: int, port: int, base: str, errors) -> None:  # noqa: ANN001 - a forked process
+def _worker(rank: int, port: int, base: str, errors, extra: bool) -> None:  # noqa: ANN001 - a forked process
     try:
         os.environ.update(rank_env(rank, 2, port))
         ranks = distributed.setup()
+        if extra:
+            for name, overrides in EXTRA.items():
+                run(compose_config(*overrides, *SMALL), Path(base) / name)
+            distributed.teardown()
+            return
         for algo in ALGOS:  # whole runs through the runner: rank 0 writes the run dir
             run(compose_config(f"algo={algo}", *SMALL), Path(base) / algo)
         # three rounds of FedDyn and SCAFFOLD, then this rank's state tables
@@ -56,19 +64,26 @@ def _worker(rank: int, port: int, base: str, errors) -> None:  # noqa: ANN001 - 
                 run_round(exp, r)
             shard = {"ids": exp.store.owned_ids(), "tables": exp.store.shard(), "rows": exp.store.inner.num_clients}
             torch.save(shard, Path(base) / f"state_{algo}_rank{ranks.rank}.pt")
+        # local training fails on rank 1 only: both ranks must stop with its sentence
+        if ranks.rank == 1:
+            def fail(*args, **kwargs):
+                raise FedrunError("client 3 ran out of bananas: lower banana_rate.")
+            SequentialEngine.train = fail  # type: ignore[method-assign]
+        try:
+            run(compose_config("engine=sequential", *SMALL), Path(base) / "fails")
+        except FedrunError as err:
+            (Path(base) / f"error_rank{ranks.rank}.txt").write_text(f"{type(err).__name__}: {err}")
         distributed.teardown()
     except BaseException as err:  # noqa: BLE001 - reported to the test
         errors.put(f"rank {rank}: {type(err).__name__}: {err}")
         raise
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ranks")
+def fork_ranks(base: Path, extra: bool) -> Path:
     ctx = mp.get_context("fork")
     errors = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, str(base), errors)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, port, str(base), errors, extra)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -76,6 +91,16 @@ def two_ranks(tmp_path_factory):
     problems = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
     assert all(p.exitcode == 0 for p in procs), problems
     return base
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    return fork_ranks(tmp_path_factory.mktemp("ranks"), extra=False)
+
+
+@pytest.fixture(scope="module")
+def two_ranks_extra(tmp_path_factory):
+    return fork_ranks(tmp_path_factory.mktemp("ranks_extra"), extra=True)
 
 
 def metrics(path: Path) -> list[dict[str, str]]:
@@ -101,6 +126,14 @@ def test_two_ranks_write_the_metrics_of_one_process(two_ranks, tmp_path, algo):
     assert not (two_ranks / algo / ranked_checkpoint.SHARDS).exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXTRA)
+def test_other_algorithms_engine_and_mmap_state_on_two_ranks(two_ranks_extra, tmp_path, name):
+    """FedAvg (sequential engine), FedProx and FedDyn with each rank's state in mmap files: the same metrics."""
+    run(compose_config(*EXTRA[name], *SMALL), tmp_path)
+    assert metrics(two_ranks_extra / name / "metrics.csv") == metrics(tmp_path / "metrics.csv")
+
+
 @pytest.mark.parametrize("algo", ["feddyn", "scaffold"])
 def test_each_rank_holds_only_its_clients_rows(two_ranks, algo):
     """After 3 rounds, rank r's tables have the rows of clients r, r+2, ... only (10 of 20 each), and
@@ -119,6 +152,16 @@ def test_each_rank_holds_only_its_clients_rows(two_ranks, algo):
             assert torch.equal(table, full.cpu())
             touched += int(table.abs().sum(1).gt(0).sum())
     assert touched > 0  # some clients were active, so some rows are not zeros
+
+
+def test_an_error_on_one_rank_stops_both_with_its_sentence(two_ranks):
+    """Rank 1's training raised; the error flag all-reduced after training stops rank 0 too, with
+    rank 1's sentence, and rank 0 still writes the run's summary (status failed)."""
+    assert (two_ranks / "error_rank1.txt").read_text() == "FedrunError: client 3 ran out of bananas: lower banana_rate."
+    assert (two_ranks / "error_rank0.txt").read_text() == (
+        "RankFailed: rank 1 of 2 stopped in round 1: client 3 ran out of bananas: lower banana_rate."
+    )
+    assert '"status": "failed"' in (two_ranks / "fails" / "summary.json").read_text()
 
 
 def test_a_checkpoint_of_other_ranks_is_refused(tmp_path):
