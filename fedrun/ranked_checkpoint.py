@@ -72,12 +72,9 @@ def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path, run_dir: Path, r
     try:
         if ranks.writer:
             counters = checkpoint.restore(ckpt, exp, metrics_path, run_dir)
-        else:
-            exp.theta = ckpt["theta"].to(exp.device).clone()
-            exp.server = {k: v.to(exp.device).clone() if isinstance(v, torch.Tensor) else v for k, v in ckpt["server"].items()}
-            checkpoint.set_rng_states(ckpt["rng"])
-            c = ckpt["counters"]
-            counters = checkpoint.Counters(ckpt["round"], c["comm"], c["pending"], c["wall_s"], dict(c.get("extra", {})))
+        else:  # no rows and a metrics file that does not exist: rank 0's metrics.csv is left alone
+            absent = Path(run_dir) / SHARDS / f"rank{ranks.rank}-has-no-metrics.csv"
+            counters = checkpoint.restore({**ckpt, "rows": []}, exp, absent, run_dir)
         path = shard_path(run_dir, ranks, int(ckpt["round"]))
         try:
             shard = torch.load(path, map_location="cpu", weights_only=True)
