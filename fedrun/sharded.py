@@ -14,7 +14,7 @@ order of the active list. Any error during training is agreed on by all ranks be
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Optional
 
 import torch
@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from fedrun import distributed
 from fedrun.distributed import Ranks
+from fedrun.algorithms.base import LocalHook
 from fedrun.engines.base import Engine, LocalResult
 from fedrun.errors import FedrunError
 from fedrun.state import ClientStateStore, store_for_run
@@ -133,7 +134,10 @@ class ShardedEngine(Engine):
         part: Optional[LocalResult] = None
         try:
             if len(own):
-                part = self.inner.train(model, theta, data, partition, clients[own], objective.rows(own), hp, seed, round_idx)
+                mine = objective.rows(own)
+                if objective.hook is not None:
+                    mine.hook = _OwnRows(objective.hook, own)
+                part = self.inner.train(model, theta, data, partition, clients[own], mine, hp, seed, round_idx)
         except Exception as err:  # noqa: BLE001 - agreed on below, then raised on every rank
             error = err
         distributed.agree(self.ranks, error)
@@ -146,4 +150,35 @@ class ShardedEngine(Engine):
         packed = torch.cat([part.thetas, part.loss.reshape(-1, 1).to(part.thetas)], dim=1)
         full = distributed.gather_rows(self.ranks, packed, clients_cpu)
         steps = distributed.gather_rows(self.ranks, part.steps.reshape(-1, 1), clients_cpu).reshape(-1)
+        if objective.hook is not None:  # the hook's per-client results: this rank filled its own rows
+            local = {name: distributed.gather_rows(self.ranks, rows[own], clients_cpu) for name, rows in sorted(objective.hook.result().items())}
+            objective.hook = _Gathered(objective.hook, local)  # what the runner reads after training
         return LocalResult(full[:, :-1].contiguous(), full[:, -1].contiguous(), steps)
+
+
+@dataclass(frozen=True)
+class _OwnRows(LocalHook):
+    """The round's hook seen through this rank's share: the engines' ``hook_rows`` (positions among the
+    rank's clients) become positions among all the round's active clients, which the hook's own
+    per-client tensors are indexed by."""
+
+    inner: LocalHook
+    own: torch.Tensor  # positions of this rank's clients among the active clients
+
+    def gradient(self, grad_fn, w, objective, active):  # noqa: ANN001
+        rows = self.own[objective.hook_rows]
+        return self.inner.gradient(grad_fn, w, replace(objective, hook=self.inner, hook_rows=rows), active)
+
+
+@dataclass(frozen=True)
+class _Gathered(LocalHook):
+    """The round's hook after training, with every rank's rows of its per-client results."""
+
+    inner: LocalHook
+    local: dict[str, torch.Tensor]
+
+    def gradient(self, grad_fn, w, objective, active):  # noqa: ANN001
+        return self.inner.gradient(grad_fn, w, objective, active)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return self.local

@@ -17,12 +17,16 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
 from fedrun import distributed, ranked_checkpoint
+from fedrun.algorithms.base import LocalHook, LocalObjective
+from fedrun.algorithms.sam import sam_gradient
+from fedrun.engines.base import LocalTraining
 from fedrun.engines.sequential import SequentialEngine
 from fedrun.errors import FedrunError
 from fedrun.runner import build, run, run_round
@@ -34,6 +38,30 @@ EXTRA = {"fedavg_sequential": ("algo=fedavg", "engine=sequential"), "fedprox": (
 # partial participation (Bernoulli p = 0.3 of 20 clients), a short run
 SMALL = ("participation=0.3", "rounds=3", "local_epochs=2", "progress=false", "checkpoint_every=0")
 STATE_ROUNDS = 3
+
+
+@dataclass
+class CountingSAM(LocalHook):
+    """SAM steps that also count each client's real steps in a per-client result (rows by ``hook_rows``)."""
+
+    count: torch.Tensor  # [A, 1]
+
+    def gradient(self, grad_fn, w, objective, active):  # noqa: ANN001
+        self.count[objective.hook_rows] += torch.ones(len(w), 1) if active is None else active.float()
+        return sam_gradient(grad_fn, w, 0.05)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {"count": self.count.clone()}
+
+
+HOOK_CLIENTS = torch.tensor([0, 1, 2, 3, 5, 8, 13])  # unequal shares: 3 clients of rank 0, 4 of rank 1
+
+
+def train_with_hook(exp) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    objective = LocalObjective(hook=CountingSAM(torch.zeros(len(HOOK_CLIENTS), 1)))
+    hp = LocalTraining(0.1, 2, 10, 1e-5, 10.0)
+    result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, HOOK_CLIENTS, objective, hp, 0, 1)
+    return {"thetas": result.thetas, "loss": result.loss, "steps": result.steps, **objective.hook.result()}
 
 
 def free_port() -> int:
@@ -64,6 +92,10 @@ def _worker(rank: int, port: int, base: str, errors, extra: bool) -> None:  # no
                 run_round(exp, r)
             shard = {"ids": exp.store.owned_ids(), "tables": exp.store.shard(), "rows": exp.store.inner.num_clients}
             torch.save(shard, Path(base) / f"state_{algo}_rank{ranks.rank}.pt")
+        # a local-step hook with per-client results, through both engines
+        for engine in ("vectorized", "sequential"):
+            exp = build(compose_config(f"engine={engine}", *SMALL))
+            torch.save(train_with_hook(exp), Path(base) / f"hook_{engine}_rank{ranks.rank}.pt")
         # local training fails on rank 1 only: both ranks must stop with its sentence
         if ranks.rank == 1:
             def fail(*args, **kwargs):
@@ -152,6 +184,20 @@ def test_each_rank_holds_only_its_clients_rows(two_ranks, algo):
             assert torch.equal(table, full.cpu())
             touched += int(table.abs().sum(1).gt(0).sum())
     assert touched > 0  # some clients were active, so some rows are not zeros
+
+
+@pytest.mark.parametrize("engine", ["vectorized", "sequential"])
+def test_a_local_hook_sees_the_rows_of_all_active_clients(two_ranks, engine):
+    """Each rank runs the hook for its own clients, at their positions among all active clients, and
+    the per-client results are gathered: models, losses, steps and the hook's step counts all equal
+    one process's (client k's count = its number of local steps, 2 epochs of ceil(n_k/10) batches)."""
+    single = train_with_hook(build(compose_config(f"engine={engine}", *SMALL)))
+    assert torch.equal(single["count"].flatten().long(), single["steps"])
+    for rank in range(2):
+        ranked = torch.load(two_ranks / f"hook_{engine}_rank{rank}.pt")
+        assert ranked.keys() == single.keys()
+        for key in single:
+            assert torch.equal(ranked[key], single[key]), key
 
 
 def test_an_error_on_one_rank_stops_both_with_its_sentence(two_ranks):
