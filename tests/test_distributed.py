@@ -36,7 +36,7 @@ ALGOS = ("feddyn", "scaffold", "fedadam")
 # the other algorithms, the other engine and per-rank mmap state (slow tests)
 EXTRA = {"fedavg_sequential": ("algo=fedavg", "engine=sequential"), "fedprox": ("algo=fedprox",), "feddyn_mmap": ("algo=feddyn", "state_placement=mmap")}
 # partial participation (Bernoulli p = 0.3 of 20 clients), a short run
-SMALL = ("participation=0.3", "rounds=3", "local_epochs=2", "progress=false", "checkpoint_every=0")
+SMALL = ("participation=0.3", "rounds=3", "local_epochs=1", "progress=false", "checkpoint_every=0")
 STATE_ROUNDS = 3
 
 
@@ -64,6 +64,18 @@ def train_with_hook(exp) -> dict[str, torch.Tensor]:  # noqa: ANN001
     return {"thetas": result.thetas, "loss": result.loss, "steps": result.steps, **objective.hook.result()}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_plots():
+    """The convergence plot takes half of a 3-round run here (tested elsewhere): off in this module,
+    also in the forked ranks."""
+    import fedrun.runner
+
+    saved = fedrun.runner.convergence_plot
+    fedrun.runner.convergence_plot = lambda *args, **kwargs: None
+    yield
+    fedrun.runner.convergence_plot = saved
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,6 +89,7 @@ def rank_env(rank: int, size: int, port: int) -> dict[str, str]:
 def _worker(rank: int, port: int, base: str, errors, extra: bool) -> None:  # noqa: ANN001 - a forked process
     try:
         os.environ.update(rank_env(rank, 2, port))
+        torch.set_num_threads(1)  # as torchrun sets OMP_NUM_THREADS=1: two ranks on two cores
         ranks = distributed.setup()
         if extra:
             for name, overrides in EXTRA.items():
