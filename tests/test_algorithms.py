@@ -491,3 +491,25 @@ def test_feddyn_is_the_default_algo():
 
     exp = build(compose_config(*TINY))
     assert type(exp.algorithm) is FedDyn and exp.algorithm.alpha == 0.01
+
+
+# ---------------------------------------------------------------- the interface's invariants
+
+
+def test_algorithms_are_pure_and_frozen():
+    """No algorithm module reads the state store; every algo option's hyperparameters are frozen."""
+    import dataclasses
+    from pathlib import Path
+
+    import fedrun.algorithms as package
+    from fedrun.config import CONF_DIR
+
+    for path in Path(package.__file__).parent.glob("*.py"):
+        source = path.read_text()
+        assert "fedrun.state" not in source and "ClientStateStore" not in source, path.name
+    for option in sorted(p.stem for p in (CONF_DIR / "algo").glob("*.yaml")):
+        algo = tiny(f"algo={option}").algorithm
+        field = next(iter(dataclasses.fields(algo)), None)
+        if field is not None:
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(algo, field.name, getattr(algo, field.name))
