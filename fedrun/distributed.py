@@ -217,13 +217,6 @@ def flag_max(ranks: Ranks, value: int) -> int:
     return int(t.item())
 
 
-def sum_all(ranks: Ranks, t: torch.Tensor) -> torch.Tensor:
-    """Collective: the element-wise sum of ``t`` over all ranks."""
-    out = t.to(ranks.comm).clone()
-    _call(ranks, lambda: dist.all_reduce(out, op=dist.ReduceOp.SUM))
-    return out.to(t.device)
-
-
 def barrier(ranks: Ranks) -> None:
     flag_max(ranks, 0)  # an all-reduce: same ordering guarantee as a barrier, and works on every backend
 

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-# Config keys never used to tell runs apart (they do not change what is computed).
-IGNORED_KEYS = {"progress", "skip_finished", "targets", "device", "eval_active", "eval_all"}
+from fedrun.specs import NOT_RESULT_KEYS
+
 SEED_KEYS = {"seed"}
 STATUSES = ("finished", "unfinished", "diverged", "failed", "broken")
 
@@ -215,7 +215,7 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
     """Config keys whose value differs between runs (a key missing in some runs counts as varying)."""
     keys: list[str] = []
     for key in sorted({k for r in runs for k in r.config}):
-        if key in IGNORED_KEYS or key.startswith("hydra."):
+        if key in NOT_RESULT_KEYS or key.startswith("hydra."):
             continue
         values = {repr(r.config.get(key, "<missing>")) for r in runs if r.config}
         if len(values) > 1:

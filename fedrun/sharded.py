@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator, Optional
 
 import torch
-from omegaconf import OmegaConf
 
 from fedrun import distributed
 from fedrun.distributed import Ranks
@@ -28,15 +27,16 @@ from fedrun.errors import FedrunError
 from fedrun.state import ClientStateStore, store_for_run
 
 
-def store_for_rank(cfg: Any, data: Any, model: Any, algorithm: Any, device: torch.device, ranks: Ranks) -> "ShardedStore":
+def store_for_rank(spec: Any, data: Any, model: Any, algorithm: Any, device: torch.device, ranks: Ranks) -> "ShardedStore":
     """This rank's store: its clients' rows, placed by the single-process rule applied to its own
     number of clients (:func:`fedrun.state.store_for_run`; mmap files are per-rank scratch files,
     checkpoints copy the shard)."""
-    m = int(cfg.num_clients)
+    m, p = spec.num_clients, spec.placement
     if m < ranks.size:
         raise FedrunError(f"num_clients={m} is fewer than the {ranks.size} ranks: start at most {m} ranks (--nproc-per-node).")
-    local = OmegaConf.merge(cfg, {"num_clients": ranks.shard_size(m)})
-    return ShardedStore(ranks, m, store_for_run(local, data, model, algorithm, device))
+    tables = len(algorithm.client_states) + int(spec.evaluation.all)
+    inner = store_for_run(p.requested, ranks.shard_size(m), p.participation, p.batch_size, tables, data, model, device)
+    return ShardedStore(ranks, m, inner)
 
 
 class ShardedStore:
@@ -53,9 +53,8 @@ class ShardedStore:
     # what the runner and the checkpoint code read from a store
     num_params = property(lambda self: self.inner.num_params)
     device = property(lambda self: self.inner.device)
-    placement = property(lambda self: self.inner.placement)
+    placement = "sharded"
     durable = False  # a checkpoint copies each rank's shard into that rank's shard file
-    directory = None
 
     def add(self, name: str, init: Optional[torch.Tensor] = None) -> None:
         self.inner.add(name, init)
@@ -83,32 +82,25 @@ class ShardedStore:
         if len(own):
             self.inner.set(name, self.ranks.local_rows(ids_cpu[own]), rows[own.to(rows.device)])
 
-    def flush(self) -> None:
-        self.inner.flush()
+    def snapshot(self) -> dict[str, Any]:
+        """What ``checkpoint.pt`` keeps: the number of ranks; each rank's rows go to its shard file
+        (:mod:`fedrun.ranked_checkpoint`)."""
+        return {"placement": self.placement, "ranks": self.ranks.size}
 
-    def mean(self, name: str, chunk: int = 4096) -> torch.Tensor:
-        """Collective: mean over all m clients (float64 partial sums, all-reduced)."""
-        part = self.inner.mean(name, chunk).double() * self.inner.num_clients
-        return (distributed.sum_all(self.ranks, part) / self.num_clients).float()
+    def committed(self, snapshot: dict[str, Any]) -> None:
+        """The checkpoint is durable (the shard's own store was told by the shard's writer)."""
 
-    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """No tables go into ``checkpoint.pt``: each rank's shard goes to its shard file."""
-        return iter(())
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        if snapshot.get("ranks") != self.ranks.size:
+            raise ValueError(f"a checkpoint of {snapshot.get('ranks')} ranks cannot restore {self.ranks.size}")  # refused earlier
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {}
+    def shard(self) -> dict[str, Any]:
+        """This rank's rows of every table (row i = client ``rank + i·N``): its store's snapshot."""
+        return self.inner.snapshot()
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state:
-            raise ValueError("a sharded store loads its shard (load_shard), not a whole store")
-
-    def shard(self) -> dict[str, torch.Tensor]:
-        """This rank's rows of every table (row i = client ``rank + i·N``), on the CPU."""
-        return self.inner.state_dict()
-
-    def load_shard(self, state: dict[str, torch.Tensor]) -> None:
+    def load_shard(self, snapshot: dict[str, Any]) -> None:
         self._cache.clear()
-        self.inner.load_state_dict(state)
+        self.inner.restore(snapshot)
 
     def owned_ids(self) -> torch.Tensor:
         """The global ids of this rank's rows, in row order."""

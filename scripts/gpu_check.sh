@@ -54,9 +54,9 @@ paths)
         echo "state placements: metrics DIFFER" | tee -a "$out/paths.txt"; status=1
     fi
     python3 -c "
-from omegaconf import OmegaConf
 from fedrun.determinism import configure_determinism, current_precision
-configure_determinism(OmegaConf.create({'precision': 'fp32'})); print('precision=fp32 ->', current_precision())
+from fedrun.specs import Numerics
+configure_determinism(Numerics(False, 'fp32')); print('precision=fp32 ->', current_precision())
 " | tee -a "$out/paths.txt"
     exit $status
     ;;

@@ -13,8 +13,8 @@ OUT=${OUT:-outputs/paper}
 DATASETS=${DATASETS:-"cifar10 cifar100 mnist emnist_l shakespeare synthetic"}
 status=0
 for d in $DATASETS; do
-  echo "== $d: fedrun -m +experiment=paper_$d $*"
-  fedrun -m "+experiment=paper_$d" "hydra.sweep.dir=$OUT/runs/$d" "$@" || { echo "warning: the $d sweep stopped early (rerun to go on)"; status=1; }
+  echo "== $d: fedrun -m experiment=paper_$d $*"
+  fedrun -m "experiment=paper_$d" "hydra.sweep.dir=$OUT/runs/$d" "$@" || { echo "warning: the $d sweep stopped early (rerun to go on)"; status=1; }
 done
 for d in $DATASETS; do  # per dataset: its own targets; curves by algorithm, one figure per setting
   [ -d "$OUT/runs/$d" ] && fedrun-report "$OUT/runs/$d" --out "$OUT/$d" --published scripts/paper_published.csv \

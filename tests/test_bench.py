@@ -49,8 +49,9 @@ def test_train_flops_per_sample_of_a_linear_model_by_hand() -> None:
     spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    from conftest import compose_config
     from fedrun.runner import build
 
-    exp = build(bench.compose_cfg(["num_clients=4", "data.mean_samples=20", "progress=false"]))
+    exp = build(compose_config("num_clients=4", "data.mean_samples=20", "progress=false"))
     d, c = exp.data.x_train.shape[1], exp.data.num_classes
     assert bench.train_flops_per_sample(exp, 10) == 4 * d * c

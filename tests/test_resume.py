@@ -97,7 +97,7 @@ def stop_at(algo: str, run_dir: Path, cwd: Path, k: int, sig: int) -> dict:
     assert k <= written < ROUNDS  # it really stopped mid-run
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert len(ckpt["rows"]) == ckpt["round"] <= written  # never ahead of the metrics
-    assert set(ckpt["store"]) - {"_latest_delta"}, "a stateful algorithm must checkpoint its client-state tables"
+    assert set(ckpt["store"]["tables"]) - {"_latest_delta"}, "a stateful algorithm must checkpoint its client-state tables"
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
         assert ckpt["round"] % 2 == 0 or ckpt["round"] < k  # checkpoint_every=2 (or an older SIGTERM one)
