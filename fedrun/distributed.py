@@ -25,10 +25,12 @@ gets A/N active clients on average.
 *Aggregation, exact.* Results are gathered, not reduced: every rank contributes its clients' rows
 and :func:`gather_rows` places them at their positions in the (sorted) active list, so every rank
 holds the same ``[A, P]`` models, losses and step counts as one process would. The active clients'
-old state rows are gathered the same way when an algorithm first reads them in a round. Every rank
-then runs the algorithm's own objective, client and server updates on these full tensors, so the
-server model, the server state and the metrics are bit-identical to one process for any N (the
-engines compute a client's row independently of the other clients trained with it). Cost per round
+old state rows are gathered the same way when the runner opens the round (one read per table).
+Every rank then runs the algorithm's own objective, client and server updates on these full
+tensors, so the server model, the server state and the metrics are bit-identical to one process for
+any N (the engines compute a client's row independently of the other clients trained with it; on
+CPU, given the same number of torch threads per process, since some kernels round differently with
+more threads). Evaluation runs on every rank (the same numbers; no rank waits less). Cost per round
 and rank: receiving ``(1 + T)·A·P`` floats (T = state tables read), and the server update repeated
 on every rank (``O(A·P)`` elementwise work, small next to ``E·n_k/B`` local steps per client);
 state memory and training work divide by N. A sum all-reduce (``O(P)`` per aggregate, independent
