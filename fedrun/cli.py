@@ -8,6 +8,7 @@ run directory behind.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +19,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fedrun import distributed
 from fedrun.cli_errors import Prepared, precheck
 from fedrun.config import CONF_DIR, register_configs
 from fedrun.errors import DivergenceError, FedrunError
@@ -39,7 +39,7 @@ def _main(cfg: DictConfig) -> Optional[float]:
     from fedrun.runner import run  # imported here so `fedrun --help` stays fast
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if distributed.current() is not None and not distributed.current().writer:
+    if not _writes():
         log.setLevel(logging.WARNING)  # rank 0 logs the run; the others only what goes wrong
     try:
         summary = run(cfg, run_dir)
@@ -53,14 +53,29 @@ def _main(cfg: DictConfig) -> Optional[float]:
         _fail(str(err), 3)
     except FedrunError as err:
         kept = ("metrics.csv", "checkpoint.pt", "summary.json")
-        writes = distributed.current() is None or distributed.current().writer  # ranks > 0 leave the run dir to rank 0
-        if writes and (run_dir != _PREPARED.run_dir or not _PREPARED.existed):
+        if _writes() and (run_dir != _PREPARED.run_dir or not _PREPARED.existed):  # rank 0 of several
             if not any((run_dir / name).exists() for name in kept):
                 shutil.rmtree(run_dir, ignore_errors=True)
         _fail(str(err), getattr(err, "exit_code", 2))
 
 
 _PREPARED = Prepared([])
+
+
+def _dist():  # noqa: ANN202
+    """:mod:`fedrun.distributed` when this process is one of several ranks (torchrun's WORLD_SIZE > 1),
+    else None; imported only then, since it imports torch."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    from fedrun import distributed
+
+    return distributed
+
+
+def _writes() -> bool:
+    """Whether this process writes the run dir (a single process, or rank 0 of several)."""
+    dist = _dist()
+    return dist is None or dist.current() is None or dist.current().writer
 
 
 def _precheck(argv: list[str]) -> Prepared:
@@ -74,21 +89,22 @@ def _precheck(argv: list[str]) -> Prepared:
 
 def main() -> None:
     global _PREPARED
-    try:  # under torchrun: join the other ranks (fedrun.distributed); rank 0 checks and names the run dir
-        ranks = distributed.setup()
-        # bad overrides, resume decisions and unwritable dirs: one sentence, before Hydra makes a run dir
-        _PREPARED = _precheck(sys.argv[1:]) if ranks is None else distributed.share_precheck(ranks, _precheck, sys.argv[1:])
+    dist = _dist()  # under torchrun: join the other ranks; rank 0 checks the command line and names the run dir
+    leave = dist.teardown if dist is not None else lambda: None
+    try:  # bad overrides, resume decisions and unwritable dirs: one sentence, before Hydra makes a run dir
+        ranks = None if dist is None else dist.setup()
+        _PREPARED = _precheck(sys.argv[1:]) if ranks is None else dist.share_precheck(ranks, _precheck, sys.argv[1:])
     except RunFinished as done:
         print(f"fedrun: {done}", file=sys.stderr)
-        return distributed.teardown()
+        return leave()
     except FedrunError as err:
-        distributed.teardown()
+        leave()
         _fail(str(err))
     sys.argv[1:] = _PREPARED.argv
     try:
         _main()
     finally:
-        distributed.teardown()
+        leave()
 
 
 if __name__ == "__main__":
