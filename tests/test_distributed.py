@@ -291,3 +291,25 @@ def test_killed_rank_stops_the_other_and_the_run_resumes(tmp_path):
     run(compose_config(*args), single)
     assert metrics(run_dir / "metrics.csv") == metrics(single / "metrics.csv")
     assert not shards.exists() and not (run_dir / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_both_after_a_common_checkpoint(tmp_path):
+    """SIGTERM to rank 1 alone: the stop flag is all-reduced after the round, so both ranks write the
+    checkpoint of the same round (a shard each, then checkpoint.pt) and exit with 128 + 15."""
+    args = ["participation=0.3", "rounds=200", "local_epochs=1", "checkpoint_every=0", "progress=false"]
+    run_dir = tmp_path / "run"
+    port = free_port()
+    procs = [_start(r, port, run_dir, args) for r in range(2)]
+    deadline = time.time() + 300
+    while not (run_dir / "metrics.csv").exists() and time.time() < deadline and procs[1].poll() is None:
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [128 + 15] * 2, results[0][1] + results[1][1]
+    assert "stopped by SIGTERM after round" in results[0][1]
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["store"] == {"placement": "sharded", "ranks": 2}
+    shards = sorted(p.name for p in (run_dir / ranked_checkpoint.SHARDS).iterdir())
+    assert shards == [f"rank{r}-of-2.round{ckpt['round']:08d}.pt" for r in range(2)]
+    assert 1 <= ckpt["round"] < 200
