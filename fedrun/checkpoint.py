@@ -195,6 +195,7 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
     os.replace(tmp, path)
     fsync_dir(Path(run_dir))
     store.committed(snapshot)
+    log.debug("fedrun: checkpoint of round %d written to %s", counters.round, path)
     return path
 
 

@@ -246,6 +246,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def start(cfg: DictConfig, run_dir: Path) -> tuple[Experiment, MetricsWriter, checkpoint.Counters]:
     """Decide what to do with ``run_dir`` (:mod:`fedrun.rundir`), build the run and restore its checkpoint."""
     spec = specs.read(cfg)
+    log.debug("fedrun: %s", spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     ranks = distributed.current()
     resumed = ranked_checkpoint.decide(spec.resume, run_dir, ranks)  # a checkpoint to continue from, or None; refuses a changed config
@@ -263,6 +264,7 @@ def start(cfg: DictConfig, run_dir: Path) -> tuple[Experiment, MetricsWriter, ch
         "fedrun: %s on %s (%d clients, %d params, device %s) -> %s",
         type(exp.algorithm).__name__, exp.data.name, exp.ctx.num_clients, exp.model.num_params, exp.device, run_dir,
     )
+    log.debug("fedrun: client state %s (%s), engine %s", type(exp.store).__name__, exp.store.placement, exp.engine)
     return exp, writer, counters
 
 

@@ -1,5 +1,8 @@
 """The one way tests get a config: :func:`compose_config` composes fedrun's Hydra config from
-overrides, as the ``fedrun`` command would see it (``hydra=True``: with Hydra's own node too)."""
+overrides, as the ``fedrun`` command would see it (``hydra=True``: with Hydra's own node too).
+
+Runs made in the test process skip the per-run convergence figure (:func:`no_run_figure`): drawing it
+costs more than a tiny run's rounds. tests/test_cli.py checks the figure through the real command."""
 
 from __future__ import annotations
 
@@ -17,6 +20,13 @@ def compose_config(*overrides: str, hydra: bool = False):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.fixture(autouse=True)
+def no_run_figure(monkeypatch):
+    import fedrun.runner
+
+    monkeypatch.setattr(fedrun.runner, "convergence_plot", lambda *args, **kwargs: None)
 
 
 @pytest.fixture

@@ -1,38 +1,44 @@
 """``precision``: fp32 (default) makes CUDA matmuls, cuDNN convolutions and RNNs all exact IEEE float32.
 
 PyTorch's own default lets cuDNN run float32 convolutions in TF32 on Ampere and newer GPUs, so a run
-that left the flags alone would train the CIFAR CNN in TF32 while the MLPs stay exact. The flags are
-process-global, so they are read in one fresh interpreter (CPU-only machines can set and read them).
+that left the flags alone would train the CIFAR CNN in TF32 while the MLPs stay exact (CPU-only
+machines can set and read the flags).
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+import torch
 
-SCRIPT = """
-import json
-from fedrun.determinism import configure_determinism, current_precision
-from fedrun.specs import Numerics
-flags = {"before": current_precision()}
-for precision in ("fp32", "tf32", "bf16"):  # each sets all three flags
-    configure_determinism(Numerics(False, precision))
-    flags[precision] = current_precision()
-print(json.dumps(flags))
-"""
+
+def set_flags(matmul: bool, conv: bool, rnn: bool) -> None:
+    """TF32 allowed or not, per kind of kernel, through whichever API this torch has."""
+    from fedrun.determinism import _has_fp32_precision_api
+
+    if _has_fp32_precision_api():
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if conv else "ieee"
+        torch.backends.cudnn.rnn.fp32_precision = "tf32" if rnn else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = conv
 
 
 def test_precision_sets_matmul_conv_and_rnn_flags_together() -> None:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    flags = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert flags["before"]["conv"] is True  # torch's default: this is what fp32 must undo
-    assert flags["fp32"] == {"matmul": False, "conv": False, "rnn": False}
-    assert flags["tf32"] == {"matmul": True, "conv": True, "rnn": True}
-    assert flags["bf16"] == {"matmul": False, "conv": False, "rnn": False}  # exact outside autocast
+    """Starting from torch's default on Ampere+ (TF32 convolutions, IEEE matmuls), each precision sets
+    all three flags; the flags are process-global, so they are put back afterwards."""
+    from fedrun.determinism import configure_determinism, current_precision
+    from fedrun.specs import Numerics
+
+    before = current_precision()
+    try:
+        set_flags(matmul=False, conv=True, rnn=True)  # the mixed default that fp32 must undo
+        assert current_precision() == {"matmul": False, "conv": True, "rnn": True}
+        for precision, tf32 in (("fp32", False), ("tf32", True), ("bf16", False)):  # bf16: exact outside autocast
+            configure_determinism(Numerics(False, precision))
+            assert current_precision() == {"matmul": tf32, "conv": tf32, "rnn": tf32}, precision
+    finally:
+        set_flags(**before)
 
 
 # ---------------------------------------------------------------- precision=bf16: mixed-precision local training
