@@ -5,9 +5,14 @@ participation 0.1, 200 rounds):
 
     python scripts/compare_algorithms.py
 
-runs ``fedrun algo=X`` for each algorithm (one run directory each under ``--runs``), or with
-``--reuse`` only reads the ``metrics.csv`` files already there, then writes the figure and prints a
-markdown table of the final round. Every run sees the same data, initial model and active clients
+runs ``fedrun algo=X`` for each algorithm (one run directory each under ``--runs``), with
+``--multirun`` as one ``fedrun -m algo=X,Y,...`` sweep, or with ``--reuse`` only reads the
+``metrics.csv`` files already there, then writes the figure and prints a markdown table of the final
+round. The README's nine-method table (all of fedrun's methods, 100 rounds, unequal client sizes):
+
+    python scripts/compare_algorithms.py --multirun --algos nine --runs outputs/compare/nine \
+        --figure docs/figures/synthetic_compare_nine.png rounds=100 engine=vectorized data.sigma=0.3
+ Every run sees the same data, initial model and active clients
 (everything is seeded by ``seed``), so the curves differ only by the algorithm.
 
 On the synthetic data the test set is the training data (``data.test_fraction=0``, the reference
@@ -34,14 +39,34 @@ SETTING = [
     "data=synthetic", "data.alpha=1", "data.beta=1", "data.iid_solution=false", "data.iid_data=false",
     "partition=natural", "num_clients=100", "participation=0.1", "rounds=200", "seed=0", "engine=sequential",
 ]
-LABELS = {"feddyn": "FedDyn", "fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD", "fedadam": "FedAdam"}
+LABELS = {
+    "feddyn": "FedDyn", "fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD", "fedadam": "FedAdam",
+    "feddc": "FedDC", "fedspeed": "FedSpeed", "fedsmoo": "FedSMOO", "fednova": "FedNova",
+}
+NINE = ["feddyn", "fedavg", "fedprox", "scaffold", "fedadam", "feddc", "fedspeed", "fedsmoo", "fednova"]
+
+
+def merged(overrides: list[str]) -> list[str]:
+    """SETTING with ``overrides`` applied (a later value of a key replaces the earlier one)."""
+    return [f"{k}={v}" for k, v in dict(item.split("=", 1) for item in SETTING + overrides).items()]
 
 
 def run_algorithm(algo: str, run_dir: Path, overrides: list[str]) -> None:
     """``fedrun algo=<algo>`` with the comparison's setting into ``run_dir``."""
     # One intra-op thread: the models are tiny, and on a shared machine extra threads only contend.
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    cmd = [sys.executable, "-m", "fedrun", f"algo={algo}", *SETTING, *overrides, "progress=false", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "fedrun", f"algo={algo}", *merged(overrides), "progress=false", f"hydra.run.dir={run_dir}"]
+    print("+", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+
+
+def run_multirun(algos: list[str], runs: Path, overrides: list[str]) -> None:
+    """One Hydra multirun ``fedrun -m algo=a,b,...`` with the comparison's setting; run dirs ``runs/<algo>``."""
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    cmd = [
+        sys.executable, "-m", "fedrun", "-m", f"algo={','.join(algos)}", *merged(overrides), "progress=false",
+        f"hydra.sweep.dir={runs}", "hydra.sweep.subdir=${hydra:runtime.choices.algo}",
+    ]
     print("+", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
 
@@ -67,13 +92,14 @@ def figure(frames: dict[str, pd.DataFrame], path: Path, title: str, smooth: int 
     for ax, (col, label, log, window) in zip(axes, panels):
         for algo, df in frames.items():
             if col in df:
-                ax.plot(df["round"], df[col].rolling(window, min_periods=1).mean(), label=LABELS.get(algo, algo), lw=1.3)
+                style = "--" if algo in NINE[5:] else "-"  # FedDyn's successors dashed
+                ax.plot(df["round"], df[col].rolling(window, min_periods=1).mean(), style, label=LABELS.get(algo, algo), lw=1.3)
         ax.set_xlabel("round")
         ax.set_ylabel(label)
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend()
+    axes[-1].legend(fontsize=8, ncol=2 if len(frames) > 5 else 1)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,15 +129,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "compare" / "synthetic")
     parser.add_argument("--figure", type=Path, default=REPO / "docs" / "figures" / "synthetic_compare.png")
     parser.add_argument("--reuse", action="store_true", help="only read the run directories already under --runs")
+    parser.add_argument("--multirun", action="store_true", help="all algorithms as one `fedrun -m` sweep (--algos nine: all nine methods)")
     parser.add_argument("--last", type=int, default=20, help="rounds averaged in the table's smoothed column")
     parser.add_argument("overrides", nargs="*", help="extra fedrun overrides for every run (e.g. rounds=50)")
     args = parser.parse_args(argv)
-    if not args.reuse:
+    if args.algos == ["nine"]:
+        args.algos = NINE
+    if args.multirun and not args.reuse:
+        run_multirun(args.algos, args.runs, args.overrides)
+    elif not args.reuse:
         for algo in args.algos:
             run_algorithm(algo, args.runs / algo, args.overrides)
     frames = load(args.runs, args.algos)
-    merged = dict(item.split("=", 1) for item in SETTING + args.overrides)  # later overrides win, as in Hydra
-    setting = " ".join(f"{k}={v}" for k, v in merged.items() if k != "data")
+    setting = " ".join(item for item in merged(args.overrides) if not item.startswith("data="))
     figure(frames, args.figure, f"synthetic, heterogeneous solutions and data: {setting}")
     print(table(frames, args.last))
 

@@ -363,6 +363,7 @@ def finish(algo: str, run_dir: Path, cwd: Path, reference_metrics: Path, *extra:
     assert not (run_dir / checkpoint.CHECKPOINT).exists() and not checkpoint.state_dir(run_dir).exists()
 
 
+@pytest.mark.slow
 def test_feddyn_mmap_killed_anywhere_resumes_identically(reference: dict[str, Path], tmp_path: Path) -> None:
     needs("feddyn")
     run_dir, mmap = tmp_path / "run", "state_placement=mmap"
