@@ -34,7 +34,14 @@ from tests.conftest import compose_config
 
 ALGOS = ("feddyn", "scaffold", "fedadam")
 # the other algorithms, the other engine and per-rank mmap state (slow tests)
-EXTRA = {"fedavg_sequential": ("algo=fedavg", "engine=sequential"), "fedprox": ("algo=fedprox",), "feddyn_mmap": ("algo=feddyn", "state_placement=mmap")}
+EXTRA = {
+    "fedavg_sequential": ("algo=fedavg", "engine=sequential"),
+    "fedprox": ("algo=fedprox",),
+    "feddyn_mmap": ("algo=feddyn", "state_placement=mmap"),
+    "fedsmoo": ("algo=fedsmoo",),  # a local-step hook with per-client state (mu)
+    "feddc": ("algo=feddc",),
+    "fednova": ("algo=fednova",),
+}
 # partial participation (Bernoulli p = 0.3 of 20 clients), a short run
 SMALL = ("participation=0.3", "rounds=3", "local_epochs=1", "progress=false", "checkpoint_every=0")
 STATE_ROUNDS = 3
@@ -184,7 +191,8 @@ def test_two_ranks_write_the_metrics_of_one_process(two_ranks, tmp_path, algo):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXTRA)
 def test_other_algorithms_engine_and_mmap_state_on_two_ranks(two_ranks_extra, tmp_path, name):
-    """FedAvg (sequential engine), FedProx and FedDyn with each rank's state in mmap files: the same metrics."""
+    """FedAvg (sequential engine), FedProx, FedSMOO (a hook with per-client state), FedDC, FedNova and
+    FedDyn with each rank's state in mmap files: the same metrics."""
     run(compose_config(*EXTRA[name], *SMALL), tmp_path)
     assert metrics(two_ranks_extra / name / "metrics.csv") == metrics(tmp_path / "metrics.csv")
 
