@@ -53,6 +53,8 @@ def _job_failed(cfg: DictConfig, run_dir: Path, message: str) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(cfg: DictConfig) -> Optional[float]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not _writes():
+        log.setLevel(logging.WARNING)  # rank 0 logs the run; the others only what goes wrong
     created = run_dir != _PREPARED.run_dir or not _PREPARED.existed
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -75,12 +77,29 @@ def _main(cfg: DictConfig) -> Optional[float]:
             log.error("fedrun: %s", message)
             _job_failed(cfg, run_dir, message)
             return float("nan")
-    boundary.clean_failed_start(run_dir, created)
+    if _writes():  # rank 0 of several
+        boundary.clean_failed_start(run_dir, created)
     _fail(message, code)
     return None
 
 
 _PREPARED = Prepared([])
+
+
+def _dist():  # noqa: ANN202
+    """:mod:`fedrun.distributed` when this process is one of several ranks (torchrun's WORLD_SIZE > 1),
+    else None; imported only then, since it imports torch."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    from fedrun import distributed
+
+    return distributed
+
+
+def _writes() -> bool:
+    """Whether this process writes the run dir (a single process, or rank 0 of several)."""
+    dist = _dist()
+    return dist is None or dist.current() is None or dist.current().writer
 
 
 def main() -> None:
@@ -89,16 +108,20 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises its errors: the boundary below words them
     argv = sys.argv[1:]
     held = None
+    dist = _dist()  # under torchrun: join the other ranks; rank 0 checks the command line and names the run dir
+    leave = dist.teardown if dist is not None else lambda: None
     try:
         try:  # bad overrides, resume decisions and unwritable dirs: one sentence, before Hydra makes a run dir
-            _PREPARED = precheck(argv)
+            ranks = None if dist is None else dist.setup()
+            _PREPARED = precheck(argv) if ranks is None else dist.share_precheck(ranks, precheck, argv)
         except RunFinished as done:
-            from fedrun.finish import complete_finished
+            if _writes():
+                from fedrun.finish import complete_finished
 
-            complete_finished(done.run_dir, done.summary)  # a missing plot, a leftover checkpoint or state/
+                complete_finished(done.run_dir, done.summary)  # a missing plot, a leftover checkpoint or state/
             print(f"fedrun: {done}", file=sys.stderr)
             return
-        if _PREPARED.run_dir is not None:
+        if _PREPARED.run_dir is not None and _writes():
             held = lock.lock_run_dir(_PREPARED.run_dir)  # before Hydra writes .hydra/ and cli.log into it
         sys.argv[1:] = _PREPARED.argv
         _main()
@@ -110,6 +133,7 @@ def main() -> None:
     finally:
         if held is not None:
             held.release()
+        leave()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from fedrun import checkpoint, finish, guard, lock, rounds, rundir, specs
+from fedrun import checkpoint, distributed, finish, guard, lock, ranked_checkpoint, rounds, rundir, sharded, specs
 from fedrun.algorithms.base import Algorithm, FedContext, ServerState
 from fedrun.all_models import AllModelsMean
 from fedrun.config import build_object
@@ -109,7 +109,11 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[d
     engine: Engine = build_object(groups["engine"], _convert_="all")
     sizes = torch.tensor([len(p) for p in partition], dtype=torch.long)
     ctx = FedContext(m, model.num_params, sizes, spec.local.batch_size, spec.local.epochs, device)
-    store = _store(spec, data, model, algorithm, device, state_dir, resumed)
+    ranks = distributed.current()  # several processes: this rank's rows of the state, its share of the training
+    if ranks is None:
+        store = _store(spec, data, model, algorithm, device, state_dir, resumed)
+    else:
+        store, engine = sharded.store_for_rank(spec, data, model, algorithm, device, ranks), sharded.ShardedEngine(engine, ranks)
     const = algorithm.setup(ctx)
     rounds.add_tables(algorithm, store)
     server = algorithm.initial_server(theta, const)
@@ -190,6 +194,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run all rounds of ``cfg`` and write the outputs into ``run_dir``; returns the summary.
 
     The run holds ``run_dir``'s lock (:mod:`fedrun.lock`) throughout: a second run there is refused."""
+    ranks = distributed.current()
+    if ranks is not None and not ranks.writer:  # rank 0 holds the lock for the run
+        return _run(cfg, Path(run_dir))
     with lock.lock_run_dir(run_dir):
         return _run(cfg, Path(run_dir))
 
@@ -199,7 +206,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec, rounds = exp.spec, exp.spec.rounds
     loss_guard = guard.LossGuard(spec.guard, counters.guard_reference, counters.dropped_streak)
     comm, pending = counters.comm, counters.pending
-    progress = Progress(rounds, start=counters.round, enabled=spec.progress)
+    ranks = distributed.current()  # several processes: collective checkpoints, rank 0 writes the run dir
+    progress = Progress(rounds, start=counters.round, enabled=spec.progress if ranks is None or ranks.writer else False)
     began = time.perf_counter() - counters.wall_s
     status, extra = "failed", {"plot_title": f"{type(exp.algorithm).__name__} on {exp.data.name} {spec.title()}"}
     with StopSignals() as signals:  # held through the last outputs: a first signal then waits for them
@@ -227,12 +235,12 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     writer.write(row)
                     pending = checkpoint.Pending()
                     progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
-                stop = signals.received is not None and r < rounds  # a signal during the last round: just finish
+                stop = ranked_checkpoint.stop_requested(signals, ranks) and r < rounds  # a signal during the last round: just finish
                 if stop or spec.checkpoint.due(r, rounds):
                     counters = checkpoint.Counters(
                         r, comm, pending, time.perf_counter() - began, loss_guard.reference, loss_guard.dropped_streak
                     )
-                    checkpoint.save(run_dir, exp, counters, writer.rows)
+                    ranked_checkpoint.save(run_dir, exp, counters, writer.rows, ranks)
                 if stop:
                     raise signals.stop(r, rounds, run_dir)
             status = "finished"
@@ -246,8 +254,10 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         finally:
             progress.close()
             summary = {**summarize(writer.rows, status, time.perf_counter() - began, exp.model.num_params, spec.config), **extra}
-            try:  # plot, summary.json last, then checkpoint and state (fedrun/finish.py)
-                finish.finish_run(run_dir, writer.rows, summary, extra["plot_title"], convergence_plot)
+            try:  # plot, summary.json last, then checkpoint and state (fedrun/finish.py); rank 0 writes the run dir
+                if ranks is None or ranks.writer:
+                    finish.finish_run(run_dir, writer.rows, summary, extra["plot_title"], convergence_plot)
+                    ranked_checkpoint.finish(run_dir, status)  # after checkpoint.pt, which refers to the shards
             except Exception as err:  # noqa: BLE001 - a run already failing reports its own error
                 if status == "finished":
                     raise
@@ -260,20 +270,21 @@ def start(cfg: DictConfig, run_dir: Path) -> tuple[Experiment, MetricsWriter, ch
     spec = specs.read(cfg)
     log.debug("fedrun: %s", spec)
     run_dir.mkdir(parents=True, exist_ok=True)
-    resumed = rundir.decide(spec.resume, run_dir)  # a checkpoint to continue from, or None; refuses a changed config
+    ranks = distributed.current()
+    resumed = ranked_checkpoint.decide(spec.resume, run_dir, ranks)  # a checkpoint to continue from, or None; refuses a changed config
     configure_determinism(spec.numerics)
     if resumed is not None:
         checkpoint.roll_back_files(run_dir, resumed)  # mmap client state: the files as of the checkpoint
     exp = build(cfg, checkpoint.state_dir(run_dir), resumed)
-    writer = MetricsWriter(run_dir / rundir.METRICS, metric_columns(spec))
+    writer = (MetricsWriter if ranks is None or ranks.writer else ranked_checkpoint.RowsOnly)(run_dir / rundir.METRICS, metric_columns(spec))
     # the guard's reference: the initial model's losses, so computed before a checkpoint is restored
     known = resumed is not None and resumed["counters"].get("guard_reference") is not None
     reference = None if known else guard.reference_loss(exp)
     counters = checkpoint.Counters(guard_reference=reference)
-    if resumed is None:
+    if resumed is None and (ranks is None or ranks.writer):
         finish.write_started(run_dir, spec.config)  # says which config writes metrics.csv before any checkpoint does
     else:
-        counters = checkpoint.restore(resumed, exp, writer.path)
+        counters = ranked_checkpoint.restore(resumed, exp, writer.path, run_dir, ranks)
         if counters.guard_reference is None:
             counters = replace(counters, guard_reference=reference)
         writer.rows = list(resumed["rows"])
