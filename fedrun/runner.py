@@ -281,8 +281,9 @@ def start(cfg: DictConfig, run_dir: Path) -> tuple[Experiment, MetricsWriter, ch
     known = resumed is not None and resumed["counters"].get("guard_reference") is not None
     reference = None if known else guard.reference_loss(exp)
     counters = checkpoint.Counters(guard_reference=reference)
-    if resumed is None and (ranks is None or ranks.writer):
-        finish.write_started(run_dir, spec.config)  # says which config writes metrics.csv before any checkpoint does
+    if resumed is None:
+        if ranks is None or ranks.writer:
+            finish.write_started(run_dir, spec.config)  # says which config writes metrics.csv before any checkpoint does
     else:
         counters = ranked_checkpoint.restore(resumed, exp, writer.path, run_dir, ranks)
         if counters.guard_reference is None:
