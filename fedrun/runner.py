@@ -242,14 +242,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         else:  # state files no checkpoint refers to cannot be resumed from
             checkpoint.remove_unused_state(run_dir)
         if writer.rows:
-            convergence_plot(writer.rows, run_dir / "convergence.png", plot_title(cfg, exp))
+            convergence_plot(writer.rows, run_dir / "convergence.png", plot_title(cfg, exp), type(exp.algorithm).__name__)
     return summary
 
 
 def plot_title(cfg: DictConfig, exp: Experiment) -> str:
-    algo = type(exp.algorithm).__name__
-    part = cfg.partition._target_.rsplit(".", 1)[-1]
-    return (
-        f"{algo} on {exp.data.name} ({part}), {exp.ctx.num_clients} clients, "
-        f"participation {cfg.participation}, E={cfg.local_epochs}, B={cfg.batch_size}, lr={cfg.lr}, seed={cfg.seed}"
-    )
+    from fedrun.plots import run_title
+
+    return run_title(cfg, exp.data.name, exp.ctx.num_clients)
