@@ -62,7 +62,7 @@ FORMAT_VERSION = 2  # 2: mmap client-state tables are referred to (``state_files
 READABLE_FORMATS = (1, 2)
 # Keys that may differ between a run and its resumption: they change no result (state_placement only
 # moves the client-state tables between GPU, pinned host memory and files: resume after an OOM with it).
-IGNORED_KEYS = ("resume", "progress", "checkpoint_every", "targets", "skip_finished", "state_placement")
+IGNORED_KEYS = ("resume", "progress", "checkpoint_every", "targets", "skip_finished", "state_placement", "threads", "quiet", "logger")
 RESUME_VALUES = ("auto", "true", "false")
 
 
@@ -114,7 +114,7 @@ def comparable(config: DictConfig | dict) -> dict[str, Any]:
 # Keys added to the config after runs were already written, with the value that matches how those
 # runs ran: a run dir whose config lacks the key counts as having this value (so a sweep re-run after
 # an upgrade still skips its finished runs and resumes its checkpoints).
-ADDED_KEYS = {"precision": "fp32"}
+ADDED_KEYS = {"precision": "fp32", "client_test_fraction": 0.0, "val_fraction": 0.0, "finetune_steps": 0}
 
 
 def config_diff(a: DictConfig | dict, b: DictConfig | dict) -> list[str]:

@@ -105,6 +105,12 @@ class Config:
     targets: List[float] = field(default_factory=list)
     skip_finished: bool = False
     state_placement: StatePlacement = StatePlacement.auto
+    threads: Optional[int] = None
+    quiet: bool = False
+    logger: Any = field(default_factory=list)
+    client_test_fraction: float = 0.0
+    val_fraction: float = 0.0
+    finetune_steps: int = 0
 
 
 def choice(value: Any) -> str:
@@ -205,5 +211,12 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.seed >= 0, f"seed={cfg.seed} is negative: use a seed >= 0.")
     _check(cfg.checkpoint_every >= 0, f"checkpoint_every={cfg.checkpoint_every} is negative: checkpoint every N >= 1 rounds, or 0 for only on SIGINT/SIGTERM.")
     _check(str(cfg.resume).lower() in ("auto", "true", "false"), f"resume={cfg.resume} is not valid: use resume=auto, resume=true or resume=false.")
+    from fedrun.client_eval import fractions
+    from fedrun.loggers import logger_names
+
+    logger_names(cfg.get("logger"))  # an unknown logger name: one sentence
+    fractions(cfg)
+    _check(cfg.get("finetune_steps", 0) >= 0, f"finetune_steps={cfg.get('finetune_steps')} is negative: use 0 (off) or a number of local SGD steps.")
+    _check(cfg.get("threads") is None or cfg.threads >= 1, f"threads={cfg.get('threads')} is impossible: use threads=N with N >= 1, or threads=null to choose by model size.")
     f = cfg.divergence_factor
     _check(f == 0 or (f > 1 and math.isfinite(f)), f"divergence_factor={f} is out of range: use a factor > 1 over round 1's train loss (e.g. 100), or 0 to turn the check off.")

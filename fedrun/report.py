@@ -38,7 +38,7 @@ import pandas as pd
 import yaml
 
 # Config keys never used to tell runs apart (they do not change what is computed).
-IGNORED_KEYS = {"progress", "skip_finished", "targets", "device", "eval_active", "eval_all"}
+IGNORED_KEYS = {"progress", "skip_finished", "targets", "device", "eval_active", "eval_all", "threads", "quiet", "logger"}
 SEED_KEYS = {"seed"}
 STATUSES = ("finished", "unfinished", "diverged", "failed", "broken")
 

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedrun.algorithms.base import Algorithm, FedContext, RoundInfo, ServerState
-from fedrun import checkpoint, guard
+from fedrun import checkpoint, client_eval, guard
 from fedrun.config import build_object, choice, validate
 from fedrun.data import FederatedData
 from fedrun.determinism import configure_determinism
@@ -28,11 +28,14 @@ from fedrun.evaluation import evaluate
 from fedrun.memory import check_data_fits
 from fedrun.outputs import MetricsWriter, summarize, write_json_atomic
 from fedrun.params import FlatModel
+from fedrun.loggers import open_loggers
 from fedrun.plots import convergence_plot
+from fedrun.provenance import provenance
 from fedrun.progress import Progress
 from fedrun.sampling import SAMPLERS
 from fedrun.seeding import derive_seed, generator
 from fedrun.state import ClientStateStore, store_for_run
+from fedrun.threads import apply_threads
 
 log = logging.getLogger("fedrun")
 
@@ -62,6 +65,7 @@ class Experiment:
     store: ClientStateStore
     ctx: FedContext
     server: ServerState
+    held_out: Optional[client_eval.HeldOut] = None
 
 
 def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = "scratch") -> Experiment:
@@ -77,6 +81,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = 
     partitioner = build_object(cfg.partition, _partial_=True)
     kwargs = {} if data.groups is None else {"groups": data.groups}
     partition = partitioner(data.y_train, m, generator(seed, "partition"), **kwargs)
+    partition, held_out = client_eval.hold_out(cfg, partition, seed)  # each client's own test / validation parts
     check_data_fits(data, device)  # one sentence instead of a CUDA out-of-memory traceback
     data = data.to(device)
     partition = [p.to(device) for p in partition]
@@ -96,7 +101,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = 
         store.add("_latest_delta")
         server["_initial_model"] = theta.clone()
         server["_latest_model_mean"] = theta.clone()
-    return Experiment(cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server)
+    return Experiment(cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server, held_out)
 
 
 def metric_columns(cfg: DictConfig) -> list[str]:
@@ -107,7 +112,7 @@ def metric_columns(cfg: DictConfig) -> list[str]:
         cols += ["test_loss_all", "test_acc_all"]
     if guard.on_nonfinite(cfg) == "drop":
         cols += ["dropped_clients"]
-    return cols + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
+    return cols + client_eval.columns(cfg) + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
 
 
 def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
@@ -180,6 +185,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if resumed is not None:
         writer.rows = list(resumed["rows"])
         log.info("fedrun: resuming %s after round %d", run_dir, counters.round)
+    threads_before = apply_threads(cfg.get("threads"), exp.model.num_params, exp.device)
+    made_by = provenance(exp.device)
+    per_client = client_eval.ClientEvaluator(cfg, exp, exp.held_out, run_dir, counters.round) if exp.held_out else None
+    trackers = open_loggers(cfg, run_dir, config)
     loss_guard = guard.LossGuard(cfg, counters.extra.get("reference_loss"))
     signals = checkpoint.StopSignals()
     rounds = int(cfg.rounds)
@@ -187,7 +196,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "fedrun: %s on %s (%d clients, %d params, device %s) -> %s",
         type(exp.algorithm).__name__, exp.data.name, exp.ctx.num_clients, exp.model.num_params, exp.device, run_dir,
     )
-    progress = Progress(rounds, start=counters.round, enabled=cfg.progress)
+    progress = Progress(rounds, start=counters.round, enabled=cfg.progress, quiet=bool(cfg.get("quiet", False)))
     start = time.perf_counter() - counters.wall_s
     pending = counters.pending
     comm = counters.comm
@@ -210,6 +219,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     "lr": step["lr"],
                     "train_loss": sum(pending["train_loss"]) / len(pending["train_loss"]) if pending["train_loss"] else math.nan,
                     **evaluate_round(exp, step["active_model"]),
+                    **(per_client.evaluate(r, exp.theta) if per_client else {}),
                     "dropped_clients": pending.get("dropped_clients", 0),
                     "uplink_mb": pending["uplink_mb"],
                     "downlink_mb": pending["downlink_mb"],
@@ -218,6 +228,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 }
                 loss_guard.check_test(r, row)
                 writer.write(row)
+                trackers.log(row)
                 pending = {"train_loss": [], "uplink_mb": 0.0, "downlink_mb": 0.0}
                 progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
             state = checkpoint.Counters(r, comm, pending, time.perf_counter() - start, {"reference_loss": loss_guard.reference})
@@ -235,8 +246,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         if status == "running":
             status = "failed"
-        summary = summarize(writer.rows, status, seconds, exp.model.num_params, config)
+        summary = summarize(writer.rows, status, seconds, exp.model.num_params, config, {**made_by, **client_eval.summary(writer.rows)})
         write_json_atomic(run_dir / "summary.json", summary)
+        trackers.close(summary)
+        torch.set_num_threads(threads_before)
         if status == "finished":  # only now: a kill before this line leaves the checkpoint to resume from
             checkpoint.remove(run_dir)
         else:  # state files no checkpoint refers to cannot be resumed from
