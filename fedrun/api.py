@@ -42,8 +42,13 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         _REGISTERED = True
     if GlobalHydra.instance().is_initialized():  # inside another Hydra app or after a failed compose
         GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name, list(overrides))
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name, list(overrides))
+    except Exception as err:  # noqa: BLE001 - an unknown key or option, a wrong type: the command's sentence
+        from fedrun.cli_errors import translate
+
+        raise translate(err, list(overrides)) from None
     validate(cfg)
     return cfg
 

@@ -157,5 +157,5 @@ def test_optuna_search_tunes_feddyn_alpha_and_lr(tmp_path):
         summary = json.loads(summary_path.read_text())
         assert summary["config"]["algo"]["_target_"].endswith("FedDyn")
         assert 1e-3 <= summary["config"]["algo"]["alpha"] <= 1.0 and 0.01 <= summary["config"]["lr"] <= 0.5
-        finals.append(summary["final_test_acc"])
-    assert len(finals) == 3 and result["best_value"] == pytest.approx(max(finals))  # the objective is the final accuracy
+        finals.append(summary["final_val_acc"])
+    assert len(finals) == 3 and result["best_value"] == pytest.approx(max(finals))  # the objective is the final validation accuracy
