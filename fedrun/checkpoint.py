@@ -62,7 +62,7 @@ FORMAT_VERSION = 2  # 2: mmap client-state tables are referred to (``state_files
 READABLE_FORMATS = (1, 2)
 # Keys that may differ between a run and its resumption: they change no result (state_placement only
 # moves the client-state tables between GPU, pinned host memory and files: resume after an OOM with it).
-IGNORED_KEYS = ("resume", "progress", "checkpoint_every", "targets", "skip_finished", "state_placement", "threads", "quiet", "logger")
+IGNORED_KEYS = ("resume", "progress", "checkpoint_every", "targets", "skip_finished", "state_placement", "threads", "quiet", "logger", "keep_checkpoint")
 RESUME_VALUES = ("auto", "true", "false")
 
 
@@ -181,11 +181,18 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, clear: bool = True) -> Optiona
     if ckpt_path.exists():
         ckpt = load(ckpt_path)
         keys = config_diff(cfg, ckpt["config"])
+        if keys == ["rounds"] and int(cfg.rounds) > int(ckpt["round"]):  # more rounds: continue (keep_checkpoint=true kept a finished run's)
+            return ckpt
         if keys:
             raise FedrunError(refuse_message(run_dir, keys, comparable(cfg), comparable(ckpt["config"])))
+        if summary is not None and summary.get("status") == "finished" and int(ckpt["round"]) >= int(cfg.rounds):
+            raise RunFinished(run_dir, summary)
         return ckpt
     if summary is not None and summary.get("config") is not None:
         keys = config_diff(cfg, summary["config"])
+        if keys == ["rounds"] and summary.get("status") == "finished":
+            raise FedrunError(f"{run_dir} holds a finished run of {summary['config'].get('rounds')} rounds and no checkpoint to continue from: "
+                              "runs started with keep_checkpoint=true can be extended with a larger rounds=; rerun this one with a new hydra.run.dir.")
         if keys:
             raise FedrunError(refuse_message(run_dir, keys, comparable(cfg), comparable(summary["config"])))
         if summary.get("status") == "finished":

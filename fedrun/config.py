@@ -107,6 +107,7 @@ class Config:
     state_placement: StatePlacement = StatePlacement.auto
     threads: Optional[int] = None
     quiet: bool = False
+    keep_checkpoint: bool = False
     logger: Any = field(default_factory=list)
     client_test_fraction: float = 0.0
     val_fraction: float = 0.0

@@ -233,6 +233,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
             state = checkpoint.Counters(r, comm, pending, time.perf_counter() - start, {"reference_loss": loss_guard.reference})
             checkpoint.after_round(cfg, run_dir, exp, state, writer.rows, signals)  # periodic / on-signal checkpoint
+            if r == rounds and cfg.get("keep_checkpoint"):  # the final state, to continue later with a larger rounds=
+                checkpoint.save(run_dir, exp, state, writer.rows)
         status = "finished"
     except DivergenceError:
         status = "diverged"
@@ -251,7 +253,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trackers.close(summary)
         torch.set_num_threads(threads_before)
         if status == "finished":  # only now: a kill before this line leaves the checkpoint to resume from
-            checkpoint.remove(run_dir)
+            if not cfg.get("keep_checkpoint"):  # kept: the final state, to continue with a larger rounds=
+                checkpoint.remove(run_dir)
         else:  # state files no checkpoint refers to cannot be resumed from
             checkpoint.remove_unused_state(run_dir)
         if writer.rows:

@@ -115,3 +115,21 @@ def test_quiet_prints_no_round_lines(tmp_path: Path, caplog):
     with caplog.at_level(logging.INFO, logger="fedrun"):
         fedrun.run(["algo=fedavg", *TINY], run_dir=tmp_path / "loud")
     assert len([r for r in caplog.records if r.getMessage().startswith("round ")]) == 3
+
+
+def test_a_finished_run_kept_with_its_checkpoint_continues_with_more_rounds(tmp_path: Path):
+    """rounds=4 then rounds=7 in the same run dir gives the metrics of one 7-round run (every draw is
+    a function of seed and round); without keep_checkpoint the sentence says how to make it possible."""
+    base = [o for o in TINY if not o.startswith("rounds=")]
+    keep = ["algo=feddyn", *base, "keep_checkpoint=true"]
+    fedrun.run([*keep, "rounds=4"], run_dir=tmp_path / "x")
+    assert (tmp_path / "x" / "checkpoint.pt").exists()
+    again = fedrun.run([*keep, "rounds=4"], run_dir=tmp_path / "x")  # same rounds: finished, nothing to do
+    assert len(again) == 4
+    extended = fedrun.run([*keep, "rounds=7"], run_dir=tmp_path / "x")
+    whole = fedrun.run([*keep, "rounds=7"], run_dir=tmp_path / "whole")
+    assert extended["round"].tolist() == list(range(1, 8)) and extended.attrs["summary"]["rounds_done"] == 7
+    pd.testing.assert_frame_equal(extended.drop(columns="wall_s"), whole.drop(columns="wall_s"))
+    fedrun.run(["algo=fedavg", *TINY], run_dir=tmp_path / "plain")
+    with pytest.raises(FedrunError, match="keep_checkpoint=true"):
+        fedrun.run(["algo=fedavg", *base, "rounds=5"], run_dir=tmp_path / "plain")
