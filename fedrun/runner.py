@@ -28,6 +28,7 @@ from fedrun.evaluation import evaluate
 from fedrun.memory import check_data_fits
 from fedrun.outputs import MetricsWriter, summarize, write_json_atomic
 from fedrun.params import FlatModel
+from fedrun.partition import check_partition
 from fedrun.loggers import open_loggers
 from fedrun.plots import convergence_plot
 from fedrun.provenance import provenance
@@ -81,6 +82,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = 
     partitioner = build_object(cfg.partition, _partial_=True)
     kwargs = {} if data.groups is None else {"groups": data.groups}
     partition = partitioner(data.y_train, m, generator(seed, "partition"), **kwargs)
+    check_partition(partition, len(data.y_train), m, str(cfg.partition._target_))  # a custom partitioner's output too
     partition, held_out = client_eval.hold_out(cfg, partition, seed)  # each client's own test / validation parts
     check_data_fits(data, device)  # one sentence instead of a CUDA out-of-memory traceback
     data = data.to(device)
