@@ -86,6 +86,14 @@ def integer_rounds(ax: Any) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def plain_log_ticks(ax: Any) -> None:
+    """Tick labels of a log axis as plain numbers (1.5, 2), not powers of ten (1.5 x 10^0)."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+
+
 def legend_outside(ax: Any, **kwargs: Any) -> None:
     """The legend to the right of the axes, so it never hides a curve."""
     handles, labels = ax.get_legend_handles_labels()

@@ -108,6 +108,7 @@ def convergence_figure(runs: Sequence[Any], table: pd.DataFrame, group_by: Seque
     ax.set_ylabel(metric_label(metric))
     if not higher_is_better(metric):
         ax.set_yscale("log")
+        figures.plain_log_ticks(ax)
     ax.grid(alpha=0.3)
     figures.legend_outside(ax, fontsize=8)
     shared = common_title(runs, group_by)

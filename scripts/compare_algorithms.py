@@ -80,6 +80,7 @@ def figure(frames: dict[str, list[pd.DataFrame]], path: Path, title: str, smooth
         ax.set_title(label, fontsize=10)
         if log:
             ax.set_yscale("log")
+            figures.plain_log_ticks(ax)
         ax.grid(alpha=0.3, which="both")
         figures.integer_rounds(ax)
     for ax in axes[1]:
