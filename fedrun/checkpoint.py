@@ -379,6 +379,7 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
         "round": counters.round,
         "theta": exp.theta,
         "server": dict(exp.server),
+        "all_models": None if getattr(exp, "all_models", None) is None else exp.all_models.state_dict(),
         "store": {} if files else dict(store.items()),
         "state_files": files,
         "rng": rng_states(),
@@ -408,37 +409,34 @@ def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path, run_dir: Optiona
     import torch
 
     # clone: the checkpoint is memory-mapped (read lazily); the run's own tensors must not alias it
-    built = exp.server
     exp.theta = ckpt["theta"].to(exp.device).clone()
-    exp.server = {k: v.to(exp.device).clone() if isinstance(v, torch.Tensor) else v for k, v in ckpt["server"].items()}
+    server = ckpt["server"]  # older checkpoints also kept the mean of all models there ("_" keys)
+    exp.server = {k: v.to(exp.device).clone() if isinstance(v, torch.Tensor) else v for k, v in server.items() if not k.startswith("_")}
+    saved = ckpt.get("all_models")
+    if saved is None and "_initial_model" in server:
+        saved = {"initial": server["_initial_model"], "mean": server["_latest_model_mean"]}
+    if getattr(exp, "all_models", None) is not None and saved is not None:
+        exp.all_models.load_state_dict(saved)
     files = ckpt.get("state_files")
     if files:
         _restore_files(files, exp.store, Path(metrics_path).parent if run_dir is None else Path(run_dir))
     else:
-        exp.store.load_state_dict(_upgrade_latest(dict(ckpt["store"]), exp.server, built, exp))
+        exp.store.load_state_dict(_upgrade_latest(dict(ckpt["store"]), exp))
     set_rng_states(ckpt["rng"])
     truncate_metrics(Path(metrics_path), len(ckpt["rows"]))
     c = ckpt["counters"]
     return Counters(ckpt["round"], c["comm"], c["pending"], c["wall_s"], dict(c.get("extra", {})))
 
 
-def _upgrade_latest(tables: dict[str, Any], server: dict[str, Any], built: dict[str, Any], exp: Any) -> dict[str, Any]:
+def _upgrade_latest(tables: dict[str, Any], exp: Any) -> dict[str, Any]:
     """A format-1 checkpoint's ``eval_all`` table (latest models) as the current one (changes from the initial model).
 
-    Format 1 kept every client's latest model in ``_latest_model``; now ``_latest_delta`` holds its
-    change from the initial model (``server["_initial_model"]``, which format 1 lacks: the freshly
-    built run has it, from the same seed). Format 1 also averaged them plainly for every method, so
-    their mean is recomputed with the algorithm's weights (n_k for FedAvg and FedProx).
+    Format 1 kept every client's latest model in ``_latest_model`` and no initial model (the freshly
+    built run has it, from the same seed); it also averaged them plainly for every method, so their
+    mean is recomputed with the algorithm's weights (n_k for FedAvg and FedProx).
     """
-    if "_latest_model" in tables and "_initial_model" in built:
-        import torch
-
-        server.setdefault("_initial_model", built["_initial_model"])
-        latest = tables.pop("_latest_model")
-        tables["_latest_delta"] = latest - server["_initial_model"].to(latest.device)
-        weights = exp.algorithm.all_weights().to(latest.device, torch.float64)
-        mean = (weights[:, None] * latest.double()).sum(0).float()
-        server["_latest_model_mean"] = mean.to(server["_initial_model"].device)
+    if "_latest_model" in tables and getattr(exp, "all_models", None) is not None:
+        tables["_latest_delta"] = exp.all_models.from_latest_models(tables.pop("_latest_model"))
     return tables
 
 

@@ -21,8 +21,10 @@ ALGO_STYLE: dict[str, tuple[str, str, str]] = {  # name -> (label, colour, marke
     "fedspeed": ("FedSpeed", "#000000", "X"),
     "fedsmoo": ("FedSMOO", "#8C564B", "*"),
     "fednova": ("FedNova", "#7F7F7F", "h"),
+    "fedyogi": ("FedYogi", "#BCBD22", "d"),
+    "fedadagrad": ("FedAdagrad", "#17BECF", "<"),
 }
-OTHER_COLOURS = ["#BCBD22", "#17BECF", "#9467BD", "#1F77B4", "#FF7F0E"]  # algorithms not listed above
+OTHER_COLOURS = ["#9467BD", "#1F77B4", "#FF7F0E", "#2CA02C", "#E377C2"]  # algorithms not listed above
 LINESTYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))]  # one per setting
 # Symbols of the hyper-parameters in labels (FedDyn α=0.01, FedProx μ=0.0001).
 PARAM_SYMBOLS = {"alpha": "α", "mu": "μ", "server_lr": "η_g", "beta1": "β₁", "beta2": "β₂", "tau": "τ"}

@@ -16,7 +16,7 @@ A :class:`~fedrun.errors.DivergenceError` makes the runner write ``status: diver
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -106,8 +106,3 @@ class LossGuard:
     def check_test(self, round_idx: int, metrics: dict[str, float]) -> None:
         if not math.isfinite(metrics.get("test_loss", 0.0)):
             raise diverged(self.cfg, round_idx, f"the server model's test loss is {metrics['test_loss']}")
-
-
-def with_clients(info: Any, screened: Screened) -> Any:
-    """``RoundInfo`` restricted to the kept clients, with their local step counts."""
-    return replace(info, clients=screened.clients, steps=screened.steps.to(screened.clients.device))

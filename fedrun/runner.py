@@ -17,8 +17,9 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fedrun.algorithms.base import Algorithm, FedContext, RoundInfo, ServerState
-from fedrun import checkpoint, client_eval, guard
+from fedrun.algorithms.base import Algorithm, FedContext, ServerState
+from fedrun import checkpoint, client_eval, guard, rounds
+from fedrun.all_models import AllModelsMean
 from fedrun.config import build_object, choice, validate
 from fedrun.data import FederatedData
 from fedrun.determinism import configure_determinism
@@ -66,7 +67,9 @@ class Experiment:
     store: ClientStateStore
     ctx: FedContext
     server: ServerState
-    held_out: Optional[client_eval.HeldOut] = None
+    const: Any = None  # what algorithm.setup returned
+    all_models: Optional[AllModelsMean] = None  # the evaluated mean of every client's latest model (eval_all)
+    held_out: Optional[client_eval.HeldOut] = None  # each client's own test split and the validation split
 
 
 def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = "scratch") -> Experiment:
@@ -96,14 +99,11 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = 
     sizes = torch.tensor([len(p) for p in partition], dtype=torch.long)
     ctx = FedContext(m, model.num_params, sizes, int(cfg.batch_size), int(cfg.local_epochs), device)
     store = store_for_run(cfg, data, model, algorithm, device, state_dir, state_files)  # placement by estimated size
-    server = algorithm.setup(ctx, theta, store)
-    if cfg.eval_all:
-        # Each client's latest model as its change from the initial model: zeros until the client first
-        # trains, so an mmap table stays a sparse file (10,000 CIFAR clients: 32 GB never written).
-        store.add("_latest_delta")
-        server["_initial_model"] = theta.clone()
-        server["_latest_model_mean"] = theta.clone()
-    return Experiment(cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server, held_out)
+    const = algorithm.setup(ctx)
+    rounds.add_tables(algorithm, store)
+    server = algorithm.initial_server(theta, const)
+    all_models = AllModelsMean(store, theta, algorithm.all_weights(ctx)) if cfg.eval_all else None
+    return Experiment(cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server, const, all_models, held_out)
 
 
 def metric_columns(cfg: DictConfig) -> list[str]:
@@ -123,28 +123,23 @@ def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
     sampler = SAMPLERS[choice(cfg.sampling)]
     clients = sampler(exp.ctx.num_clients, float(cfg.participation), int(cfg.seed), round_idx).to(exp.device)
     lr = float(cfg.lr) * float(cfg.lr_decay) ** (round_idx - 1)
-    info = RoundInfo(round_idx, lr, clients, steps=torch.empty(0, dtype=torch.long), base_lr=float(cfg.lr))
-    objective = exp.algorithm.local_objective(exp.theta, exp.server, exp.store, info)
+    rnd = rounds.open_round(exp.algorithm, exp.ctx, exp.const, exp.store, round_idx, lr, float(cfg.lr), exp.theta, clients)
+    objective = exp.algorithm.local_objective(rnd, exp.server)
     hp = LocalTraining(
         lr, int(cfg.local_epochs), int(cfg.batch_size), float(cfg.weight_decay), float(cfg.clip_norm),
         bf16=choice(cfg.get("precision", "fp32")) == "bf16",
     )
     result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, int(cfg.seed), round_idx)
     kept = guard.screen_clients(cfg, round_idx, clients, result)  # stop on, or drop, non-finite clients
-    info = guard.with_clients(info, kept)
+    rnd = rnd.finished(kept.clients, kept.steps, objective.hook.result() if objective.hook else {})
     train_loss = float(kept.loss.mean()) if len(kept.clients) else math.nan
     if len(kept.clients):  # every client dropped: the round changes nothing
-        new_states = exp.algorithm.client_update(exp.theta, kept.thetas, exp.server, exp.store, info)
-        theta, exp.server = exp.algorithm.server_update(exp.theta, kept.thetas, new_states, exp.server, exp.store, info)
+        new_rows = exp.algorithm.client_update(rnd, exp.server, kept.thetas)
+        theta, exp.server = exp.algorithm.server_update(rnd, exp.server, kept.thetas, new_rows)
         guard.check_server(cfg, round_idx, theta)
-        for name, rows in new_states.items():
-            exp.store.set(name, kept.clients, rows)
-        if "_latest_delta" in exp.store:
-            old = exp.store.get("_latest_delta", kept.clients)
-            new = kept.thetas - exp.server["_initial_model"]
-            weights = exp.algorithm.all_weights()[kept.clients.to(exp.device)].to(new.dtype)
-            exp.server["_latest_model_mean"] += (weights[:, None] * (new - old)).sum(0)
-            exp.store.set("_latest_delta", kept.clients, new)
+        rounds.write_rows(exp.store, rnd, new_rows)
+        if exp.all_models is not None:
+            exp.all_models.update(kept.clients, kept.thetas)
         exp.theta = theta
     mb = len(clients) * exp.model.num_params * BYTES_PER_PARAM / 1e6
     return {
@@ -155,7 +150,7 @@ def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
         "downlink_mb": mb * exp.algorithm.downlink,
         "comm_fedavg_rounds": (exp.algorithm.uplink + exp.algorithm.downlink) / 2,
         "client_thetas": kept.thetas if len(kept.clients) else exp.theta[None, :],
-        "active_model": exp.algorithm.average(kept.thetas, kept.clients) if len(kept.clients) else exp.theta,
+        "active_model": exp.algorithm.average(kept.thetas, rnd.sizes) if len(kept.clients) else exp.theta,
         "dropped_clients": kept.dropped,
     }
 
@@ -169,7 +164,7 @@ def evaluate_round(exp: Experiment, active_model: torch.Tensor) -> dict[str, flo
     if exp.cfg.eval_active:
         out["test_loss_active"], out["test_acc_active"] = evaluate(exp.model, active_model, d.x_test, d.y_test)
     if exp.cfg.eval_all:
-        out["test_loss_all"], out["test_acc_all"] = evaluate(exp.model, exp.server["_latest_model_mean"], d.x_test, d.y_test)
+        out["test_loss_all"], out["test_acc_all"] = evaluate(exp.model, exp.all_models.mean, d.x_test, d.y_test)
     return out
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from fedrun.algorithms.base import RoundInfo
+from fedrun.rounds import open_round
 from fedrun.engines.base import batch_schedule, client_generators
 from fedrun.errors import FedrunError
 from fedrun.evaluation import evaluate
@@ -99,6 +99,12 @@ def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=2e-5, atol=2e-6)
 
 
+def round_of(exp, clients, index: int = 1, lr: float = 0.1, steps=None):
+    """The frozen round the runner would hand the algorithm (after training when ``steps`` is given)."""
+    rnd = open_round(exp.algorithm, exp.ctx, exp.const, exp.store, index, lr, float(exp.cfg.lr), exp.theta, clients)
+    return rnd if steps is None else rnd.finished(clients, steps, {})
+
+
 def fedrun_rounds(exp, rounds: int = 2) -> None:
     for r in range(1, rounds + 1):
         run_round(exp, r)
@@ -132,7 +138,7 @@ def test_feddyn_reference_form_two_rounds():
 
 def test_feddyn_paper_form_two_rounds():
     alpha = 0.3
-    exp = tiny("algo=feddyn", "algo.variant=paper", f"algo.alpha={alpha}")
+    exp = tiny("algo=feddyn_paper", f"algo.alpha={alpha}")
     ref = Reference(exp)
     P = exp.model.num_params
     g = torch.zeros(M, P)
@@ -160,7 +166,7 @@ def test_feddyn_variants_agree_on_balanced_data_without_clip():
     """alpha_k = alpha when sizes are equal, and without the clip it does not matter whether the
     quadratic is weight decay or in the loss: both forms compute the same models."""
     common = ("algo=feddyn", "algo.alpha=0.3", "data.sigma=0", "clip_norm=0", "weight_decay=0")
-    a, b = tiny(*common), tiny(*common, "algo.variant=paper")
+    a, b = tiny(*common), tiny("algo=feddyn_paper", *common[1:])
     fedrun_rounds(a, 3)
     fedrun_rounds(b, 3)
     torch.testing.assert_close(a.theta, b.theta, rtol=1e-4, atol=1e-5)
@@ -187,7 +193,7 @@ def test_fedprox_two_rounds():
 
 @pytest.mark.parametrize("variant", ["reference", "paper"])
 def test_scaffold_two_rounds(variant):
-    exp = tiny("algo=scaffold", f"algo.variant={variant}")
+    exp = tiny("algo=scaffold" if variant == "reference" else "algo=scaffold_paper")
     ref = Reference(exp)
     P = exp.model.num_params
     N = float(ref.sizes.sum())
@@ -222,22 +228,26 @@ def test_scaffold_same_K_steps_for_every_client():
     assert len(set(sizes)) > 1
     K = 2 * math.ceil(sum(sizes) / (M * 5))  # E * ceil((N/m)/B)
     captured = {}
-    original = exp.algorithm.client_update
+    original = type(exp.algorithm).client_update
 
-    def spy(theta, client_thetas, server, store, info):
-        captured["steps"] = info.steps.clone()
-        return original(theta, client_thetas, server, store, info)
+    def spy(self, rnd, server, thetas):
+        captured["steps"] = rnd.steps.clone()
+        return original(self, rnd, server, thetas)
 
-    exp.algorithm.client_update = spy
-    run_round(exp, 1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(exp.algorithm), "client_update", spy)
+        run_round(exp, 1)
     assert captured["steps"].tolist() == [K] * M
     own_epochs = [2 * math.ceil(n / 5) for n in sizes]
     assert own_epochs != [K] * M, "the fixed K differs from E passes over some client's own data"
 
 
-def test_fedadam_two_rounds():
+@pytest.mark.parametrize("algo", ["fedadam", "fedyogi", "fedadagrad"])
+def test_fedopt_two_rounds(algo):
+    """Reddi et al. 2021, Algorithm 2: the three second-moment rules, m and the step shared."""
     lr_s, b1, b2, tau = 0.05, 0.8, 0.95, 0.01
-    exp = tiny("algo=fedadam", f"algo.server_lr={lr_s}", f"algo.beta1={b1}", f"algo.beta2={b2}", f"algo.tau={tau}")
+    beta2 = [] if algo == "fedadagrad" else [f"algo.beta2={b2}"]
+    exp = tiny(f"algo={algo}", f"algo.server_lr={lr_s}", f"algo.beta1={b1}", *beta2, f"algo.tau={tau}")
     ref = Reference(exp)
     P = exp.model.num_params
     m_t, v_t = torch.zeros(P), torch.full((P,), tau**2)
@@ -245,7 +255,12 @@ def test_fedadam_two_rounds():
         active = ref.active(r)
         delta = torch.stack([ref.train(k, r) - ref.theta for k in active]).mean(0)
         m_t = b1 * m_t + (1 - b1) * delta
-        v_t = b2 * v_t + (1 - b2) * delta**2
+        if algo == "fedadam":
+            v_t = b2 * v_t + (1 - b2) * delta**2
+        elif algo == "fedyogi":
+            v_t = v_t - (1 - b2) * delta**2 * torch.sign(v_t - delta**2)
+        else:
+            v_t = v_t + delta**2
         ref.theta = ref.theta + lr_s * m_t / (v_t.sqrt() + tau)
         run_round(exp, r)
         close(exp.theta, ref.theta)
@@ -258,22 +273,22 @@ def test_fedadam_two_rounds():
 
 @pytest.mark.parametrize("algo,table", [("feddyn", "s"), ("feddyn_paper", "g"), ("scaffold", "c")])
 def test_inactive_state_untouched_and_rows_land_at_client_ids(algo, table):
-    overrides = ["algo=feddyn", "algo.variant=paper"] if algo == "feddyn_paper" else [f"algo={algo}"]
-    exp = tiny(*overrides)
+    exp = tiny(f"algo={algo}")
     run_round(exp, 1)
     before = exp.store.tables[table].clone()
     assert before.abs().sum() > 0
     active = SAMPLERS["bernoulli"](M, 0.6, SEED, 2)
     captured = {}
-    original = exp.algorithm.client_update
+    original = type(exp.algorithm).client_update
 
-    def spy(theta, client_thetas, server, store, info):
-        out = original(theta, client_thetas, server, store, info)
+    def spy(self, rnd, server, thetas):
+        out = original(self, rnd, server, thetas)
         captured["rows"] = out[table].clone()
         return out
 
-    exp.algorithm.client_update = spy
-    run_round(exp, 2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(exp.algorithm), "client_update", spy)
+        run_round(exp, 2)
     after = exp.store.tables[table]
     inactive = [k for k in range(M) if k not in active.tolist()]
     assert inactive and active.tolist() != list(range(len(active)))
@@ -291,10 +306,10 @@ def test_client_update_reads_rows_by_client_id():
     exp.store.tables["s"].copy_(torch.arange(M, dtype=torch.float32)[:, None].expand(M, P))
     clients = torch.tensor([1, 3])
     thetas = exp.theta[None].repeat(2, 1) + 0.5
-    info = RoundInfo(1, 0.1, clients, torch.tensor([3, 3]))
-    rows = exp.algorithm.client_update(exp.theta, thetas, exp.server, exp.store, info)["s"]
+    rnd = round_of(exp, clients, steps=torch.tensor([3, 3]))
+    rows = exp.algorithm.client_update(rnd, exp.server, thetas)["s"]
     torch.testing.assert_close(rows, torch.tensor([[1.5], [3.5]]).expand(2, P))
-    obj = exp.algorithm.local_objective(exp.theta, exp.server, exp.store, info)
+    obj = exp.algorithm.local_objective(rnd, exp.server)
     alpha_k = 0.01 * exp.ctx.client_sizes.sum().item() / (M * exp.ctx.client_sizes[clients].float())
     expected = alpha_k[:, None] * (torch.tensor([[1.0], [3.0]]) - exp.theta[None])
     torch.testing.assert_close(obj.linear, expected.float())
@@ -306,19 +321,18 @@ def test_client_update_reads_rows_by_client_id():
 
 @pytest.mark.parametrize("algo", ["feddyn", "feddyn_paper", "fedprox", "scaffold"])
 def test_regulariser_has_the_analytic_nonzero_gradient(algo):
-    overrides = ["algo=feddyn", "algo.variant=paper"] if algo == "feddyn_paper" else [f"algo={algo}"]
-    exp = tiny(*overrides, "algo.alpha=0.3" if algo.startswith("feddyn") else "participation=0.6")
+    exp = tiny(f"algo={algo}", "algo.alpha=0.3" if algo.startswith("feddyn") else "participation=0.6")
     run_round(exp, 1)  # non-zero client and server state
     clients = torch.arange(M)
-    info = RoundInfo(2, 0.1, clients, torch.empty(0, dtype=torch.long))
-    obj = exp.algorithm.local_objective(exp.theta, exp.server, exp.store, info)
+    obj = exp.algorithm.local_objective(round_of(exp, clients, index=2), exp.server)
     w = (exp.theta[None] + 0.1 * torch.randn(M, exp.model.num_params)).requires_grad_(True)
     (grad,) = torch.autograd.grad(obj.extra_loss(w), w)
     w, theta, store = w.detach(), exp.theta, exp.store.tables
+    torch.testing.assert_close(obj.extra_grad(w), grad, rtol=1e-5, atol=1e-7)  # the engines' formula
     if algo == "feddyn":
-        a_k = exp.algorithm.alpha_k[:, None]
-        expected = a_k * (store["s"] - theta)  # the quadratic a_k w comes as weight decay
-        torch.testing.assert_close(obj.decay, exp.algorithm.alpha_k)
+        a_k = 0.3 / exp.ctx.weights
+        expected = a_k[:, None] * (store["s"] - theta)  # the quadratic a_k w comes as weight decay
+        torch.testing.assert_close(obj.decay, a_k)
     elif algo == "feddyn_paper":
         expected = -store["g"] + 0.3 * (w - theta)
     elif algo == "fedprox":
@@ -343,13 +357,13 @@ def test_fedprox_mu0_is_fedavg_exactly():
 
 
 def test_fedadam_with_sgd_lr1_is_unweighted_fedavg():
-    exp = tiny("algo=fedadam", "algo.server_opt=sgd", "algo.server_lr=1.0")
+    exp = tiny("algo=fedopt_sgd")
+    assert exp.algorithm.server_lr == 1.0
     thetas = torch.randn(3, exp.model.num_params)
-    info = RoundInfo(1, 0.1, torch.tensor([0, 2, 3]), torch.tensor([4, 4, 4]))
-    new, _ = exp.algorithm.server_update(exp.theta, thetas, {}, exp.server, exp.store, info)
+    new, _ = exp.algorithm.server_update(round_of(exp, torch.tensor([0, 2, 3])), exp.server, thetas, {})
     assert torch.equal(new, thetas.mean(0))
     # end to end on equal client sizes, where FedAvg's n_k-weighted mean is the unweighted one
-    a, b = tiny("algo=fedadam", "algo.server_opt=sgd", "algo.server_lr=1.0", "data.sigma=0"), tiny("algo=fedavg", "data.sigma=0")
+    a, b = tiny("algo=fedopt_sgd", "data.sigma=0"), tiny("algo=fedavg", "data.sigma=0")
     fedrun_rounds(a, 3)
     fedrun_rounds(b, 3)
     torch.testing.assert_close(a.theta, b.theta, rtol=1e-6, atol=1e-7)
@@ -370,7 +384,7 @@ def test_scaffold_server_c_is_weighted_mean_of_client_c(participation):
     torch.testing.assert_close(exp.server["c"], (w[:, None] * c_k).sum(0) / M, rtol=1e-5, atol=1e-6)
     n = exp.ctx.client_sizes.float()
     torch.testing.assert_close(exp.server["c"], (n[:, None] * c_k).sum(0) / n.sum(), rtol=1e-5, atol=1e-6)
-    paper = tiny("algo=scaffold", "algo.variant=paper", f"participation={participation}", "data.sigma=1.0")
+    paper = tiny("algo=scaffold_paper", f"participation={participation}", "data.sigma=1.0")
     fedrun_rounds(paper, 3)
     torch.testing.assert_close(paper.server["c"], paper.store.tables["c"].mean(0), rtol=1e-5, atol=1e-6)
 
@@ -378,9 +392,9 @@ def test_scaffold_server_c_is_weighted_mean_of_client_c(participation):
 def test_scaffold_server_lr():
     exp = tiny("algo=scaffold", "algo.server_lr=0.5")
     thetas = torch.randn(2, exp.model.num_params)
-    info = RoundInfo(1, 0.1, torch.tensor([1, 2]), torch.tensor([4, 4]))
-    rows = exp.algorithm.client_update(exp.theta, thetas, exp.server, exp.store, info)
-    new, _ = exp.algorithm.server_update(exp.theta, thetas, rows, exp.server, exp.store, info)
+    rnd = round_of(exp, torch.tensor([1, 2]), steps=torch.tensor([4, 4]))
+    rows = exp.algorithm.client_update(rnd, exp.server, thetas)
+    new, _ = exp.algorithm.server_update(rnd, exp.server, thetas, rows)
     close(new, exp.theta + 0.5 * (thetas.mean(0) - exp.theta))
 
 
@@ -428,7 +442,7 @@ def test_evaluation_columns_switch_off():
     cols = metric_columns(cfg)
     assert "test_acc" in cols and not any(c.endswith(("_active", "_all")) for c in cols)
     exp = build(cfg)
-    assert "_latest_delta" not in exp.store and "_initial_model" not in exp.server
+    assert "_latest_delta" not in exp.store and exp.all_models is None
 
 
 @pytest.mark.parametrize("algo,factor", [("fedavg", 1), ("feddyn", 1), ("fedprox", 1), ("fedadam", 1), ("scaffold", 2)])
@@ -455,14 +469,16 @@ def test_communication_accounting(tmp_path, algo, factor):
     [
         (["algo=feddyn", "algo.alpha=0"], "algo.alpha"),
         (["algo=feddyn", "algo.alpha=-1"], "algo.alpha"),
-        (["algo=feddyn", "algo.variant=papr"], "algo.variant"),
+        (["algo=feddyn_paper", "algo.alpha=-1"], "algo.alpha"),
         (["algo=fedprox", "algo.mu=-0.1"], "algo.mu"),
         (["algo=scaffold", "algo.server_lr=0"], "algo.server_lr"),
-        (["algo=scaffold", "algo.variant=ref"], "algo.variant"),
+        (["algo=scaffold_paper", "algo.server_lr=-1"], "algo.server_lr"),
         (["algo=fedadam", "algo.beta1=1.0"], "algo.beta1"),
         (["algo=fedadam", "algo.beta2=-0.1"], "algo.beta2"),
         (["algo=fedadam", "algo.tau=0"], "algo.tau"),
-        (["algo=fedadam", "algo.server_opt=adagrad"], "algo.server_opt"),
+        (["algo=fedyogi", "algo.beta2=1.0"], "algo.beta2"),
+        (["algo=fedadagrad", "algo.tau=-1"], "algo.tau"),
+        (["algo=fedopt_sgd", "algo.server_lr=0"], "algo.server_lr"),
     ],
 )
 def test_bad_hyperparameters_name_the_key(overrides, needle):
@@ -474,4 +490,26 @@ def test_feddyn_is_the_default_algo():
     from fedrun.algorithms.feddyn import FedDyn
 
     exp = build(compose_config(*TINY))
-    assert isinstance(exp.algorithm, FedDyn) and exp.algorithm.variant == "reference" and exp.algorithm.alpha == 0.01
+    assert type(exp.algorithm) is FedDyn and exp.algorithm.alpha == 0.01
+
+
+# ---------------------------------------------------------------- the interface's invariants
+
+
+def test_algorithms_are_pure_and_frozen():
+    """No algorithm module reads the state store; every algo option's hyperparameters are frozen."""
+    import dataclasses
+    from pathlib import Path
+
+    import fedrun.algorithms as package
+    from fedrun.config import CONF_DIR
+
+    for path in Path(package.__file__).parent.glob("*.py"):
+        source = path.read_text()
+        assert "fedrun.state" not in source and "ClientStateStore" not in source, path.name
+    for option in sorted(p.stem for p in (CONF_DIR / "algo").glob("*.yaml")):
+        algo = tiny(f"algo={option}").algorithm
+        field = next(iter(dataclasses.fields(algo)), None)
+        if field is not None:
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(algo, field.name, getattr(algo, field.name))

@@ -88,7 +88,7 @@ COMPOSE_ERRORS = [
     (["resume=true"], ["resume=true found no checkpoint or finished run of this config"]),
     (["~lr"], ["lr was removed from the config (~lr)"]),
     (["lr=null"], ["lr cannot be null"]),
-    (["algo=null"], ["algo=null is not an option: use one of fedadam, fedavg"]),
+    (["algo=null"], ["algo=null is not an option: use one of fedadagrad, fedadam, fedavg"]),
     (["rounds=abc", "rounds=3"], ["rounds=abc has the wrong type"]),
     (["data.foo.bar=1"], ["data.foo is not a key of data=synthetic: data=synthetic has keys: alpha, beta, dim"]),
     (["hydra.run.dirr=x"], ["hydra.run.dirr is not a key of hydra.run: did you mean hydra.run.dir?"]),
@@ -468,7 +468,7 @@ def test_format1_checkpoint_with_latest_models_resumes_identically(tmp_path, mon
     monkeypatch.setattr(checkpoint, "after_round", original)
     path = tmp_path / "old" / checkpoint.CHECKPOINT
     ckpt = torch.load(path, weights_only=False)
-    initial = ckpt["server"].pop("_initial_model")
+    initial = ckpt.pop("all_models")["initial"]  # format 1: no initial model, the mean in the server dict
     latest = ckpt["store"].pop("_latest_delta") + initial
     assert not torch.equal(latest, initial.expand_as(latest))  # some clients trained: the conversion matters
     ckpt["store"]["_latest_model"], ckpt["format"] = latest, 1

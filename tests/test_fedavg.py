@@ -38,10 +38,10 @@ def test_weighted_mean_uses_client_sizes():
     cfg = compose_config("algo=fedavg", "num_clients=3", "participation=1.0", "data.sigma=1.0", "data.mean_samples=30")
     exp = build(cfg)
     thetas = torch.stack([torch.full((exp.model.num_params,), float(k)) for k in range(3)])
-    from fedrun.algorithms.base import RoundInfo
+    from fedrun.rounds import open_round
 
-    info = RoundInfo(1, 0.1, torch.arange(3), torch.ones(3, dtype=torch.long))
-    new_theta, _ = exp.algorithm.server_update(exp.theta, thetas, {}, exp.server, exp.store, info)
+    rnd = open_round(exp.algorithm, exp.ctx, exp.const, exp.store, 1, 0.1, 0.1, exp.theta, torch.arange(3))
+    new_theta, _ = exp.algorithm.server_update(rnd, exp.server, thetas, {})
     n = torch.tensor([len(p) for p in exp.partition], dtype=torch.float64)
     assert torch.allclose(new_theta.double(), torch.full_like(new_theta.double(), float((n * torch.arange(3)).sum() / n.sum())))
 

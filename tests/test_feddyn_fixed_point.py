@@ -2,10 +2,11 @@
 
 Four clients with different local optima (different true weights, feature means and scales),
 full participation, K full-batch gradient steps per round. A small engine-like loop below honours
-the :class:`~fedrun.algorithms.base.LocalObjective` contract (the gradient of ``extra_loss``, checked
-against autograd in :func:`test_extra_gradient_matches_autograd`, plus the algorithm's ``decay``) on the loss
-L_k(w) = ||X_k w - y_k||² / (2 n_k), and drives the algorithms through their real methods and a
-real :class:`~fedrun.state.ClientStateStore`.
+the :class:`~fedrun.algorithms.base.LocalObjective` contract (its ``extra_grad``, checked against
+autograd of ``extra_loss`` in :func:`test_extra_gradient_matches_autograd`, plus the algorithm's ``decay``)
+on the loss L_k(w) = ||X_k w - y_k||² / (2 n_k), and drives the algorithms through their real methods,
+with rounds opened and rows written by the runner's own :mod:`fedrun.rounds` on a real
+:class:`~fedrun.state.ClientStateStore`.
 
 Why the tolerance can be tight: at a FedDyn fixed point θ_k = θ and h = 0 (PAPER.md, Algorithm),
 every client's local objective is stationary at θ, i.e. ∇L_k(θ) = g_k, and Σ_k g_k = m·h = 0, so θ
@@ -21,13 +22,12 @@ FedAvg with the same K steps has a different fixed point whenever the clients' H
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
-from fedrun.algorithms.base import Algorithm, FedContext, LocalObjective, RoundInfo
+from fedrun.algorithms.base import Algorithm, FedContext, LocalObjective
 from fedrun.algorithms.fedavg import FedAvg
-from fedrun.algorithms.feddyn import FedDyn
+from fedrun.algorithms.feddyn import FedDyn, FedDynPaper
+from fedrun.rounds import add_tables, open_round, write_rows
 from fedrun.state import ClientStateStore
 
 D = 5
@@ -55,15 +55,10 @@ def solve(xs, ys, weights) -> torch.Tensor:
 
 def extra_gradient(own: LocalObjective, w: torch.Tensor) -> torch.Tensor:
     """Gradient of one client's extra terms at w [P], plus the algorithm's weight decay, as the
-    engines apply them (checked against autograd of ``extra_loss`` in the last test)."""
-    out = torch.zeros_like(w)
-    if own.linear is not None:
-        out += own.linear[0]
-    if own.prox is not None:
-        anchor = own.anchor if own.anchor.dim() == 1 else own.anchor[0]
-        out += own.prox[0] * (w - anchor)
+    engines apply them (``extra_grad`` is checked against autograd of ``extra_loss`` in the last test)."""
+    out = own.extra_grad(w[None])[0]
     if own.decay is not None:
-        out += own.decay[0] * w
+        out = out + own.decay[0] * w
     return out
 
 
@@ -72,13 +67,15 @@ def federated_least_squares(algo: Algorithm, xs, ys, rounds: int, local_steps: i
     ctx = FedContext(M, D, sizes, batch_size=int(sizes.max()), local_epochs=1, device=torch.device("cpu"))
     store = ClientStateStore(M, D, torch.device("cpu"))
     theta = torch.zeros(D)
-    server = algo.setup(ctx, theta, store)
+    const = algo.setup(ctx)
+    add_tables(algo, store)
+    server = algo.initial_server(theta, const)
     clients = torch.arange(M)
     hessians = [x.T @ x / len(x) for x in xs]  # ∇L_k(w) = H_k w - b_k
     moments = [x.T @ y / len(x) for x, y in zip(xs, ys)]
     for r in range(1, rounds + 1):
-        info = RoundInfo(r, lr, clients, torch.empty(0, dtype=torch.long))
-        objective = algo.local_objective(theta, server, store, info)
+        rnd = open_round(algo, ctx, const, store, r, lr, lr, theta, clients)
+        objective = algo.local_objective(rnd, server)
         thetas = []
         for a in range(M):
             own = objective.rows(slice(a, a + 1))
@@ -88,11 +85,10 @@ def federated_least_squares(algo: Algorithm, xs, ys, rounds: int, local_steps: i
                 w = w - lr * grad
             thetas.append(w)
         thetas = torch.stack(thetas)
-        info = replace(info, steps=torch.full((M,), local_steps))
-        new_states = algo.client_update(theta, thetas, server, store, info)
-        theta, server = algo.server_update(theta, thetas, new_states, server, store, info)
-        for name, rows in new_states.items():
-            store.set(name, clients, rows)
+        rnd = rnd.finished(clients, torch.full((M,), local_steps), {})
+        new_rows = algo.client_update(rnd, server, thetas)
+        theta, server = algo.server_update(rnd, server, thetas, new_rows)
+        write_rows(store, rnd, new_rows)
     return theta
 
 
@@ -111,7 +107,7 @@ def test_feddyn_reaches_the_global_least_squares_solution_and_fedavg_does_not():
     alpha, K = 0.5, 20
     lr = step_size(xs, alpha)
     errors = {}
-    for name, algo in (("reference", FedDyn(alpha=alpha)), ("paper", FedDyn(alpha=alpha, variant="paper"))):
+    for name, algo in (("reference", FedDyn(alpha=alpha)), ("paper", FedDynPaper(alpha=alpha))):
         errors[name] = rel_error(federated_least_squares(algo, xs, ys, rounds=200, local_steps=K, lr=lr), target)
     fedavg = rel_error(federated_least_squares(FedAvg(), xs, ys, rounds=200, local_steps=K, lr=lr), target)
     assert errors["reference"] < 1e-5, f"FedDyn (reference form) relative error {errors['reference']:.2e}"
@@ -131,7 +127,7 @@ def test_reference_form_weights_clients_by_size_on_unbalanced_data():
     alpha, K = 0.5, 20
     lr = step_size(xs, alpha * sum(sizes) / (M * min(sizes)))  # the largest alpha_k = alpha / min_k w_k
     reference = federated_least_squares(FedDyn(alpha=alpha), xs, ys, rounds=300, local_steps=K, lr=lr)
-    paper = federated_least_squares(FedDyn(alpha=alpha, variant="paper"), xs, ys, rounds=300, local_steps=K, lr=lr)
+    paper = federated_least_squares(FedDynPaper(alpha=alpha), xs, ys, rounds=300, local_steps=K, lr=lr)
     assert rel_error(reference, pooled) < 1e-5, f"reference form: {rel_error(reference, pooled):.2e} from the pooled optimum"
     assert rel_error(paper, per_client) < 1e-5, f"paper form: {rel_error(paper, per_client):.2e} from the per-client optimum"
 
@@ -139,15 +135,17 @@ def test_reference_form_weights_clients_by_size_on_unbalanced_data():
 def test_extra_gradient_matches_autograd():
     """The loop's analytic extra-term gradient is the autograd gradient of ``extra_loss`` + decay."""
     xs, ys = make_problem([30] * M)
-    for algo in (FedDyn(alpha=0.5), FedDyn(alpha=0.5, variant="paper")):
+    for algo in (FedDyn(alpha=0.5), FedDynPaper(alpha=0.5)):
         sizes = torch.tensor([30] * M)
         ctx = FedContext(M, D, sizes, batch_size=30, local_epochs=1, device=torch.device("cpu"))
         store = ClientStateStore(M, D, torch.device("cpu"))
         theta = torch.randn(D)
-        server = algo.setup(ctx, theta, store)
+        const = algo.setup(ctx)
+        add_tables(algo, store)
+        server = algo.initial_server(theta, const)
         store.tables[algo.table].normal_()
-        info = RoundInfo(1, 0.1, torch.arange(M), torch.empty(0, dtype=torch.long))
-        objective = algo.local_objective(theta, server, store, info)
+        rnd = open_round(algo, ctx, const, store, 1, 0.1, 0.1, theta, torch.arange(M))
+        objective = algo.local_objective(rnd, server)
         for a in range(M):
             own = objective.rows(slice(a, a + 1))
             w = torch.randn(1, D, requires_grad=True)

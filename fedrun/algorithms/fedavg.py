@@ -11,21 +11,14 @@ from typing import ClassVar
 
 import torch
 
-from fedrun.algorithms.base import Algorithm, RoundInfo, ServerState
-from fedrun.state import ClientStateStore
+from fedrun.algorithms.base import Algorithm, Round, ServerState
 
 
-@dataclass
+@dataclass(frozen=True)
 class FedAvg(Algorithm):
     weighted: ClassVar[bool] = True
 
     def server_update(
-        self,
-        theta: torch.Tensor,
-        client_thetas: torch.Tensor,
-        new_states: dict[str, torch.Tensor],
-        server: ServerState,
-        store: ClientStateStore,
-        info: RoundInfo,
+        self, rnd: Round, server: ServerState, thetas: torch.Tensor, new_rows: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, ServerState]:
-        return self.average(client_thetas, info.clients), server
+        return self.average(thetas, rnd.sizes), server

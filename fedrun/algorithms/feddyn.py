@@ -2,7 +2,7 @@
 
 Two forms of the same method (PAPER.md, "Algorithm" and "How the reference code realises it"):
 
-``variant="reference"`` (default) - the authors' code (github alpemreacar/FedDyn):
+:class:`FedDyn` (``algo=feddyn``) - the authors' code (github alpemreacar/FedDyn):
 
 * per-client α_k = α / w_k with w_k = n_k·m/N (equal to α on balanced data);
 * client state s_k = −g_k/α_k (table ``"s"``, zeros at start);
@@ -15,98 +15,81 @@ Two forms of the same method (PAPER.md, "Algorithm" and "How the reference code 
   h update h ← h − (α/m)·Σ_{k∈P_t}(θ_k^t − θ^{t−1}) written for s = −h/α (a sum of differences,
   divided by all m clients).
 
-``variant="paper"`` - Algorithm 1 as printed, one α for every client:
+:class:`FedDynPaper` (``algo=feddyn_paper``) - Algorithm 1 as printed, one α for every client:
 
 * client state g_k (table ``"g"``), local loss CE − ⟨g_k, w⟩ + (α/2)‖w − θ^{t−1}‖², the quadratic
   inside the loss (so it is clipped with the rest);
 * g_k ← g_k − α(θ_k^t − θ^{t−1});
 * h ← h − (α/m)·Σ_{k∈P_t}(θ_k^t − θ^{t−1});  θ^t = mean_{k∈P_t} θ_k^t − h/α.
-
-Inactive clients' state is never touched; state rows are read and written by client id.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from fedrun.algorithms.base import Algorithm, FedContext, LocalObjective, RoundInfo, ServerState
+from fedrun.algorithms.base import Algorithm, LocalObjective, Round, ServerState
 from fedrun.errors import FedrunError
-from fedrun.state import ClientStateStore
-
-VARIANTS = ("reference", "paper")
 
 
-@dataclass
-class FedDyn(Algorithm):
+@dataclass(frozen=True)
+class _FedDynBase(Algorithm):
     alpha: float = 0.01
-    variant: str = "reference"
-
-    client_states: ClassVar[tuple[str, ...]] = ("s",)  # the paper variant uses ("g",), set per instance
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.alpha) and self.alpha > 0):
             raise FedrunError(f"algo.alpha={self.alpha} is not a positive number: use a FedDyn alpha > 0 (e.g. algo.alpha=0.01).")
-        if self.variant not in VARIANTS:
-            raise FedrunError(f"algo.variant={self.variant!r} is unknown: use algo.variant=reference or algo.variant=paper.")
-        # One [m, P] table either way: s_k = -g_k/alpha_k (reference) or g_k itself (paper).
-        self.client_states = ("s",) if self.variant == "reference" else ("g",)
 
     @property
     def table(self) -> str:
         return self.client_states[0]
 
-    def setup(self, ctx: FedContext, theta: torch.Tensor, store: ClientStateStore) -> ServerState:
-        super().setup(ctx, theta, store)
-        if self.variant == "reference":
-            self.alpha_k = (self.alpha / ctx.weights).to(theta.device)  # [m]
-            return {"s_mean": torch.zeros_like(theta)}
+
+@dataclass(frozen=True)
+class FedDyn(_FedDynBase):
+    """The reference code's form: state s_k, α_k = α / w_k, the quadratic as weight decay."""
+
+    client_states: ClassVar[tuple[str, ...]] = ("s",)
+
+    def initial_server(self, theta: torch.Tensor, const: Any) -> ServerState:
+        return {"s_mean": torch.zeros_like(theta)}
+
+    def alpha_k(self, rnd: Round) -> torch.Tensor:
+        return self.alpha / rnd.weights
+
+    def local_objective(self, rnd: Round, server: ServerState) -> LocalObjective:
+        alpha_k = self.alpha_k(rnd)
+        return LocalObjective(linear=alpha_k[:, None] * (rnd.rows["s"] - rnd.theta[None, :]), decay=alpha_k)
+
+    def client_update(self, rnd: Round, server: ServerState, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"s": rnd.rows["s"] + (thetas - rnd.theta[None, :])}
+
+    def server_update(self, rnd, server, thetas, new_rows):
+        s_mean = server["s_mean"] + (new_rows["s"] - rnd.rows["s"]).sum(0) / rnd.ctx.num_clients
+        return thetas.mean(0) + s_mean, {**server, "s_mean": s_mean}
+
+
+@dataclass(frozen=True)
+class FedDynPaper(_FedDynBase):
+    """Algorithm 1 as printed: state g_k, one α, the quadratic inside the (clipped) loss."""
+
+    client_states: ClassVar[tuple[str, ...]] = ("g",)
+
+    def initial_server(self, theta: torch.Tensor, const: Any) -> ServerState:
         return {"h": torch.zeros_like(theta)}
 
-    def local_objective(
-        self, theta: torch.Tensor, server: ServerState, store: ClientStateStore, info: RoundInfo
-    ) -> LocalObjective:
-        state = store.get(self.table, info.clients)
-        count = len(info.clients)
-        if self.variant == "reference":
-            alpha_k = self.alpha_k[info.clients]
-            return LocalObjective(linear=alpha_k[:, None] * (state - theta[None, :]), decay=alpha_k)
-        prox = torch.full((count,), self.alpha, device=theta.device, dtype=theta.dtype)
-        return LocalObjective(linear=-state, prox=prox, anchor=theta)
+    def local_objective(self, rnd: Round, server: ServerState) -> LocalObjective:
+        theta = rnd.theta
+        prox = torch.full((len(rnd.clients),), self.alpha, device=theta.device, dtype=theta.dtype)
+        return LocalObjective(linear=-rnd.rows["g"], prox=prox, anchor=theta)
 
-    def client_update(
-        self,
-        theta: torch.Tensor,
-        client_thetas: torch.Tensor,
-        server: ServerState,
-        store: ClientStateStore,
-        info: RoundInfo,
-    ) -> dict[str, torch.Tensor]:
-        state = store.get(self.table, info.clients)
-        step = client_thetas - theta[None, :]
-        if self.variant == "reference":
-            return {"s": state + step}
-        return {"g": state - self.alpha * step}
+    def client_update(self, rnd: Round, server: ServerState, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"g": rnd.rows["g"] - self.alpha * (thetas - rnd.theta[None, :])}
 
-    def server_update(
-        self,
-        theta: torch.Tensor,
-        client_thetas: torch.Tensor,
-        new_states: dict[str, torch.Tensor],
-        server: ServerState,
-        store: ClientStateStore,
-        info: RoundInfo,
-    ) -> tuple[torch.Tensor, ServerState]:
-        m = self.ctx.num_clients
-        server = dict(server)
-        mean_active = client_thetas.mean(0)
-        if self.variant == "reference":
-            old = store.get("s", info.clients)
-            server["s_mean"] = server["s_mean"] + (new_states["s"] - old).sum(0) / m
-            return mean_active + server["s_mean"], server
+    def server_update(self, rnd, server, thetas, new_rows):
         # Sum of DIFFERENCES theta_k - theta over the active clients, divided by ALL m clients.
-        server["h"] = server["h"] - (self.alpha / m) * (client_thetas - theta[None, :]).sum(0)
-        return mean_active - server["h"] / self.alpha, server
+        h = server["h"] - (self.alpha / rnd.ctx.num_clients) * (thetas - rnd.theta[None, :]).sum(0)
+        return thetas.mean(0) - h / self.alpha, {**server, "h": h}

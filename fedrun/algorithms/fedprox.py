@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from fedrun.algorithms.base import LocalObjective, RoundInfo, ServerState
+from fedrun.algorithms.base import LocalObjective, Round, ServerState
 from fedrun.algorithms.fedavg import FedAvg
 from fedrun.errors import FedrunError
-from fedrun.state import ClientStateStore
 
 
-@dataclass
+@dataclass(frozen=True)
 class FedProx(FedAvg):
     """FedAvg's server (n_k-weighted mean) with the proximal local objective."""
 
@@ -32,8 +31,7 @@ class FedProx(FedAvg):
         if not (math.isfinite(self.mu) and self.mu >= 0):
             raise FedrunError(f"algo.mu={self.mu} is not a number >= 0: use a FedProx proximal weight mu >= 0 (e.g. algo.mu=0.0001).")
 
-    def local_objective(
-        self, theta: torch.Tensor, server: ServerState, store: ClientStateStore, info: RoundInfo
-    ) -> LocalObjective:
-        prox = torch.full((len(info.clients),), self.mu, device=theta.device, dtype=theta.dtype)
+    def local_objective(self, rnd: Round, server: ServerState) -> LocalObjective:
+        theta = rnd.theta
+        prox = torch.full((len(rnd.clients),), self.mu, device=theta.device, dtype=theta.dtype)
         return LocalObjective(prox=prox, anchor=theta)

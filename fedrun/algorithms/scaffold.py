@@ -8,14 +8,14 @@ linear term of its loss (inside the clip). Then option II (line 12) gives c_k⁺
 (lines 16-17) sets θ^t = θ^{t−1} + η_g·(mean_{k∈P_t} θ_k^t − θ^{t−1}) (unweighted; η_g = ``server_lr``)
 and adds the clients' changes of c_k to c, divided by ALL m clients.
 
-``variant="reference"`` (default) - the FedDyn authors' code (PAPER.md, "Baselines"), w_k = n_k·m/N:
+``algo=scaffold`` (:class:`Scaffold`) - the FedDyn authors' code (PAPER.md, "Baselines"), w_k = n_k·m/N:
 
 * correction ⟨w, c/w_k − c_k⟩;
 * c_k⁺ = c_k − c + (θ^{t−1} − θ_k^t)/(K·lr) with lr the CONFIGURED learning rate (the reference code
   divides by it even when the local steps used lr·decay^(t−1); identical when ``lr_decay=1``);
 * c ← c + Σ_{k∈P_t} w_k (c_k⁺ − c_k) / m, so c stays the n_k-weighted mean of every client's c_k.
 
-``variant="paper"`` - Algorithm 1 as printed:
+``algo=scaffold_paper`` (:class:`ScaffoldPaper`) - Algorithm 1 as printed:
 
 * correction ⟨w, c − c_k⟩;
 * c_k⁺ = c_k − c + (θ^{t−1} − θ_k^t)/(K·η_l), η_l this round's learning rate;
@@ -29,21 +29,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from fedrun.algorithms.base import Algorithm, FedContext, LocalObjective, RoundInfo, ServerState
+from fedrun.algorithms.base import Algorithm, FedContext, LocalObjective, Round, ServerState
 from fedrun.errors import FedrunError
-from fedrun.state import ClientStateStore
-
-VARIANTS = ("reference", "paper")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Scaffold(Algorithm):
+    """The reference code's form: c scaled by w_k, the c_k update divides by the configured lr."""
+
     server_lr: float = 1.0
-    variant: str = "reference"
 
     client_states: ClassVar[tuple[str, ...]] = ("c",)
     uplink: ClassVar[int] = 2
@@ -52,54 +50,45 @@ class Scaffold(Algorithm):
     def __post_init__(self) -> None:
         if not (math.isfinite(self.server_lr) and self.server_lr > 0):
             raise FedrunError(f"algo.server_lr={self.server_lr} is not a positive number: use a global learning rate > 0 (1 = the reference code).")
-        if self.variant not in VARIANTS:
-            raise FedrunError(f"algo.variant={self.variant!r} is unknown: use algo.variant=reference or algo.variant=paper.")
 
-    def setup(self, ctx: FedContext, theta: torch.Tensor, store: ClientStateStore) -> ServerState:
-        super().setup(ctx, theta, store)
+    def setup(self, ctx: FedContext) -> int:
+        """K = E * ceil((N/m)/B), the local steps of every client, in integer arithmetic: ceil(N / (m*B))."""
         total = int(ctx.client_sizes.sum())
-        # K = E * ceil((N/m)/B), in integer arithmetic: ceil(N / (m*B)).
-        self.local_steps = ctx.local_epochs * (-(-total // (ctx.num_clients * ctx.batch_size)))
-        # Per-client weight of c: w_k = n_k m / N (reference code), or 1 (the paper).
-        weights = ctx.weights if self.variant == "reference" else torch.ones(ctx.num_clients)
-        self.weights = weights.to(theta.device, theta.dtype)
+        return ctx.local_epochs * (-(-total // (ctx.num_clients * ctx.batch_size)))
+
+    def initial_server(self, theta: torch.Tensor, const: Any) -> ServerState:
         return {"c": torch.zeros_like(theta)}
 
-    def local_objective(
-        self, theta: torch.Tensor, server: ServerState, store: ClientStateStore, info: RoundInfo
-    ) -> LocalObjective:
-        c_k = store.get("c", info.clients)
-        w_k = self.weights[info.clients]
-        steps = torch.full((len(info.clients),), self.local_steps, dtype=torch.long, device=theta.device)
-        return LocalObjective(linear=server["c"][None, :] / w_k[:, None] - c_k, steps=steps)
+    def c_weights(self, rnd: Round) -> torch.Tensor:
+        """[A] weight of each active client's c_k in c: w_k = n_k m / N."""
+        return rnd.weights.to(rnd.theta.dtype)
 
-    def client_update(
-        self,
-        theta: torch.Tensor,
-        client_thetas: torch.Tensor,
-        server: ServerState,
-        store: ClientStateStore,
-        info: RoundInfo,
-    ) -> dict[str, torch.Tensor]:
-        lr = info.lr
-        if self.variant == "reference" and info.base_lr is not None:
-            lr = info.base_lr
-        c_k = store.get("c", info.clients)
-        k_lr = info.steps.to(client_thetas.device, client_thetas.dtype)[:, None] * lr
-        return {"c": c_k - server["c"][None, :] + (theta[None, :] - client_thetas) / k_lr}
+    def c_lr(self, rnd: Round) -> float:
+        """The learning rate the c_k update divides by: the configured one."""
+        return rnd.base_lr
 
-    def server_update(
-        self,
-        theta: torch.Tensor,
-        client_thetas: torch.Tensor,
-        new_states: dict[str, torch.Tensor],
-        server: ServerState,
-        store: ClientStateStore,
-        info: RoundInfo,
-    ) -> tuple[torch.Tensor, ServerState]:
-        old = store.get("c", info.clients)
-        w_k = self.weights[info.clients]
-        server = dict(server)
-        server["c"] = server["c"] + (w_k[:, None] * (new_states["c"] - old)).sum(0) / self.ctx.num_clients
-        new_theta = self.server_lr * client_thetas.mean(0) + (1.0 - self.server_lr) * theta
-        return new_theta, server
+    def local_objective(self, rnd: Round, server: ServerState) -> LocalObjective:
+        w_k = self.c_weights(rnd)
+        steps = torch.full((len(rnd.clients),), rnd.const, dtype=torch.long, device=rnd.theta.device)
+        return LocalObjective(linear=server["c"][None, :] / w_k[:, None] - rnd.rows["c"], steps=steps)
+
+    def client_update(self, rnd: Round, server: ServerState, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
+        k_lr = rnd.steps.to(thetas.device, thetas.dtype)[:, None] * self.c_lr(rnd)
+        return {"c": rnd.rows["c"] - server["c"][None, :] + (rnd.theta[None, :] - thetas) / k_lr}
+
+    def server_update(self, rnd, server, thetas, new_rows):
+        w_k = self.c_weights(rnd)
+        c = server["c"] + (w_k[:, None] * (new_rows["c"] - rnd.rows["c"])).sum(0) / rnd.ctx.num_clients
+        new_theta = self.server_lr * thetas.mean(0) + (1.0 - self.server_lr) * rnd.theta
+        return new_theta, {**server, "c": c}
+
+
+@dataclass(frozen=True)
+class ScaffoldPaper(Scaffold):
+    """Algorithm 1 as printed: unscaled c, the c_k update divides by this round's lr."""
+
+    def c_weights(self, rnd: Round) -> torch.Tensor:
+        return torch.ones_like(rnd.weights, dtype=rnd.theta.dtype)
+
+    def c_lr(self, rnd: Round) -> float:
+        return rnd.lr

@@ -1,6 +1,8 @@
 """The reference engine: clients one after another, one autograd step at a time.
 
-Plain and obviously correct; the vectorised engine is tested against it.
+Plain and obviously correct; the vectorised engine is tested against it. Each step's gradient is
+autograd's of the cross-entropy plus :meth:`LocalObjective.extra_grad`, or the objective's
+:class:`~fedrun.algorithms.base.LocalHook`'s when it has one.
 """
 
 from __future__ import annotations
@@ -64,13 +66,20 @@ class SequentialEngine(Engine):
                 elif data.augment is not None:
                     x = data.augment(x, g_aug)
                 done += len(local)
-                w.requires_grad_(True)
-                with hp.autocast(w.device):
-                    ce = F.cross_entropy(model(w[0], x), y)
-                (grad,) = torch.autograd.grad(ce + own.extra_loss(w), w)
+
+                def grad_fn(v: torch.Tensor, extra: bool = True, x=x, y=y) -> tuple[torch.Tensor, torch.Tensor]:
+                    v = v.detach().requires_grad_(True)
+                    with hp.autocast(v.device):
+                        ce = F.cross_entropy(model(v[0], x), y)
+                    (grad,) = torch.autograd.grad(ce, v)
+                    if extra and own.has_extra:
+                        grad = grad + own.extra_grad(v.detach())
+                    return ce.detach().reshape(1), grad
+
+                ce, grad = own.step_gradient(grad_fn, w)
                 with torch.no_grad():
                     w = sgd_step(w.detach(), grad, hp.lr, decay[a : a + 1], hp.clip_norm)
-                loss_sum += ce.detach()
+                loss_sum += ce[0]
             thetas[a] = w.detach()[0]
             losses[a] = loss_sum / max(len(schedule), 1)
             steps[a] = len(schedule)

@@ -12,9 +12,11 @@ independent, so row ``a`` of the gradient is client ``a``'s), through a hand-bat
 layer chains (batched matmuls; convolutions as one grouped convolution over all clients) or
 ``torch.func.vmap`` for the rest (:mod:`fedrun.engines.stacked`); either is checked once against the
 module's own output before it is used. Chains without convolutions (logistic regression, MLPs) skip
-autograd: their gradient is computed explicitly. The algorithm's extra terms
-(:meth:`LocalObjective.extra_loss`) are added on the live stacked parameters; clipping, weight decay
-and the update are :func:`~fedrun.engines.base.sgd_step`. Augmentation random numbers are drawn once
+autograd: their gradient is computed explicitly. The gradient of the algorithm's extra terms,
+:meth:`LocalObjective.extra_grad`, is added (as its constant part once per chunk plus ``prox * w``);
+an objective's :class:`~fedrun.algorithms.base.LocalHook` gets the step's gradient function and
+returns the gradient for all clients of the chunk at once. Clipping, weight decay and the update are
+:func:`~fedrun.engines.base.sgd_step`. Augmentation random numbers are drawn once
 per client and round (:func:`~fedrun.engines.base.round_draws`) and each step applies its slice for
 all clients in one call.
 
@@ -187,17 +189,12 @@ class VectorizedEngine(Engine):
         plan = _Plan.build(ids, partition, objective, hp, seed, round_idx, device, data.augment)
         w = theta.detach().unsqueeze(0).repeat(count, 1)
         loss_sum = torch.zeros(count, device=device)
-        extra = objective.linear is not None or objective.prox is not None
-        explicit_extra = extra and _extra_grad_ok(objective, w)  # else autograd differentiates extra_loss
-        manual = isinstance(forward, LayerChain) and forward.explicit and self.gradient == "auto" and (explicit_extra or not extra)
-        if explicit_extra:  # gradient of the extra terms = const + prox * w; const fixed for the round
-            const = _extra_grad(objective, torch.zeros_like(w))
-            prox = None if objective.prox is None else objective.prox.reshape(-1, 1).to(w.dtype)
+        manual = isinstance(forward, LayerChain) and forward.explicit and self.gradient == "auto"
+        if objective.has_extra:  # LocalObjective.extra_grad(w) = const + prox * w; const fixed for the round
+            const, prox = objective.affine_parts(w)
         # Autograd path: the parameter views of w are the leaves (w itself needs no gradient), so
         # backward writes each layer's gradient once and one cat joins them; differentiating w.r.t.
-        # w would zero-fill and add a full [A, P] tensor per layer (slice_backward). Only extra terms
-        # whose gradient is not known explicitly need autograd through w.
-        leaves = explicit_extra or not extra
+        # w would zero-fill and add a full [A, P] tensor per layer (slice_backward).
         for s in range(plan.num_steps):
             rows = plan.rows[:, s]
             x, y = data.x_train[rows], data.y_train[rows]
@@ -207,61 +204,41 @@ class VectorizedEngine(Engine):
                 ).view_as(x)
             elif data.augment is not None:
                 x = _augment(data, x, plan.counts_cpu[:, s].tolist(), plan.aug_generators)
-            if manual:  # explicit backward, no autograd graph
-                with torch.no_grad():
-                    with hp.autocast(w.device):
-                        client_ce, grad = forward.ce_grad(model, w, x, y, plan.weights[:, s])
-                    client_ce, grad = client_ce.float(), grad.float()  # bf16: back to float32 for the update
-            else:
-                if not leaves:
-                    w.requires_grad_(True)
-                params = unflatten_stacked(model, w)
-                if leaves:
-                    params = {name: view.requires_grad_(True) for name, view in params.items()}
-                with hp.autocast(w.device):
-                    logits = forward(params, x)
-                # per-sample cross-entropy as log_softmax + gather: same numbers as F.cross_entropy,
-                # but reduction="none" there runs a thread-parallel loop that stalls on a busy CPU.
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                ce = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # [A, B]
-                client_ce = (ce * plan.weights[:, s]).sum(1)  # mean over each client's real samples
-                total = client_ce.sum()
-                if leaves:
-                    grads = torch.autograd.grad(total, list(params.values()))
-                    grad = torch.cat([g.reshape(count, -1) for g in grads], dim=1)
+            sample_weights = plan.weights[:, s]
+
+            def grad_fn(v: torch.Tensor, extra: bool = True, x=x, y=y, sample_weights=sample_weights):
+                """(cross-entropy [A], gradient [A, P]) at stacked parameters v on this step's batch."""
+                v = v.detach()
+                if manual:  # explicit backward, no autograd graph
+                    with torch.no_grad():
+                        with hp.autocast(v.device):
+                            client_ce, grad = forward.ce_grad(model, v, x, y, sample_weights)
+                        client_ce, grad = client_ce.float(), grad.float()  # bf16: back to float32 for the update
                 else:
-                    (grad,) = torch.autograd.grad(total + objective.extra_loss(w), w)
+                    params = {name: view.requires_grad_(True) for name, view in unflatten_stacked(model, v).items()}
+                    with hp.autocast(v.device):
+                        logits = forward(params, x)
+                    # per-sample cross-entropy as log_softmax + gather: same numbers as F.cross_entropy,
+                    # but reduction="none" there runs a thread-parallel loop that stalls on a busy CPU.
+                    logp = torch.log_softmax(logits.float(), dim=-1)
+                    ce = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # [A, B]
+                    client_ce = (ce * sample_weights).sum(1)  # mean over each client's real samples
+                    grads = torch.autograd.grad(client_ce.sum(), list(params.values()))
+                    grad = torch.cat([g.reshape(count, -1) for g in grads], dim=1)
+                if extra and objective.has_extra:
+                    with torch.no_grad():
+                        grad.add_(const)
+                        if prox is not None:
+                            grad.addcmul_(prox, v)
+                return client_ce.detach(), grad
+
+            client_ce, grad = objective.step_gradient(grad_fn, w, None if plan.everyone[s] else plan.active[:, s : s + 1])
             with torch.no_grad():
-                if explicit_extra:
-                    grad.add_(const)
-                    if prox is not None:
-                        grad.addcmul_(prox, w)
                 new = sgd_step(w.detach(), grad, hp.lr, decay, hp.clip_norm)
                 w = new if plan.everyone[s] else torch.where(plan.active[:, s : s + 1], new, w.detach())
                 loss_sum += client_ce.detach()
         taken = plan.counts_cpu.gt(0).sum(1)
         return w.detach(), loss_sum / taken.clamp(min=1).to(device), taken
-
-
-def _extra_grad(objective: LocalObjective, w: torch.Tensor) -> torch.Tensor:
-    """Gradient of :meth:`LocalObjective.extra_loss`: ``linear + prox * (w - anchor)``."""
-    grad = torch.zeros_like(w) if objective.linear is None else objective.linear
-    if objective.prox is not None:
-        grad = grad + objective.prox.reshape(-1, 1) * (w - objective.anchor)
-    return grad
-
-
-def _extra_grad_ok(objective: LocalObjective, w: torch.Tensor) -> bool:
-    """Does :func:`_extra_grad` equal autograd's gradient of ``extra_loss`` (checked per chunk)?
-
-    Guards the explicit-backward path against a change to :class:`LocalObjective`'s terms.
-    """
-    probe = (w + 0.01 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)).to(w.device)).requires_grad_(True)
-    (auto,) = torch.autograd.grad(objective.extra_loss(probe), probe)
-    ok = bool(torch.allclose(auto, _extra_grad(objective, probe.detach()), rtol=1e-4, atol=1e-6))
-    if not ok:
-        log.warning("engine=vectorized: LocalObjective.extra_loss has terms the explicit gradient does not know; using autograd.")
-    return ok
 
 
 def _log_fallback(model: FlatModel, why: str) -> None:

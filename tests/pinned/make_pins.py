@@ -21,13 +21,13 @@ ROUNDS = 12
 BASE = [f"rounds={ROUNDS}", "progress=false", "device=cpu", "checkpoint_every=0"]
 CASES = {
     "feddyn": ["algo=feddyn"],
-    "feddyn_paper": ["algo=feddyn", "algo.variant=paper"],
+    "feddyn_paper": ["algo=feddyn_paper"],
     "fedavg": ["algo=fedavg"],
     "fedprox": ["algo=fedprox"],
     "scaffold": ["algo=scaffold"],
-    "scaffold_paper": ["algo=scaffold", "algo.variant=paper"],
+    "scaffold_paper": ["algo=scaffold_paper"],
     "fedadam": ["algo=fedadam"],
-    "fedadam_sgd": ["algo=fedadam", "algo.server_opt=sgd"],
+    "fedadam_sgd": ["algo=fedopt_sgd", "algo.server_lr=0.01"],
     # unequal client sizes: the n_k weights of every method and the evaluated means
     "feddyn_unbalanced": ["algo=feddyn", "partition=unbalanced", "participation=0.3"],
     "fedavg_unbalanced": ["algo=fedavg", "partition=unbalanced", "participation=0.3"],
