@@ -32,10 +32,11 @@ FORMATS = ("png", "pdf", "svg")
 
 
 def algo_family(name: Any) -> str:
-    """``feddyn_alpha0.1`` (a preset) -> ``feddyn``; a name fedrun does not know stays as it is."""
+    """``feddyn_alpha0.1`` (a preset), ``FedDynPaper`` (a variant's class) -> ``feddyn``; a name fedrun
+    does not know stays as it is."""
     text = str(name).lower()
     for family in sorted(ALGO_STYLE, key=len, reverse=True):
-        if text == family or text.startswith(family + "_"):
+        if text.startswith(family):
             return family
     return text
 

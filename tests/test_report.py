@@ -237,7 +237,7 @@ def test_labels_colours_and_presets():
 
     assert curve_label(["algo", "algo.alpha"], ["feddyn_alpha0.1", 0.1]) == "FedDyn α=0.1"
     assert curve_label(["algo", "partition"], ["fedavg", "iid"]) == "FedAvg, partition=iid"
-    assert figures.algo_colour("feddyn_alpha0.1") == figures.algo_colour("feddyn") != figures.algo_colour("fedavg")
+    assert figures.algo_colour("feddyn_alpha0.1") == figures.algo_colour("FedDynPaper") == figures.algo_colour("feddyn") != figures.algo_colour("fedavg")
     colours = [figures.algo_colour(a) for a in ["feddyn", "fedavg", "fedprox", "scaffold", "fedadam", "feddc", "fedspeed", "fedsmoo", "fednova"]]
     assert len(set(colours)) == len(colours)
     assert figures.setting_title({"data": "synthetic", "partition": "dirichlet", "partition.alpha": 0.3, "num_clients": 100,
