@@ -52,7 +52,7 @@ def _main(cfg: DictConfig) -> Optional[float]:
         return
     try:
         summary = run(cfg, run_dir)
-        return summary.get("final_val_acc", summary.get("final_test_acc"))  # what a sweeper maximises (conf/hparams_search/): validation when there is a split
+        return summary.get("final_val_acc", summary.get("final_test_acc"))  # what a sweeper maximises (fedrun/conf/hparams_search/): validation when there is a split
     except RunFinished as done:
         log.info("fedrun: %s", done)
     except DivergenceError as err:

@@ -2,7 +2,7 @@
 
 The console script starts here. ``--help`` (``-h``) lists the config groups with their options and
 the top-level keys with their defaults, each with the one-line description its YAML file gives
-(``conf/config.yaml``'s comments, each option's first comment line); ``--version`` prints fedrun's
+(``fedrun/conf/config.yaml``'s comments, each option's first comment line); ``--version`` prints fedrun's
 version. Both read only text files (no torch, no Hydra), so they answer in well under a second.
 Everything else goes to :func:`fedrun.cli.main`; ``--hydra-help`` is Hydra's own help.
 """
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parent / "conf"
 GROUPS = ("data", "partition", "model", "algo", "engine")
 _KEY = re.compile(r"^([a-z_]+):\s*(.*?)\s*(?:#\s*(.*))?$")
 
@@ -46,13 +46,13 @@ def _first_comment(path: Path) -> str:
 
 
 def _defaults(config: str) -> dict[str, str]:
-    """group -> default option, from the defaults list of ``conf/config.yaml``."""
+    """group -> default option, from the defaults list of ``fedrun/conf/config.yaml``."""
     found = re.findall(r"^\s*-\s*([a-z_]+):\s*([A-Za-z0-9_.]+)", config, flags=re.M)
     return {g: o for g, o in found if g in GROUPS}
 
 
 def top_level_keys(config: str) -> list[tuple[str, str, str]]:
-    """(key, default, description) of every top-level key of ``conf/config.yaml``, in file order."""
+    """(key, default, description) of every top-level key of ``fedrun/conf/config.yaml``, in file order."""
     out = []
     for line in config.splitlines():
         if line.startswith(("hydra:", "defaults:")):

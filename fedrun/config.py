@@ -1,6 +1,6 @@
 """Config schemas registered with Hydra's ConfigStore, and value checks.
 
-The YAML files in ``conf/`` are the registry. Every group option with a ``_target_`` gets a dataclass
+The YAML files in ``fedrun/conf/`` are the registry. Every group option with a ``_target_`` gets a dataclass
 schema generated from its target's signature (names, types, defaults), stored as
 ``schema/<group>/<option>``; the YAML lists that schema first in its defaults
 (``- /schema/<group>/<option>@_here_``). An unknown key or a
@@ -30,7 +30,7 @@ from omegaconf import MISSING, DictConfig
 
 from fedrun.errors import FedrunError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package (pip install . without -e too)
 
 # Arguments filled in by the runner, per group; never config keys.
 RUNTIME_ARGS = {

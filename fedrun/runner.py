@@ -27,7 +27,7 @@ from fedrun.engines.base import Engine, LocalTraining
 from fedrun.errors import DivergenceError, FedrunError
 from fedrun.evaluation import evaluate
 from fedrun.memory import check_data_fits
-from fedrun.outputs import MetricsWriter, summarize, write_json_atomic
+from fedrun.run_files import MetricsWriter, summarize, write_json_atomic
 from fedrun.params import FlatModel
 from fedrun.partition import check_partition
 from fedrun.loggers import open_loggers

@@ -94,7 +94,7 @@ def figure(frames: dict[str, list[pd.DataFrame]], path: Path, title: str, smooth
     print(f"figure: {path} (+ .pdf, .svg)")
 
 
-# The hyper-parameters shown in the labels (the values of conf/algo/*.yaml).
+# The hyper-parameters shown in the labels (the values of fedrun/conf/algo/*.yaml).
 PARAMS = {"feddyn": {"alpha": 0.01}, "fedprox": {"mu": 1e-4}}
 
 

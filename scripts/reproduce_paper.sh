@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make reproduce-paper`: the FedDyn paper's grid (conf/experiment/paper_<dataset>.yaml) through Hydra
+# `make reproduce-paper`: the FedDyn paper's grid (fedrun/conf/experiment/paper_<dataset>.yaml) through Hydra
 # multirun, then fedrun-report into outputs/paper/ with PAPER.md's published numbers beside ours.
 # A GPU job: thousands of runs of up to 1000 rounds. Re-running it skips every finished run
 # (skip_finished: true and one fixed dir per config), so it can be stopped and started again.

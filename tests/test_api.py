@@ -90,7 +90,7 @@ def test_help_and_version_answer_without_importing_torch():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "algo=feddyn" in out and "algo=feddyn_alpha0.1" in out and "participation" in out
-    assert "fraction of clients active per round" in out  # the key's one-line description from conf/config.yaml
+    assert "fraction of clients active per round" in out  # the key's one-line description from fedrun/conf/config.yaml
     assert "schema" not in out  # no internal schema groups
     assert out.strip().splitlines()[-1].startswith(f"fedrun {fedrun.__version__}")
 

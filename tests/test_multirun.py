@@ -120,7 +120,7 @@ def test_a_diverged_run_does_not_stop_the_sweep_and_is_marked(tmp_path):
     assert table.loc[0.1, "rounds_done"] == 3 and table.loc[1e6, "rounds_done"] < 3
 
 
-EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (REPO / "fedrun" / "conf" / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -128,7 +128,7 @@ def test_paper_experiment_composes_with_every_value_of_its_grid(name):
     from conftest import compose_config
 
     base = compose_config(f"+experiment={name}")
-    grid = yaml.safe_load((REPO / "conf" / "experiment" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    grid = yaml.safe_load((REPO / "fedrun" / "conf" / "experiment" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
     assert {"algo", "participation", "seed"} <= set(grid)
     assert [float(v) for v in str(grid["participation"]).split(",")] in ([0.1, 1.0], [1.0, 0.1])
     axes = {key: str(values).split(",") for key, values in grid.items()}
