@@ -12,9 +12,12 @@ fedrun.report``) finds every run directory below the given directories (a direct
   and best value as mean ± std over the seeds; no targets needed;
 - ``convergence.png`` (+ ``.pdf``, ``.svg``): the metric against rounds (or ``--x comm``), one curve
   per group (``--group-by``; by default the varying keys except the seed) with a mean ± std band;
+- ``accuracy.csv`` / ``accuracy.md``: final and best accuracy (%) per setting, mean over seeds, and with
+  ``--published`` a CSV without a ``target_acc`` column (e.g. ``scripts/fl_simulator_published.csv``),
+  the published accuracies beside ours;
 - ``targets.csv`` / ``targets.md``: the paper-style table of rounds and communication to reach each
-  target, with the speed-up over FedAvg in the same setting and, with ``--published``, the
-  published numbers beside ours.
+  target, with the speed-up over FedAvg in the same setting and, with ``--published`` (a CSV with
+  ``target_acc``), the published numbers beside ours.
 
 A broken run (missing, empty or corrupt files) becomes a row with its status; it never stops the
 report. Accuracies are percentages in every table and figure (``metrics.csv`` holds fractions); a
@@ -399,6 +402,41 @@ def add_published(targets: pd.DataFrame, published: pd.DataFrame) -> pd.DataFram
     return joined.drop(columns=[f"_k_{k}" for k in keys])
 
 
+def _shared_keys(frame: pd.DataFrame, published: pd.DataFrame, runs: Sequence[Run]) -> pd.DataFrame:
+    """Add the published CSV's key columns that ``frame`` lacks (a key all runs share, data=cifar10,
+    is not a column) from the runs' configs, so that :func:`add_published` can match on them."""
+    frame = frame.copy()
+    for k in published.columns:
+        if k in frame.columns or k.startswith(("published", "reference")):
+            continue
+        values = {_key(r.config.get(k)) for r in runs if r.config}  # broken runs have no config
+        frame[k] = values.pop() if len(values) == 1 else None  # missing or mixed: matches nothing
+    return frame
+
+
+def accuracy_table(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Final and best test accuracy per setting (every varying key but the seed), in percent.
+
+    Means over the setting's finished runs (``finished`` counts them, ``runs`` counts all); ``final_acc_std``
+    is the sample standard deviation (ddof=1) over those runs (empty for one run).
+    """
+    setting = [k for k in keys if k not in SEED_KEYS]
+    groups = table.groupby(setting, dropna=False, sort=True) if setting else [((), table)]
+    rows = []
+    for values, g in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        done = g[g["status"] == "finished"]
+        rows.append({
+            **dict(zip(setting, values)),
+            "runs": len(g),
+            "finished": len(done),
+            "final_acc": float(done["final_acc"].mean()) if len(done) else math.nan,  # the run table holds percent
+            "final_acc_std": float(done["final_acc"].std(ddof=1)) if len(done) > 1 else math.nan,  # sample std
+            "best_acc": float(done["best_acc"].mean()) if len(done) else math.nan,
+        })
+    return pd.DataFrame(rows)
+
+
 def _key(value: Any) -> str:
     try:
         return f"{float(value):g}"
@@ -449,7 +487,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--targets", type=float, nargs="*", default=None, help="target accuracies, fractions or percentages (default: the runs' `targets` config)")
     p.add_argument("--group-by", nargs="*", default=None, help="keys to group curves and the target table by (default: the varying keys except seed)")
     p.add_argument("--metric", default="test_acc", help="accuracy column of metrics.csv (test_acc, test_acc_active, test_acc_all)")
-    p.add_argument("--published", type=Path, default=None, help="CSV of published numbers to put beside ours in targets.csv")
+    p.add_argument("--published", type=Path, default=None, help="CSV of published numbers to put beside ours: with a target_acc column in targets.csv, without one in accuracy.csv")
     p.add_argument("--facet", nargs="*", default=None, help="also one figure per value of these keys (convergence_<key>=<value>....png)")
     p.add_argument("--x", choices=["round", "comm"], default="round", help="x axis of the figures: rounds, or communication (comm_fedavg_rounds)")
     p.add_argument("--no-figures", action="store_true", help="skip convergence.png")
@@ -481,16 +519,18 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[S
     if unknown:
         for k in unknown:  # a key that does not vary: one value for all runs, still groupable
             table[k] = [_cell(r.config.get(k)) for r in runs]
+    pub = pd.read_csv(published) if published is not None and Path(published).is_file() else None
+    if len(table) and higher_is_better(metric):  # final accuracy per setting; published accuracies (a CSV without target_acc) beside it
+        acc = accuracy_table(table, keys)
+        if pub is not None and "target_acc" not in pub.columns:
+            acc = add_published(_shared_keys(acc, pub, runs), pub)
+        acc.to_csv(out / "accuracy.csv", index=False)
+        (out / "accuracy.md").write_text(to_markdown(acc))
+        made["files"] += ["accuracy.csv", "accuracy.md"]
     if used_targets and len(table):
         tt = target_table(table, keys, used_targets, metric=metric)  # per setting: every varying key but the seed
-        if published is not None and Path(published).is_file():
-            pub = pd.read_csv(published)
-            for k in pub.columns:  # a key all runs share (data=cifar10) is not a column: add it to match on
-                if k in tt.columns or k.startswith(("published", "reference")):
-                    continue
-                values = {_key(r.config.get(k)) for r in runs if r.config}  # broken runs have no config
-                tt[k] = values.pop() if len(values) == 1 else None  # missing or mixed: matches nothing
-            tt = add_published(tt, pub)
+        if pub is not None and "target_acc" in pub.columns:
+            tt = add_published(_shared_keys(tt, pub, runs), pub)
         tt.to_csv(out / "targets.csv", index=False)
         (out / "targets.md").write_text(to_markdown(tt))
         made["files"] += ["targets.csv", "targets.md"]

@@ -170,7 +170,8 @@ def test_cnn_vectorised_matches_sequential(gradient: str) -> None:
     torch.testing.assert_close(vec.thetas, seq.thetas, rtol=1e-5, atol=1e-6)
     forward = VectorizedEngine(gradient=gradient).forward_for(model, data)
     assert isinstance(forward, LayerChain) == (gradient == "batched")  # batched: one grouped convolution
-    assert VectorizedEngine().forward_for(model, data) is None  # auto on CPU: sequential, measured faster
+    auto = VectorizedEngine()  # auto on CPU: one client at a time in this engine, measured faster
+    assert auto.forward_for(model, data) is not None and auto.chunk_for(model, 3, 4, torch.device("cpu")) == 1
 
 
 def test_lstm_falls_back_to_sequential_and_vmap_agrees(caplog: pytest.LogCaptureFixture) -> None:

@@ -9,6 +9,8 @@ shape ``[A, B, ...]``; the output is ``[A, B, num_classes]``. Two implementation
   clients' C channels side by side, ``groups=A``), which is what ``vmap`` turns a convolution into,
   without vmap's per-operation dispatch. Chains without convolutions also have an explicit backward
   (:meth:`LayerChain.ce_grad`), the fastest path on CPU, where per-operation overhead dominates;
+- a model's own ``stacked_forward(params, x)`` method, when it has one (the GroupNorm ResNet-18:
+  grouped convolutions and one ``group_norm`` over all clients);
 - :func:`vmap_forward`: any parameter-only module through ``torch.func.vmap`` over
   ``functional_call``.
 
@@ -166,11 +168,16 @@ class LayerChain:
         return client_ce, grad
 
 
-def batched_forward(module: nn.Module) -> Optional[LayerChain]:
-    """A hand-batched stacked forward for plain layer chains (see :func:`_chain`), or None.
+def batched_forward(module: nn.Module) -> Optional[StackedForward]:
+    """A hand-batched stacked forward: the module's own ``stacked_forward(params, x)`` if it has one
+    (:class:`fedrun.models_resnet.ResNet18GN`), a :class:`LayerChain` for plain layer chains (see
+    :func:`_chain`), or None.
 
     The caller should confirm it against the module (:func:`agrees`) before trusting it.
     """
+    own = getattr(module, "stacked_forward", None)
+    if callable(own):
+        return own
     ops = _chain(module)
     if ops is None or not any(op[0] == "linear" for op in ops):
         return None

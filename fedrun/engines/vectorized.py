@@ -23,9 +23,10 @@ all clients in one call.
 Active clients that do not fit in memory together are trained in chunks of ``chunk_size``
 (0 = as many as the memory estimate allows, :mod:`fedrun.memory`). A model that ``vmap`` cannot
 run (torch's fused ``nn.LSTM`` has no batching rule) is handed to the sequential engine
-automatically, logged once. Under ``gradient=auto`` so are convolutional models when the device is
-a CPU (measured: one client at a time is faster there, see :meth:`VectorizedEngine.forward_for`),
-and recurrent models (the Shakespeare ``CharLSTM``) on every device: ``CharLSTM`` does run under
+automatically, logged once. Under ``gradient=auto`` convolutional models on a CPU are trained one
+client at a time by this engine (chunks of 1; measured faster there than a grouped convolution over
+all clients and than the sequential engine, see :meth:`VectorizedEngine.forward_for`), and recurrent
+models (the Shakespeare ``CharLSTM``) are handed to the sequential engine on every device: ``CharLSTM`` does run under
 vmap (it unrolls into explicit matrix products there, :mod:`fedrun.models`) with the same results,
 but on CPU that measured about 6x slower than torch's fused LSTM kernel one client at a time;
 ``gradient=vmap`` forces the vectorised path.
@@ -68,9 +69,10 @@ _fallback_logged: set[str] = set()
 @dataclass
 class VectorizedEngine(Engine):
     """``chunk_size``: clients trained at once (0 = automatic from free memory).
-    ``gradient``: ``auto`` (layer chains hand-batched: Linear/ReLU chains with an explicit
-    backward, convolutional chains as grouped convolutions on a GPU; other models through vmap),
-    ``batched`` (the hand-batched chain through autograd, also on CPU) or ``vmap``.
+    ``gradient``: ``auto`` (layer chains and models with their own ``stacked_forward`` hand-batched:
+    Linear/ReLU chains with an explicit backward, convolutional models as grouped convolutions on a
+    GPU and one client at a time on CPU; other models through vmap), ``batched`` (the hand-batched
+    forward through autograd, all clients at once also on CPU) or ``vmap``.
     ``compile``: run the stacked loss through ``torch.compile`` (an option; off by default).
     """
 
@@ -110,13 +112,16 @@ class VectorizedEngine(Engine):
             _log_fallback(model, "has recurrent layers (the fused LSTM kernel one client at a time is faster "
                                  "than an unrolled LSTM under vmap; engine.gradient=vmap forces vmap)")
             return self._remember(model, None, sample)
-        if self.gradient == "auto" and convolutional and sample.device.type == "cpu":
-            # Measured on CPU (CIFAR CNN, 4 clients x B=50, one step): one grouped convolution over
-            # all clients 0.14 s, vmap 0.16 s, one client at a time 0.087 s. On a GPU the grouped
-            # convolution is used.
-            _log_fallback(model, "is faster one client at a time on CPU than as a grouped convolution "
-                                 "(engine.gradient=batched or vmap forces the vectorised path)")
-            return self._remember(model, None, sample)
+        # Convolutional models on CPU train one client at a time (chunks of 1) in this engine. Measured
+        # on a 2-core CPU, 1 thread, one step of 4 clients, best of 9 (docs/datasets.md): CIFAR CNN
+        # (B=50) grouped convolution over all clients 1.31 s, vmap 1.56 s, one at a time here 0.77 s,
+        # the sequential engine 0.94 s; ResNet18GN (B=8) all at once 4.5 s, one at a time here 2.9 s,
+        # the sequential engine 19-26 s (its gradient w.r.t. one flat vector writes a full-size zero
+        # tensor per parameter tensor). On a GPU all clients run at once.
+        serial = self.gradient == "auto" and convolutional and sample.device.type == "cpu"
+        if serial:
+            _log_once(model, "is trained one client at a time on CPU, measured faster than a grouped convolution over "
+                             "all clients (engine.chunk_size, engine.gradient=batched or vmap train several at once)")
         if forward is None:
             forward = vmap_forward(model.module)
             if not agrees(model, forward, sample):  # e.g. torch's fused nn.LSTM: no batching rule
@@ -124,16 +129,19 @@ class VectorizedEngine(Engine):
                 _log_fallback(model, "cannot run under torch.func.vmap")
         if forward is not None and self.compile:
             forward = torch.compile(forward)  # dynamic shapes after the first recompile (A varies)
-        return self._remember(model, forward, sample)
+        return self._remember(model, forward, sample, serial)
 
-    def _remember(self, model: FlatModel, forward: Optional[StackedForward], sample: torch.Tensor) -> Optional[StackedForward]:
+    def _remember(self, model: FlatModel, forward: Optional[StackedForward], sample: torch.Tensor, serial: bool = False) -> Optional[StackedForward]:
         act = memory.activation_bytes_per_sample(model.module, sample[:1])
-        self._cache[id(model)] = (forward, act, model)  # keep model alive so id() stays unique
+        self._cache[id(model)] = (forward, act, model, serial)  # keep model alive so id() stays unique
         return forward
 
     def chunk_for(self, model: FlatModel, active: int, batch_size: int, device: torch.device) -> int:
-        """Clients per chunk: ``chunk_size`` checked against free memory, or the most that fit."""
-        act = self._cache[id(model)][1]
+        """Clients per chunk: ``chunk_size`` checked against free memory, 1 for a convolutional model on
+        CPU under ``gradient=auto`` (:meth:`forward_for`), or the most that fit."""
+        act, serial = self._cache[id(model)][1], self._cache[id(model)][3]
+        if serial and self.chunk_size == 0:
+            return 1
         per_client = memory.client_training_bytes(model.num_params, batch_size, act)
         free = memory.free_bytes(device)
         if self.chunk_size > 0:
@@ -242,10 +250,14 @@ class VectorizedEngine(Engine):
 
 
 def _log_fallback(model: FlatModel, why: str) -> None:
+    _log_once(model, f"{why}; training its clients with the sequential engine")
+
+
+def _log_once(model: FlatModel, what: str) -> None:
     name = type(model.module).__name__
     if name not in _fallback_logged:
         _fallback_logged.add(name)
-        log.info("engine=vectorized: %s %s; training its clients with the sequential engine.", name, why)
+        log.info("engine=vectorized: %s %s.", name, what)
 
 
 @dataclass
