@@ -14,13 +14,9 @@ from typing import Any, Sequence
 import pandas as pd
 
 from fedrun import figures
+from fedrun.report_tables import higher_is_better
 
 XAXES = {"round": "round", "comm": "communication (FedAvg rounds)"}
-
-
-def higher_is_better(metric: str) -> bool:
-    """Accuracies grow, losses shrink: decides best = max or min and the percent scale."""
-    return "acc" in metric
 
 
 def metric_label(metric: str) -> str:
