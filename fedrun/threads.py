@@ -3,8 +3,8 @@
 ``threads=null`` (the default) picks by model size on a CPU: one thread for a model of at most
 :data:`SMALL_MODEL_PARAMS` parameters, where each operation is too small to split and extra threads
 only wait on each other (the synthetic default, ``rounds=20``, on the busy 2-core dev machine, load
-10-16, torch 2.14.1: 7.7 s with one thread, 243 s with torch's two; README, Performance), and torch's
-own choice for larger models and on a GPU. ``threads=N`` sets N. The previous count comes back when the run ends, so runs from
+8-16, torch 2.14.1: 5.6-7.7 s with one thread, 39-243 s with torch's two; README, Performance), and
+torch's own choice for larger models and on a GPU. ``threads=N`` sets N. The previous count comes back when the run ends, so runs from
 Python (:func:`fedrun.run`) leave the process as they found it.
 """
 
