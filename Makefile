@@ -9,8 +9,8 @@ install:  ## install fedrun (editable) with its test tools
 run:  ## the default experiment (synthetic data, offline)
 	fedrun
 
-test:  ## the test suite without slow tests
-	$(PY) -m pytest -q -m "not slow"
+test:  ## the test suite without slow tests, on two processes (pytest-xdist, from the dev extra)
+	$(PY) -m pytest -q -m "not slow" -n 2
 
 test-full:  ## every test, slow ones included
 	$(PY) -m pytest -q

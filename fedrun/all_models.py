@@ -40,9 +40,3 @@ class AllModelsMean:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.initial = state["initial"].to(self.initial.device).clone()
         self.mean = state["mean"].to(self.mean.device).clone()
-
-    def from_latest_models(self, latest: torch.Tensor) -> torch.Tensor:
-        """The ``_latest_delta`` table for a table of latest models (older checkpoints), and their mean."""
-        weights = self.weights.to(latest.device, torch.float64)
-        self.mean = (weights[:, None] * latest.double()).sum(0).float().to(self.mean.device)
-        return latest - self.initial.to(latest.device)

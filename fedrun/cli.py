@@ -7,7 +7,6 @@ run directory behind.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -19,10 +18,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fedrun.checkpoint import RunFinished
 from fedrun.cli_errors import Prepared, precheck
 from fedrun.config import CONF_DIR, register_configs
 from fedrun.errors import DivergenceError, FedrunError
+from fedrun.rundir import RunFinished
 
 log = logging.getLogger("fedrun")
 
@@ -34,22 +33,11 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def _finished(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a readable summary.json with status finished (skip_finished=true)."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status") == "finished"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(cfg: DictConfig) -> Optional[float]:
     from fedrun.runner import run  # imported here so `fedrun --help` stays fast
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.get("skip_finished") and _finished(run_dir):
-        log.info("fedrun: skipped, already finished: %s", run_dir)
-        return
     try:
         summary = run(cfg, run_dir)
         return summary.get("final_val_acc", summary.get("final_test_acc"))  # what a sweeper maximises (fedrun/conf/hparams_search/): validation when there is a split

@@ -5,7 +5,7 @@
 unknown key, a wrong type or an invalid choice is reported as one sentence, before Hydra creates a
 run dir. It also runs :func:`fedrun.config.validate`, checks that the output dir can be written,
 and applies ``resume``: a named run dir that holds a finished run of the same config is reported
-as finished (:class:`~fedrun.checkpoint.RunFinished`), one whose config differs is refused, and
+as finished (:class:`~fedrun.rundir.RunFinished`), one whose config differs is refused, and
 ``resume=true`` without a named dir adds ``hydra.run.dir=<the latest matching run dir>``.
 """
 
@@ -20,7 +20,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedrun import checkpoint
+from fedrun import rundir, specs
 from fedrun.config import CONF_DIR, Config, option_names, validate
 from fedrun.errors import FedrunError
 
@@ -227,7 +227,6 @@ def precheck(argv: list[str]) -> Prepared:
             raise translate(err, variant) from None
         check_extra_keys(composed)
         validate(composed)
-        checkpoint.resume_mode(composed)
         cfg = cfg or composed
     assert cfg is not None
     if multirun:
@@ -236,19 +235,19 @@ def precheck(argv: list[str]) -> Prepared:
     explicit = any(_key_of(o) == "hydra.run.dir" for o in overrides)
     run_dir = _resolved(cfg, "hydra.run.dir")
     ensure_writable(run_dir, "hydra.run.dir")
-    mode = checkpoint.resume_mode(cfg)
+    resume = specs.read_resume(cfg)
     if explicit:
         existed = run_dir.exists()
-        if existed and mode != "false":
-            checkpoint.check_run_dir(cfg, run_dir, clear=False)
+        if existed and resume.mode != "false":
+            rundir.decide(resume, run_dir, clear=False)
         return Prepared(argv, run_dir, existed)
-    if mode == "true":
-        found = checkpoint.find_resumable(cfg, run_dir.parent)
+    if resume.mode == "true":
+        found = rundir.find_resumable(resume, run_dir.parent)
         if found is None:
             raise FedrunError(
                 f"resume=true found no checkpoint or finished run of this config under {run_dir.parent}: "
                 "name the run dir with hydra.run.dir=..., or drop resume=true to start a new run."
             )
-        checkpoint.check_run_dir(cfg, found, clear=False)
+        rundir.decide(resume, found, clear=False)
         return Prepared([*argv, f"hydra.run.dir={found}"], found, True)
     return Prepared(argv, None, False)

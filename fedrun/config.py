@@ -26,7 +26,7 @@ from typing import Any, List, Optional
 
 import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from fedrun.errors import FedrunError
 
@@ -159,7 +159,12 @@ def schema_for(target: str, group: str) -> type:
 
 
 def register_configs(conf_dir: Path = CONF_DIR) -> None:
-    """Store the top-level schema and one generated schema per group option in ConfigStore."""
+    """Store the top-level schema and one generated schema per group option in ConfigStore, and the
+    resolver ``${fedrun_not_result_keys:}`` (:data:`fedrun.specs.NOT_RESULT_KEYS`) the YAML uses."""
+    from fedrun.specs import NOT_RESULT_KEYS
+
+    if not OmegaConf.has_resolver("fedrun_not_result_keys"):
+        OmegaConf.register_new_resolver("fedrun_not_result_keys", lambda: list(NOT_RESULT_KEYS))
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group in RUNTIME_ARGS:

@@ -23,17 +23,16 @@ from __future__ import annotations
 import os
 
 import torch
-from omegaconf import DictConfig
 
-from fedrun.config import choice
+from fedrun.specs import Numerics
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
-def configure_determinism(cfg: DictConfig) -> bool:
-    """Apply ``cfg.deterministic`` and ``cfg.precision``; returns whether deterministic mode is on."""
-    configure_precision(choice(cfg.get("precision", "fp32")))
-    on = bool(cfg.get("deterministic", False))
+def configure_determinism(numerics: Numerics) -> bool:
+    """Apply ``deterministic`` and ``precision``; returns whether deterministic mode is on."""
+    configure_precision(numerics.precision)
+    on = numerics.deterministic
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

@@ -50,15 +50,3 @@ def convergence_plot(rows: list[dict[str, Any]], path: Path, title: str, algo: s
     plt.close(fig)
     return out
 
-
-def run_title(cfg: Any, data_name: str, num_clients: int) -> str:
-    """``FedDyn α=0.01 on synthetic (natural, 20 clients, participation 0.1), E=10, B=10, lr=0.1, seed 0``."""
-    from omegaconf import OmegaConf
-
-    algo = OmegaConf.to_container(cfg.algo, resolve=True)
-    name = str(algo.pop("_target_")).rsplit(".", 1)[-1]
-    part = OmegaConf.to_container(cfg.partition, resolve=True)
-    flat = {"partition": str(part.pop("_target_")).rsplit(".", 1)[-1], **{f"partition.{k}": v for k, v in part.items()},
-            "num_clients": num_clients, "participation": cfg.participation}
-    return (f"{figures.algo_label(name, algo)} on {data_name} ({figures.setting_title(flat)}), "
-            f"E={cfg.local_epochs}, B={cfg.batch_size}, lr={cfg.lr}, seed {cfg.seed}")

@@ -44,9 +44,7 @@ from fedrun.report_tables import (  # noqa: F401  (the tables, also as fedrun.re
     SEED_KEYS, TARGET_VALUE_COLUMNS, UNITS, _fmt, _key, _shared_keys, accuracy_table, add_published, final_markdown,
     final_table, higher_is_better, normalize_target, paper_table, target_label, target_table, to_markdown, value_columns,
 )
-
-# Config keys never used to tell runs apart (they do not change what is computed).
-IGNORED_KEYS = {"progress", "skip_finished", "targets", "device", "eval_active", "eval_all", "threads", "quiet", "logger"}
+from fedrun.specs import NOT_RESULT_KEYS
 STATUSES = ("finished", "unfinished", "diverged", "failed", "broken")
 
 
@@ -227,7 +225,7 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
     """Config keys whose value differs between runs (a key missing in some runs counts as varying)."""
     keys: list[str] = []
     for key in sorted({k for r in runs for k in r.config}):
-        if key in IGNORED_KEYS or key.startswith("hydra."):
+        if key in NOT_RESULT_KEYS or key.startswith("hydra."):
             continue
         values = {repr(r.config.get(key, "<missing>")) for r in runs if r.config}
         if len(values) > 1:

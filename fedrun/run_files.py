@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 class MetricsWriter:
@@ -50,12 +50,13 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def summarize(rows: list[dict[str, Any]], status: str, seconds: float, num_params: int, config: dict, extra: Optional[dict] = None) -> dict[str, Any]:
-    """The content of ``summary.json`` from the metrics rows written so far."""
+def summarize(rows: list[dict[str, Any]], status: str, seconds: float, num_params: int, config: dict) -> dict[str, Any]:
+    """The content of ``summary.json`` from the metrics rows written so far (a plain dict: a caller
+    adds its own fields before writing it)."""
     accs = [(r["test_acc"], r["round"]) for r in rows if r.get("test_acc") is not None]
     best_acc, best_round = max(accs, key=lambda t: (t[0], -t[1])) if accs else (None, None)
     last = rows[-1] if rows else {}
-    summary = {
+    return {
         "status": status,
         "rounds_done": last.get("round", 0),
         "final_test_acc": last.get("test_acc"),
@@ -67,5 +68,3 @@ def summarize(rows: list[dict[str, Any]], status: str, seconds: float, num_param
         "num_params": num_params,
         "config": config,
     }
-    summary.update(extra or {})
-    return summary

@@ -15,27 +15,28 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from fedrun import checkpoint, client_eval, guard, rounds, rundir, specs
 from fedrun.algorithms.base import Algorithm, FedContext, ServerState
-from fedrun import checkpoint, client_eval, guard, rounds
 from fedrun.all_models import AllModelsMean
-from fedrun.config import build_object, choice, validate
+from fedrun.config import build_object
 from fedrun.data import FederatedData
 from fedrun.determinism import configure_determinism
-from fedrun.engines.base import Engine, LocalTraining
+from fedrun.engines.base import Engine
 from fedrun.errors import DivergenceError, FedrunError
 from fedrun.evaluation import evaluate
 from fedrun.memory import check_data_fits
+from fedrun.loggers import open_loggers
 from fedrun.run_files import MetricsWriter, summarize, write_json_atomic
 from fedrun.params import FlatModel
 from fedrun.partition import check_partition
-from fedrun.loggers import open_loggers
 from fedrun.plots import convergence_plot
-from fedrun.provenance import provenance
 from fedrun.progress import Progress
-from fedrun.sampling import SAMPLERS
+from fedrun.provenance import provenance
 from fedrun.seeding import derive_seed, generator
+from fedrun.signals import Interrupted, StopSignals
+from fedrun.specs import RunSpec
 from fedrun.state import ClientStateStore, store_for_run
 from fedrun.threads import apply_threads
 
@@ -54,9 +55,10 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class Experiment:
-    """Everything a run needs, built from the config."""
+    """Everything a run needs, built from its spec."""
 
-    cfg: DictConfig
+    spec: RunSpec
+    cfg: DictConfig  # read only by the divergence guard
     device: torch.device
     data: FederatedData
     partition: list[torch.Tensor]
@@ -72,64 +74,86 @@ class Experiment:
     held_out: Optional[client_eval.HeldOut] = None  # each client's own test split and the validation split
 
 
-def build(cfg: DictConfig, state_dir: Optional[Path] = None, state_files: str = "scratch") -> Experiment:
-    """Validate ``cfg`` and build data, partition, model, algorithm, engine and state.
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one round did (``train_loss`` nan: every client of the round was dropped)."""
 
-    ``state_dir``/``state_files``: where memory-mapped client state lives and whether its files are
-    scratch, new durable files or a checkpoint's files to reuse (:class:`~fedrun.state.ClientStateStore`).
+    active_clients: int
+    lr: float
+    train_loss: float
+    uplink_mb: float
+    downlink_mb: float
+    comm_fedavg_rounds: float
+    client_thetas: torch.Tensor  # the kept clients' models (the server model when none was kept)
+    active_model: torch.Tensor  # their mean, averaged as the algorithm averages
+    dropped_clients: int
+
+
+def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[dict[str, Any]] = None) -> Experiment:
+    """Read ``cfg`` (:func:`fedrun.specs.read`) and build data, partition, model, algorithm, engine and state.
+
+    ``state_dir``: where durable memory-mapped client state lives (none: scratch files). ``resumed``:
+    the checkpoint the run continues from, whose placement and files the store takes over.
     """
-    validate(cfg)
-    device = resolve_device(choice(cfg.device))
-    m, seed = int(cfg.num_clients), int(cfg.seed)
-    data: FederatedData = build_object(cfg.data, num_clients=m, seed=seed)
-    partitioner = build_object(cfg.partition, _partial_=True)
+    spec = specs.read(cfg)
+    device = resolve_device(spec.device)
+    m, seed, groups = spec.num_clients, spec.seed, spec.groups
+    data: FederatedData = build_object(groups["data"], num_clients=m, seed=seed)
+    partitioner = build_object(groups["partition"], _partial_=True)
     kwargs = {} if data.groups is None else {"groups": data.groups}
     partition = partitioner(data.y_train, m, generator(seed, "partition"), **kwargs)
-    check_partition(partition, len(data.y_train), m, str(cfg.partition._target_))  # a custom partitioner's output too
+    check_partition(partition, len(data.y_train), m, str(groups["partition"]._target_))  # a custom partitioner's output too
     partition, held_out = client_eval.hold_out(cfg, partition, seed)  # each client's own test / validation parts
     check_data_fits(data, device)  # one sentence instead of a CUDA out-of-memory traceback
     data = data.to(device)
     partition = [p.to(device) for p in partition]
     torch.manual_seed(derive_seed(seed, "model"))
-    module = build_object(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes, _convert_="all")
+    module = build_object(groups["model"], input_shape=data.input_shape, num_classes=data.num_classes, _convert_="all")
     model = FlatModel(module).to(device)
     theta = model.initial_vector().to(device)
-    algorithm: Algorithm = build_object(cfg.algo, _convert_="all")
-    engine: Engine = build_object(cfg.engine, _convert_="all")
+    algorithm: Algorithm = build_object(groups["algo"], _convert_="all")
+    engine: Engine = build_object(groups["engine"], _convert_="all")
     sizes = torch.tensor([len(p) for p in partition], dtype=torch.long)
-    ctx = FedContext(m, model.num_params, sizes, int(cfg.batch_size), int(cfg.local_epochs), device)
-    store = store_for_run(cfg, data, model, algorithm, device, state_dir, state_files)  # placement by estimated size
+    ctx = FedContext(m, model.num_params, sizes, spec.local.batch_size, spec.local.epochs, device)
+    store = _store(spec, data, model, algorithm, device, state_dir, resumed)
     const = algorithm.setup(ctx)
     rounds.add_tables(algorithm, store)
     server = algorithm.initial_server(theta, const)
-    all_models = AllModelsMean(store, theta, algorithm.all_weights(ctx)) if cfg.eval_all else None
-    return Experiment(cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server, const, all_models, held_out)
+    all_models = AllModelsMean(store, theta, algorithm.all_weights(ctx)) if spec.evaluation.all else None
+    return Experiment(spec, cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server, const, all_models, held_out)
 
 
-def metric_columns(cfg: DictConfig) -> list[str]:
+def _store(spec: RunSpec, data, model, algorithm, device, state_dir, resumed) -> ClientStateStore:
+    """The client-state store, placed by estimated size; a resumed run keeps its checkpoint's placement."""
+    p = spec.placement
+    requested, reuse = p.requested, False
+    if resumed is not None:
+        requested = checkpoint.placement(resumed, requested, Path(state_dir or ".").parent / checkpoint.CHECKPOINT)
+        reuse = "files" in resumed["store"]
+    tables = len(algorithm.client_states) + int(spec.evaluation.all)
+    return store_for_run(requested, spec.num_clients, p.participation, p.batch_size, tables, data, model, device, state_dir, reuse)
+
+
+def metric_columns(spec: RunSpec) -> list[str]:
     cols = ["round", "active_clients", "lr", "train_loss", "test_loss", "test_acc"]
-    if cfg.eval_active:
+    if spec.evaluation.active:
         cols += ["test_loss_active", "test_acc_active"]
-    if cfg.eval_all:
+    if spec.evaluation.all:
         cols += ["test_loss_all", "test_acc_all"]
-    if guard.on_nonfinite(cfg) == "drop":
+    if spec.guard.on_nonfinite == "drop":
         cols += ["dropped_clients"]
-    return cols + client_eval.columns(cfg) + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
+    return cols + client_eval.columns(spec.config) + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
 
 
-def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
+def run_round(exp: Experiment, round_idx: int) -> RoundRecord:
     """One communication round; updates ``exp.theta``, ``exp.server`` and the store in place."""
-    cfg = exp.cfg
-    sampler = SAMPLERS[choice(cfg.sampling)]
-    clients = sampler(exp.ctx.num_clients, float(cfg.participation), int(cfg.seed), round_idx).to(exp.device)
-    lr = float(cfg.lr) * float(cfg.lr_decay) ** (round_idx - 1)
-    rnd = rounds.open_round(exp.algorithm, exp.ctx, exp.const, exp.store, round_idx, lr, float(cfg.lr), exp.theta, clients)
+    cfg, spec = exp.cfg, exp.spec
+    clients = spec.sampling.clients(exp.ctx.num_clients, round_idx).to(exp.device)
+    lr = spec.schedule.lr_at(round_idx)
+    rnd = rounds.open_round(exp.algorithm, exp.ctx, exp.const, exp.store, round_idx, lr, spec.schedule.lr, exp.theta, clients)
     objective = exp.algorithm.local_objective(rnd, exp.server)
-    hp = LocalTraining(
-        lr, int(cfg.local_epochs), int(cfg.batch_size), float(cfg.weight_decay), float(cfg.clip_norm),
-        bf16=choice(cfg.get("precision", "fp32")) == "bf16",
-    )
-    result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, int(cfg.seed), round_idx)
+    hp = spec.local if lr == spec.local.lr else replace(spec.local, lr=lr)
+    result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, spec.seed, round_idx)
     kept = guard.screen_clients(cfg, round_idx, clients, result)  # stop on, or drop, non-finite clients
     rnd = rnd.finished(kept.clients, kept.steps, objective.hook.result() if objective.hook else {})
     train_loss = float(kept.loss.mean()) if len(kept.clients) else math.nan
@@ -142,28 +166,28 @@ def run_round(exp: Experiment, round_idx: int) -> dict[str, Any]:
             exp.all_models.update(kept.clients, kept.thetas)
         exp.theta = theta
     mb = len(clients) * exp.model.num_params * BYTES_PER_PARAM / 1e6
-    return {
-        "active_clients": len(clients),
-        "lr": lr,
-        "train_loss": train_loss,
-        "uplink_mb": mb * exp.algorithm.uplink,
-        "downlink_mb": mb * exp.algorithm.downlink,
-        "comm_fedavg_rounds": (exp.algorithm.uplink + exp.algorithm.downlink) / 2,
-        "client_thetas": kept.thetas if len(kept.clients) else exp.theta[None, :],
-        "active_model": exp.algorithm.average(kept.thetas, rnd.sizes) if len(kept.clients) else exp.theta,
-        "dropped_clients": kept.dropped,
-    }
+    return RoundRecord(
+        active_clients=len(clients),
+        lr=lr,
+        train_loss=train_loss,
+        uplink_mb=mb * exp.algorithm.uplink,
+        downlink_mb=mb * exp.algorithm.downlink,
+        comm_fedavg_rounds=(exp.algorithm.uplink + exp.algorithm.downlink) / 2,
+        client_thetas=kept.thetas if len(kept.clients) else exp.theta[None, :],
+        active_model=exp.algorithm.average(kept.thetas, rnd.sizes) if len(kept.clients) else exp.theta,
+        dropped_clients=kept.dropped,
+    )
 
 
 def evaluate_round(exp: Experiment, active_model: torch.Tensor) -> dict[str, float]:
     """Test loss and accuracy of the server model, the mean of the active clients' models
     (``active_model``, averaged as the algorithm averages) and the mean of every client's latest model."""
-    d = exp.data
+    d, e = exp.data, exp.spec.evaluation
     out: dict[str, float] = {}
     out["test_loss"], out["test_acc"] = evaluate(exp.model, exp.theta, d.x_test, d.y_test)
-    if exp.cfg.eval_active:
+    if e.active:
         out["test_loss_active"], out["test_acc_active"] = evaluate(exp.model, active_model, d.x_test, d.y_test)
-    if exp.cfg.eval_all:
+    if e.all:
         out["test_loss_all"], out["test_acc_all"] = evaluate(exp.model, exp.all_models.mean, d.x_test, d.y_test)
     return out
 
@@ -171,95 +195,98 @@ def evaluate_round(exp: Experiment, active_model: torch.Tensor) -> dict[str, flo
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run all rounds of ``cfg`` and write the outputs into ``run_dir``; returns the summary."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resumed = checkpoint.check_run_dir(cfg, run_dir)  # a checkpoint to continue from, or None; refuses a changed config
-    configure_determinism(cfg)
-    # mmap client state: durable files in <run dir>/state/, rolled back to the checkpoint when it refers to them
-    exp = build(cfg, checkpoint.state_dir(run_dir), checkpoint.prepare_state_files(run_dir, resumed))
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    writer = MetricsWriter(run_dir / "metrics.csv", metric_columns(cfg))
-    counters = checkpoint.Counters() if resumed is None else checkpoint.restore(resumed, exp, writer.path)
-    if resumed is not None:
-        writer.rows = list(resumed["rows"])
-        log.info("fedrun: resuming %s after round %d", run_dir, counters.round)
-    threads_before = apply_threads(cfg.get("threads"), exp.model.num_params, exp.device)
+    exp, writer, counters = start(cfg, run_dir)
+    spec, rounds = exp.spec, exp.spec.rounds
+    loss_guard = guard.LossGuard(exp.cfg, counters.reference_loss)
+    comm, pending = counters.comm, counters.pending
+    threads_before = apply_threads(exp.cfg.get("threads"), exp.model.num_params, exp.device)
     made_by = provenance(exp.device)
-    per_client = client_eval.ClientEvaluator(cfg, exp, exp.held_out, run_dir, counters.round) if exp.held_out else None
-    trackers = open_loggers(cfg, run_dir, config)
-    loss_guard = guard.LossGuard(cfg, counters.extra.get("reference_loss"))
-    signals = checkpoint.StopSignals()
-    rounds = int(cfg.rounds)
-    log.info(
-        "fedrun: %s on %s (%d clients, %d params, device %s) -> %s",
-        type(exp.algorithm).__name__, exp.data.name, exp.ctx.num_clients, exp.model.num_params, exp.device, run_dir,
-    )
-    progress = Progress(rounds, start=counters.round, enabled=cfg.progress, quiet=bool(cfg.get("quiet", False)))
-    start = time.perf_counter() - counters.wall_s
-    pending = counters.pending
-    comm = counters.comm
-    status = "running"
-    signals.install()
+    per_client = client_eval.ClientEvaluator(exp.cfg, exp, exp.held_out, run_dir, counters.round) if exp.held_out else None
+    trackers = open_loggers(exp.cfg, run_dir, spec.config)
+    keep = bool(exp.cfg.get("keep_checkpoint", False))
+    progress = Progress(rounds, start=counters.round, enabled=spec.progress, quiet=bool(exp.cfg.get("quiet", False)))
+    began = time.perf_counter() - counters.wall_s
+    status = "failed"
     try:
-        for r in range(counters.round + 1, rounds + 1):
-            step = run_round(exp, r)
-            loss_guard.check_train(r, step["train_loss"])
-            comm += step["comm_fedavg_rounds"]
-            if math.isfinite(step["train_loss"]):  # nan: every client of the round was dropped
-                pending["train_loss"].append(step["train_loss"])
-            pending["dropped_clients"] = pending.get("dropped_clients", 0) + step["dropped_clients"]
-            pending["uplink_mb"] += step["uplink_mb"]
-            pending["downlink_mb"] += step["downlink_mb"]
-            if r % int(cfg.eval_every) == 0 or r == rounds:
-                row = {
-                    "round": r,
-                    "active_clients": step["active_clients"],
-                    "lr": step["lr"],
-                    "train_loss": sum(pending["train_loss"]) / len(pending["train_loss"]) if pending["train_loss"] else math.nan,
-                    **evaluate_round(exp, step["active_model"]),
-                    **(per_client.evaluate(r, exp.theta) if per_client else {}),
-                    "dropped_clients": pending.get("dropped_clients", 0),
-                    "uplink_mb": pending["uplink_mb"],
-                    "downlink_mb": pending["downlink_mb"],
-                    "comm_fedavg_rounds": comm,
-                    "wall_s": time.perf_counter() - start,
-                }
-                loss_guard.check_test(r, row)
-                writer.write(row)
-                trackers.log(row)
-                pending = {"train_loss": [], "uplink_mb": 0.0, "downlink_mb": 0.0}
-                progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
-            state = checkpoint.Counters(r, comm, pending, time.perf_counter() - start, {"reference_loss": loss_guard.reference})
-            checkpoint.after_round(cfg, run_dir, exp, state, writer.rows, signals)  # periodic / on-signal checkpoint
-            if r == rounds and cfg.get("keep_checkpoint"):  # the final state, to continue later with a larger rounds=
-                checkpoint.save(run_dir, exp, state, writer.rows)
+        with StopSignals() as signals:
+            for r in range(counters.round + 1, rounds + 1):
+                record = run_round(exp, r)
+                loss_guard.check_train(r, record.train_loss)
+                comm += record.comm_fedavg_rounds
+                pending = pending.add(record.train_loss, record.uplink_mb, record.downlink_mb, record.dropped_clients)
+                if spec.evaluation.due(r, rounds):
+                    row = {
+                        "round": r,
+                        "active_clients": record.active_clients,
+                        "lr": record.lr,
+                        "train_loss": pending.mean_train_loss(),
+                        **evaluate_round(exp, record.active_model),
+                        **(per_client.evaluate(r, exp.theta) if per_client else {}),
+                        "dropped_clients": pending.dropped_clients,
+                        "uplink_mb": pending.uplink_mb,
+                        "downlink_mb": pending.downlink_mb,
+                        "comm_fedavg_rounds": comm,
+                        "wall_s": time.perf_counter() - began,
+                    }
+                    loss_guard.check_test(r, row)
+                    writer.write(row)
+                    trackers.log(row)
+                    pending = checkpoint.Pending()
+                    progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
+                stop = signals.received is not None and r < rounds  # a signal during the last round: just finish
+                if stop or spec.checkpoint.due(r, rounds) or (keep and r == rounds):  # keep: the final state, to continue later
+                    counters = checkpoint.Counters(r, comm, pending, time.perf_counter() - began, loss_guard.reference)
+                    checkpoint.save(run_dir, exp, counters, writer.rows)
+                if stop:
+                    raise signals.stop(r, rounds, run_dir)
         status = "finished"
     except DivergenceError:
         status = "diverged"
         raise
-    except checkpoint.Interrupted:
+    except Interrupted:
         status = "interrupted"
         raise
     finally:
-        signals.restore()
         progress.close()
-        seconds = time.perf_counter() - start
-        if status == "running":
-            status = "failed"
-        summary = summarize(writer.rows, status, seconds, exp.model.num_params, config, {**made_by, **client_eval.summary(writer.rows)})
-        write_json_atomic(run_dir / "summary.json", summary)
+        extra = {**made_by, **client_eval.summary(writer.rows)}
+        summary = finish(exp, run_dir, writer.rows, status, time.perf_counter() - began, extra, keep)
         trackers.close(summary)
         torch.set_num_threads(threads_before)
-        if status == "finished":  # only now: a kill before this line leaves the checkpoint to resume from
-            if not cfg.get("keep_checkpoint"):  # kept: the final state, to continue with a larger rounds=
-                checkpoint.remove(run_dir)
-        else:  # state files no checkpoint refers to cannot be resumed from
-            checkpoint.remove_unused_state(run_dir)
-        if writer.rows:
-            convergence_plot(writer.rows, run_dir / "convergence.png", plot_title(cfg, exp), type(exp.algorithm).__name__)
     return summary
 
 
-def plot_title(cfg: DictConfig, exp: Experiment) -> str:
-    from fedrun.plots import run_title
+def start(cfg: DictConfig, run_dir: Path) -> tuple[Experiment, MetricsWriter, checkpoint.Counters]:
+    """Decide what to do with ``run_dir`` (:mod:`fedrun.rundir`), build the run and restore its checkpoint."""
+    spec = specs.read(cfg)
+    log.debug("fedrun: %s", spec)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resumed = rundir.decide(spec.resume, run_dir)  # a checkpoint to continue from, or None; refuses a changed config
+    configure_determinism(spec.numerics)
+    if resumed is not None:
+        checkpoint.roll_back_files(run_dir, resumed)  # mmap client state: the files as of the checkpoint
+    exp = build(cfg, checkpoint.state_dir(run_dir), resumed)
+    writer = MetricsWriter(run_dir / rundir.METRICS, metric_columns(spec))
+    counters = checkpoint.Counters()
+    if resumed is not None:
+        counters = checkpoint.restore(resumed, exp, writer.path)
+        writer.rows = list(resumed["rows"])
+        log.info("fedrun: resuming %s after round %d", run_dir, counters.round)
+    log.info(
+        "fedrun: %s on %s (%d clients, %d params, device %s) -> %s",
+        type(exp.algorithm).__name__, exp.data.name, exp.ctx.num_clients, exp.model.num_params, exp.device, run_dir,
+    )
+    log.debug("fedrun: client state %s (%s), engine %s", type(exp.store).__name__, exp.store.placement, exp.engine)
+    return exp, writer, counters
 
-    return run_title(cfg, exp.data.name, exp.ctx.num_clients)
+
+def finish(exp: Experiment, run_dir: Path, rows: list[dict[str, Any]], status: str, seconds: float,
+           extra: Optional[dict[str, Any]] = None, keep_checkpoint: bool = False) -> dict[str, Any]:
+    """Write ``summary.json`` (with ``extra``: provenance, validation accuracy), tidy the run dir
+    (:func:`fedrun.rundir.finish`), plot; returns the summary."""
+    summary = summarize(rows, status, seconds, exp.model.num_params, exp.spec.config, extra)
+    write_json_atomic(run_dir / rundir.SUMMARY, summary)
+    rundir.finish(run_dir, status, keep_checkpoint)  # only after the summary: a kill before leaves the checkpoint
+    if rows:
+        title = f"{type(exp.algorithm).__name__} on {exp.data.name} {exp.spec.title()}"
+        convergence_plot(rows, run_dir / "convergence.png", title, type(exp.algorithm).__name__)
+    return summary

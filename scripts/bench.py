@@ -128,11 +128,12 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
 
 def setup_worker(bench: dict[str, str], cfg: Any) -> None:
     """Threads as asked; precision and determinism exactly as ``fedrun`` sets them for ``cfg``."""
+    from fedrun import specs
     from fedrun.determinism import configure_determinism
 
     if int(bench["threads"]) > 0:
         torch.set_num_threads(int(bench["threads"]))
-    configure_determinism(cfg)
+    configure_determinism(specs.read(cfg).numerics)
     if bench["cudnn_benchmark"].lower() == "true" and not bool(cfg.get("deterministic", False)):
         torch.backends.cudnn.benchmark = True
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks that CI (CPU only) cannot do: run from the repo root on a CUDA machine.
 #
-#   scripts/gpu_check.sh bench      # issue 5's H100 targets: CIFAR-10 CNN, 100 clients, E=5, B=50, p=0.1 and 1.0 (fp32, tf32, bf16)
+#   scripts/gpu_check.sh bench      # the H100 targets: CIFAR-10 CNN, 100 clients, E=5, B=50, p=0.1 and 1.0 (fp32, tf32, bf16)
 #   scripts/gpu_check.sh paths      # CUDA paths: deterministic=true repeats bit for bit, pinned and mmap state, TF32 flags
 #   scripts/gpu_check.sh tests      # the CPU test suite with CUDA visible (device=auto puts most runs on the GPU)
 #
@@ -54,9 +54,9 @@ paths)
         echo "state placements: metrics DIFFER" | tee -a "$out/paths.txt"; status=1
     fi
     python3 -c "
-from omegaconf import OmegaConf
 from fedrun.determinism import configure_determinism, current_precision
-configure_determinism(OmegaConf.create({'precision': 'fp32'})); print('precision=fp32 ->', current_precision())
+from fedrun.specs import Numerics
+configure_determinism(Numerics(False, 'fp32')); print('precision=fp32 ->', current_precision())
 " | tee -a "$out/paths.txt"
     exit $status
     ;;

@@ -19,8 +19,8 @@ FL_SIMULATOR=${FL_SIMULATOR:-1}
 [ "$FL_SIMULATOR" = only ] && DATASETS=""
 status=0
 for d in $DATASETS; do
-  echo "== $d: fedrun -m +experiment=paper_$d $*"
-  fedrun -m "+experiment=paper_$d" "hydra.sweep.dir=$OUT/runs/$d" "$@" || { echo "warning: the $d sweep stopped early (rerun to go on)"; status=1; }
+  echo "== $d: fedrun -m experiment=paper_$d $*"
+  fedrun -m "experiment=paper_$d" "hydra.sweep.dir=$OUT/runs/$d" "$@" || { echo "warning: the $d sweep stopped early (rerun to go on)"; status=1; }
 done
 for d in $DATASETS; do  # per dataset: its own targets; curves by algorithm, one figure per setting
   [ -d "$OUT/runs/$d" ] && fedrun-report "$OUT/runs/$d" --out "$OUT/$d" --published scripts/paper_published.csv \
@@ -30,9 +30,9 @@ done
 if [ "$FL_SIMULATOR" != 0 ]; then
   FLS="$OUT/fl_simulator"
   for extra in "" "algo=feddyn algo.alpha=0.1 lr_decay=0.9995" "algo=fedprox algo.mu=0.1" "algo=fedadam algo.server_lr=0.1 algo.tau=0.01"; do
-    echo "== fl_simulator_cifar10: fedrun -m +experiment=fl_simulator_cifar10 $extra $*"
+    echo "== fl_simulator_cifar10: fedrun -m experiment=fl_simulator_cifar10 $extra $*"
     # shellcheck disable=SC2086  # $extra is a list of overrides
-    fedrun -m +experiment=fl_simulator_cifar10 "hydra.sweep.dir=$FLS/runs" $extra "$@" || { echo "warning: the fl_simulator_cifar10 sweep stopped early (rerun to go on)"; status=1; }
+    fedrun -m experiment=fl_simulator_cifar10 "hydra.sweep.dir=$FLS/runs" $extra "$@" || { echo "warning: the fl_simulator_cifar10 sweep stopped early (rerun to go on)"; status=1; }
   done
   [ -d "$FLS/runs" ] && fedrun-report "$FLS/runs" --out "$FLS" --published scripts/fl_simulator_published.csv \
     --group-by algo partition --facet partition > /dev/null

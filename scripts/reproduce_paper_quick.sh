@@ -9,11 +9,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/paper-quick}
 SHAKESPEARE=${SHAKESPEARE:-../shared/data/shakespeare}
 status=0
-fedrun -m +experiment=paper_synthetic "hydra.sweep.dir=$OUT/runs/synthetic" \
+fedrun -m experiment=paper_synthetic "hydra.sweep.dir=$OUT/runs/synthetic" \
   algo=feddyn,fedavg,fedprox,scaffold participation=0.1,1.0 seed=0,1 \
   rounds=20 local_epochs=1 "targets=[0.7,0.8]" progress=false "$@" || status=1
 if [ -d "$SHAKESPEARE" ]; then
-  fedrun -m +experiment=paper_shakespeare "hydra.sweep.dir=$OUT/runs/shakespeare" "data.root=$SHAKESPEARE" \
+  fedrun -m experiment=paper_shakespeare "hydra.sweep.dir=$OUT/runs/shakespeare" "data.root=$SHAKESPEARE" \
     algo=feddyn,fedavg participation=1.0 data.iid=false seed=0 \
     num_clients=5 data.train_per_client=100 data.test_per_client=40 rounds=4 local_epochs=1 \
     "targets=[0.15,0.2]" progress=false "$@" || status=1

@@ -1,4 +1,8 @@
-"""Shared test helpers: compose fedrun's Hydra config without the command line."""
+"""The one way tests get a config: :func:`compose_config` composes fedrun's Hydra config from
+overrides, as the ``fedrun`` command would see it (``hydra=True``: with Hydra's own node too).
+
+Runs made in the test process skip the per-run convergence figure (:func:`no_run_figure`): drawing it
+costs more than a tiny run's rounds. tests/test_cli.py checks the figure through the real command."""
 
 from __future__ import annotations
 
@@ -11,13 +15,38 @@ from fedrun.config import CONF_DIR, register_configs
 register_configs()
 
 
-def compose_config(*overrides: str):
-    """The composed config for ``overrides``, as the ``fedrun`` command would see it."""
+def compose_config(*overrides: str, hydra: bool = False):
+    """The composed config for ``overrides``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.fixture(autouse=True)
+def no_run_figure(monkeypatch):
+    import fedrun.runner
+
+    monkeypatch.setattr(fedrun.runner, "convergence_plot", lambda *args, **kwargs: None)
 
 
 @pytest.fixture
 def compose_cfg():
     return compose_config
+
+
+@pytest.fixture
+def restore_logging():
+    """In-process Hydra runs (``fedrun.cli.main()``) attach log handlers to streams pytest closes
+    afterwards: undo that."""
+    import logging
+
+    loggers = [logging.getLogger(), logging.getLogger("fedrun"), logging.getLogger("hydra")]
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, handlers, level, propagate in saved:
+        for h in lg.handlers:
+            if h not in handlers:
+                h.close()
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate

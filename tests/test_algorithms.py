@@ -24,7 +24,8 @@ from fedrun.errors import FedrunError
 from fedrun.evaluation import evaluate
 from fedrun.runner import build, evaluate_round, metric_columns, run, run_round
 from fedrun.sampling import SAMPLERS
-from tests.conftest import compose_config
+from fedrun.specs import read
+from conftest import compose_config
 
 M = 4
 TINY = [
@@ -420,12 +421,12 @@ def test_three_evaluated_models(algo):
     for r in (1, 2):
         step = run_round(exp, r)
         active = SAMPLERS["bernoulli"](M, 0.6, SEED, r)
-        latest[active] = step["client_thetas"]
-        out = evaluate_round(exp, step["active_model"])
+        latest[active] = step.client_thetas
+        out = evaluate_round(exp, step.active_model)
         d = exp.data
         assert out["test_loss"] == pytest.approx(evaluate(exp.model, exp.theta, d.x_test, d.y_test)[0])
-        torch.testing.assert_close(step["active_model"], mean(step["client_thetas"], active), rtol=1e-5, atol=1e-6)
-        loss, acc = evaluate(exp.model, mean(step["client_thetas"], active), d.x_test, d.y_test)
+        torch.testing.assert_close(step.active_model, mean(step.client_thetas, active), rtol=1e-5, atol=1e-6)
+        loss, acc = evaluate(exp.model, mean(step.client_thetas, active), d.x_test, d.y_test)
         assert (out["test_loss_active"], out["test_acc_active"]) == pytest.approx((loss, acc), rel=1e-5)
         loss, acc = evaluate(exp.model, mean(latest, torch.arange(M)), d.x_test, d.y_test)
         assert (out["test_loss_all"], out["test_acc_all"]) == pytest.approx((loss, acc), rel=1e-5)
@@ -434,12 +435,12 @@ def test_three_evaluated_models(algo):
     if algo == "feddyn":
         assert out["test_loss"] != pytest.approx(out["test_loss_active"]), "FedDyn's server model is not the active mean"
     if weighted:
-        torch.testing.assert_close(exp.theta, step["active_model"])  # FedAvg's server model is its weighted mean
+        torch.testing.assert_close(exp.theta, step.active_model)  # FedAvg's server model is its weighted mean
 
 
 def test_evaluation_columns_switch_off():
     cfg = compose_config(*TINY, "eval_active=false", "eval_all=false")
-    cols = metric_columns(cfg)
+    cols = metric_columns(read(cfg))
     assert "test_acc" in cols and not any(c.endswith(("_active", "_all")) for c in cols)
     exp = build(cfg)
     assert "_latest_delta" not in exp.store and exp.all_models is None

@@ -3,12 +3,12 @@
 In-process: a checkpoint of an mmap store holds no table data; the undo journal rolls the files
 back to the checkpoint exactly (rows written once or twice since, bitwise -0.0 rows, never-written
 rows), also after a crash inside the journal write, inside the checkpoint (before and after its
-rename) and inside the roll-back itself; placements may change across a checkpoint.
+rename) and inside the roll-back itself; a resume keeps the checkpoint's placement or is refused.
 
 Real processes (``python -m fedrun``, SIGKILL from outside at a random moment or from inside at a
 chosen line of the journal/checkpoint code): FedDyn and SCAFFOLD with ``state_placement=mmap`` and
-partial participation, killed again and again and resumed, some resumptions with another
-placement, write the metrics.csv of an uninterrupted run.
+partial participation, killed again and again and resumed, write the metrics.csv of an
+uninterrupted run; a resumption with another placement is refused in one sentence.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from typing import Optional
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
-from fedrun import checkpoint, state
-from fedrun.state import ClientStateStore
-from test_resume import ROUNDS, command, metrics_without_wall, needs, reference, rows_in, wait_for_rows  # noqa: F401
+from fedrun import checkpoint, journal
+from fedrun.errors import FedrunError
+from fedrun.state import MmapStore, TensorStore
+from test_resume import ARGS, ROUNDS, command, metrics_without_wall, needs, reference, rows_in, wait_for_rows  # noqa: F401
 
 CPU = torch.device("cpu")
 
@@ -37,30 +36,29 @@ CPU = torch.device("cpu")
 # In-process: a store, a checkpoint of it, a crash, a roll-back
 
 
-def new_store(run_dir: Path, m: int, p: int, placement: str = "mmap", files: str = "new", names=("a", "b")) -> ClientStateStore:
-    store = ClientStateStore(m, p, CPU, placement, checkpoint.state_dir(run_dir), files)
+def new_store(run_dir: Path, m: int, p: int, reuse: bool = False, names=("a", "b")) -> MmapStore:
+    store = MmapStore(m, p, CPU, checkpoint.state_dir(run_dir), reuse)
     for name in names:
         store.add(name)
     return store
 
 
-def experiment(store: ClientStateStore) -> SimpleNamespace:
+def experiment(store) -> SimpleNamespace:
     """The parts of an :class:`~fedrun.runner.Experiment` that checkpoint.save/restore use."""
-    cfg = OmegaConf.create({"algo": "test", "num_clients": store.num_clients})
-    return SimpleNamespace(theta=torch.arange(3.0), server={"h": torch.ones(3)}, store=store, cfg=cfg, device=CPU)
+    spec = SimpleNamespace(config={"algo": "test", "num_clients": store.num_clients})
+    return SimpleNamespace(theta=torch.arange(3.0), server={"h": torch.ones(3)}, store=store, spec=spec, device=CPU)
 
 
-def save(run_dir: Path, store: ClientStateStore, round_: int) -> Path:
+def save(run_dir: Path, store, round_: int) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     return checkpoint.save(run_dir, experiment(store), checkpoint.Counters(round=round_), [])
 
 
-def resume(run_dir: Path, m: int, p: int, placement: str = "mmap", names=("a", "b")) -> ClientStateStore:
+def resume(run_dir: Path, m: int, p: int, names=("a", "b")) -> MmapStore:
     """What a resumed run does: roll the files back, build its store, restore the checkpoint into it."""
     ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
-    files = checkpoint.prepare_state_files(run_dir, ckpt)
-    store = new_store(run_dir, m, p, placement, files, names)
-    checkpoint.restore(ckpt, experiment(store), run_dir / checkpoint.METRICS)
+    store = new_store(run_dir, m, p, checkpoint.roll_back_files(run_dir, ckpt), names)
+    checkpoint.restore(ckpt, experiment(store), run_dir / "metrics.csv")
     return store
 
 
@@ -75,8 +73,8 @@ def assert_same_bits(store: ClientStateStore, expected: dict[str, torch.Tensor])
         assert torch.equal(table.view(torch.int32), expected[name]), name
 
 
-def journal(run_dir: Path) -> list[str]:
-    folder = checkpoint.state_dir(run_dir) / state.JOURNAL_DIR
+def entries_in(run_dir: Path) -> list[str]:
+    folder = checkpoint.state_dir(run_dir) / journal.JOURNAL_DIR
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
@@ -93,10 +91,11 @@ def test_checkpoint_of_an_mmap_store_holds_no_tables(tmp_path: Path) -> None:
     path = save(tmp_path / "mmap", mapped, 2)
     assert path.stat().st_size < 64_000 < table_bytes  # a few KB: theta, RNG states, config
     ckpt = checkpoint.load(path)
-    assert ckpt["store"] == {} and ckpt["state_files"] == {"epoch": 1, "shape": [m, p], "tables": ["a", "b"]}
-    assert journal(tmp_path / "mmap") == []  # the checkpoint starts a new epoch: older entries go
+    assert ckpt["store"] == {"placement": "mmap", "files": {"epoch": 1, "shape": [m, p], "tables": ["a", "b"]}}
+    assert entries_in(tmp_path / "mmap") == []  # the checkpoint starts a new epoch: older entries go
     # the same store on the device is copied into the checkpoint (so the size check above can fail)
-    device = new_store(tmp_path / "device", m, p, placement="device")
+    device = TensorStore(m, p, CPU)
+    device.add("a"), device.add("b")
     assert save(tmp_path / "device", device, 2).stat().st_size > table_bytes
 
 
@@ -114,15 +113,15 @@ def test_roll_back_to_the_checkpoint_is_exact(tmp_path: Path) -> None:
     store.set("b", torch.tensor([9, 0]), rows(2, p, 300.0))
     store.set("a", torch.tensor([3]), rows(1, p, 400.0))
     # each row's old value is journaled once: a{3,5}, a{1}, b{0,9}; the last set journals nothing
-    assert journal(tmp_path) == ["00000001-00000000.undo", "00000001-00000001.undo", "00000001-00000002.undo"]
+    assert entries_in(tmp_path) == ["00000001-00000000.undo", "00000001-00000001.undo", "00000001-00000002.undo"]
     assert not torch.equal(store.tables["a"].view(torch.int32), expected["a"])
     del store  # a crash: durable files stay as they are
     again = resume(tmp_path, m, p)
     assert_same_bits(again, expected)
-    assert journal(tmp_path) == []
+    assert entries_in(tmp_path) == []
     # the resumed store journals against the same checkpoint: another crash rolls back again
     again.set("a", torch.tensor([1, 2]), rows(2, p, 500.0))
-    assert journal(tmp_path) == ["00000001-00000000.undo"]
+    assert entries_in(tmp_path) == ["00000001-00000000.undo"]
     del again
     assert_same_bits(resume(tmp_path, m, p), expected)
 
@@ -130,10 +129,10 @@ def test_roll_back_to_the_checkpoint_is_exact(tmp_path: Path) -> None:
 def test_a_fresh_store_in_the_run_dir_forgets_old_files_and_journal(tmp_path: Path) -> None:
     store = new_store(tmp_path, 4, 3)
     store.set("a", torch.tensor([1]), rows(1, 3, 1.0))
-    assert journal(tmp_path)
+    assert entries_in(tmp_path)
     del store
-    fresh = new_store(tmp_path, 4, 3)  # files="new": a run started over
-    assert journal(tmp_path) == [] and not fresh.tables["a"].any()
+    fresh = new_store(tmp_path, 4, 3)  # not reused: a run started over
+    assert entries_in(tmp_path) == [] and not fresh.tables["a"].any()
 
 
 def crash_on(monkeypatch: pytest.MonkeyPatch, target: object, name: str, when: str = "before", pick=lambda *a: True) -> None:
@@ -161,14 +160,14 @@ def test_crash_between_journal_entry_and_table_write(monkeypatch: pytest.MonkeyP
         crash_on(mp, os, "replace", pick=lambda src, dst: str(dst).endswith("-00000001.undo"))
         with pytest.raises(KeyboardInterrupt):
             store.set("a", torch.tensor([2, 5]), rows(2, p, 3.0))
-    assert journal(tmp_path) == ["00000001-00000000.undo", "00000001-00000001.undo.tmp"]
+    assert entries_in(tmp_path) == ["00000001-00000000.undo", "00000001-00000001.undo.tmp"]
     with monkeypatch.context() as mp:  # the entry is durable, the rows are not written yet
-        crash_on(mp, state.UndoJournal, "write", when="after")
+        crash_on(mp, journal.UndoJournal, "write", when="after")
         with pytest.raises(KeyboardInterrupt):
             store.set("b", torch.tensor([0]), rows(1, p, 4.0))
     del store
     assert_same_bits(resume(tmp_path, m, p), expected)
-    assert journal(tmp_path) == []
+    assert entries_in(tmp_path) == []
 
 
 @pytest.mark.parametrize("where", ["after flush", "before rename", "after rename"])
@@ -183,20 +182,20 @@ def test_crash_inside_a_checkpoint_leaves_a_consistent_pair(where: str, monkeypa
     at_second = bits(store)
     with monkeypatch.context() as mp:
         if where == "after flush":
-            crash_on(mp, ClientStateStore, "flush", when="after")
+            crash_on(mp, MmapStore, "flush", when="after")
         elif where == "before rename":  # checkpoint.pt.tmp written and fsynced, not renamed
             crash_on(mp, os, "replace", pick=lambda src, dst: Path(dst).name == checkpoint.CHECKPOINT)
         else:  # the new checkpoint is in place, the old epoch's journal entries are not deleted yet
-            crash_on(mp, state.UndoJournal, "begin_epoch")
+            crash_on(mp, journal.UndoJournal, "begin_epoch")
         with pytest.raises(KeyboardInterrupt):
             save(tmp_path, store, 4)
     del store
     ckpt = checkpoint.load(tmp_path / checkpoint.CHECKPOINT)
     assert ckpt["round"] == (4 if where == "after rename" else 2)
     if where == "after rename":
-        assert journal(tmp_path) == ["00000001-00000000.undo", "00000001-00000001.undo"]  # epoch 1: stale now
+        assert entries_in(tmp_path) == ["00000001-00000000.undo", "00000001-00000001.undo"]  # epoch 1: stale now
     assert_same_bits(resume(tmp_path, m, p), at_second if where == "after rename" else at_first)
-    assert journal(tmp_path) == []
+    assert entries_in(tmp_path) == []
 
 
 def test_crash_during_roll_back_then_roll_back_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -210,14 +209,14 @@ def test_crash_during_roll_back_then_roll_back_again(monkeypatch: pytest.MonkeyP
     del store
     ckpt = checkpoint.load(tmp_path / checkpoint.CHECKPOINT)
     with monkeypatch.context() as mp:  # killed after applying the newest entry, while reading the next
-        mp.setattr(state, "apply_entry", _nth_call_raises(state.apply_entry, 2))
+        mp.setattr(journal, "apply_entry", _nth_call_raises(journal.apply_entry, 2))
         with pytest.raises(KeyboardInterrupt):
-            checkpoint.prepare_state_files(tmp_path, ckpt)
+            checkpoint.roll_back_files(tmp_path, ckpt)
     with monkeypatch.context() as mp:  # killed after the whole roll-back, before the entries are deleted
-        crash_on(mp, state, "discard")
+        crash_on(mp, journal, "discard")
         with pytest.raises(KeyboardInterrupt):
-            checkpoint.prepare_state_files(tmp_path, ckpt)
-    assert len(journal(tmp_path)) == 3
+            checkpoint.roll_back_files(tmp_path, ckpt)
+    assert len(entries_in(tmp_path)) == 3
     assert_same_bits(resume(tmp_path, m, p), expected)
 
 
@@ -233,50 +232,36 @@ def _nth_call_raises(original, n: int):
     return call
 
 
-def test_placement_changes_across_a_checkpoint(tmp_path: Path) -> None:
-    m, p = 6, 5
-    store = new_store(tmp_path, m, p)
-    store.set("a", torch.tensor([1, 4]), rows(2, p, 1.0))
-    store.set("b", torch.tensor([0]), rows(1, p, -1.0))
-    save(tmp_path, store, 2)
-    expected = bits(store)
-    store.set("a", torch.tensor([1, 2]), rows(2, p, 7.0))  # after the checkpoint, then a crash
-    del store
-    # mmap files -> device: rolled back, loaded into device tables; the files stay until its checkpoint
-    device = resume(tmp_path, m, p, placement="device")
-    assert_same_bits(device, expected)
-    assert checkpoint.state_dir(tmp_path).exists()
-    device.set("b", torch.tensor([5]), rows(1, p, 2.0))
-    save(tmp_path, device, 4)
-    expected = bits(device)
-    assert not checkpoint.state_dir(tmp_path).exists()  # superseded by the tables in checkpoint.pt
-    assert set(checkpoint.load(tmp_path / checkpoint.CHECKPOINT)["store"]) == {"a", "b"}
-    # device tables in the checkpoint -> mmap: new files, filled from the checkpoint
-    mapped = resume(tmp_path, m, p, placement="mmap")
-    assert mapped.files == "new"
-    assert_same_bits(mapped, expected)
-    mapped.set("a", torch.tensor([0]), rows(1, p, 3.0))  # a crash before its first checkpoint...
-    del mapped
-    assert_same_bits(resume(tmp_path, m, p, placement="pinned"), expected)  # ...resumes from the tables
+def test_placement_across_a_resume_is_kept_or_refused(tmp_path: Path) -> None:
+    """auto keeps the checkpoint's placement; device and pinned hold the same snapshot (tables) and may
+    swap; files and tables may not: one sentence."""
+    mmap = {"store": {"placement": "mmap", "files": {}}}
+    tables = {"store": {"placement": "device", "tables": {}}}
+    path = tmp_path / checkpoint.CHECKPOINT
+    assert checkpoint.placement(mmap, "auto", path) == "mmap" and checkpoint.placement(mmap, "mmap", path) == "mmap"
+    assert checkpoint.placement(tables, "auto", path) == "device" and checkpoint.placement(tables, "pinned", path) == "pinned"
+    with pytest.raises(FedrunError, match=r"keeps the client state with state_placement=mmap: resume with state_placement=mmap"):
+        checkpoint.placement(mmap, "device", path)
+    with pytest.raises(FedrunError, match=r"state_placement=device: resume with state_placement=device \(or auto\)"):
+        checkpoint.placement(tables, "mmap", path)
 
 
 def test_missing_state_file_is_one_sentence(tmp_path: Path) -> None:
     store = new_store(tmp_path, 4, 3)
     save(tmp_path, store, 2)
     store.paths["b"].unlink()
-    from fedrun.errors import FedrunError
 
     with pytest.raises(FedrunError, match=r"state_b\.bin is missing but .*checkpoint\.pt refers to it: add resume=false"):
-        checkpoint.prepare_state_files(tmp_path, checkpoint.load(tmp_path / checkpoint.CHECKPOINT))
+        checkpoint.roll_back_files(tmp_path, checkpoint.load(tmp_path / checkpoint.CHECKPOINT))
     # a damaged journal entry (a disk fault: renamed entries are complete) is one sentence too
-    store = new_store(tmp_path, 4, 3)  # files="new": b exists again
+    store = new_store(tmp_path, 4, 3)  # new files: b exists again
     store.set("a", torch.tensor([1]), rows(1, 3, 1.0))
     save(tmp_path, store, 2)
     store.set("a", torch.tensor([1]), rows(1, 3, 2.0))  # its old (non-zero) row is journaled
-    entry = checkpoint.state_dir(tmp_path) / state.JOURNAL_DIR / "00000001-00000000.undo"
+    entry = checkpoint.state_dir(tmp_path) / journal.JOURNAL_DIR / "00000001-00000000.undo"
     entry.write_bytes(entry.read_bytes()[:-4])
     with pytest.raises(FedrunError, match=r"journal in .* cannot be applied \(ValueError\): add resume=false to start"):
-        checkpoint.prepare_state_files(tmp_path, checkpoint.load(tmp_path / checkpoint.CHECKPOINT))
+        checkpoint.roll_back_files(tmp_path, checkpoint.load(tmp_path / checkpoint.CHECKPOINT))
 
 
 @pytest.mark.parametrize("crash_after", [1, 3])
@@ -286,7 +271,6 @@ def test_a_stopped_run_keeps_state_files_only_for_its_checkpoint(crash_after: in
 
     cfg = compose_config("algo=feddyn", "num_clients=5", "rounds=4", "local_epochs=1", "data.mean_samples=30",
                          "participation=0.6", "device=cpu", "progress=false", "checkpoint_every=2", "state_placement=mmap")
-    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
     original = runner.run_round
 
     def crash(exp, r):
@@ -317,18 +301,18 @@ def test_a_stopped_run_keeps_state_files_only_for_its_checkpoint(crash_after: in
 DRIVER = textwrap.dedent(
     """
     import os, signal, sys, time
-    from fedrun import checkpoint, guard, state
+    from fedrun import checkpoint, guard, journal
     from fedrun.cli import main
 
     point, nth = sys.argv[1], int(sys.argv[2])
     screen = guard.screen_clients
     guard.screen_clients = lambda *a, **k: (time.sleep(0.05), screen(*a, **k))[1]
     TARGETS = {
-        "journal entry": (state.UndoJournal, "write", "after", lambda *a: True),
+        "journal entry": (journal.UndoJournal, "write", "after", lambda *a: True),
         "checkpoint rename": (os, "replace", "before", lambda src, dst: os.path.basename(dst) == "checkpoint.pt"),
-        "journal epoch": (state.UndoJournal, "begin_epoch", "before", lambda *a: True),
+        "journal epoch": (journal.UndoJournal, "begin_epoch", "before", lambda *a: True),
         "checkpoint": (checkpoint, "save", "after", lambda *a: True),
-        "roll-back": (state, "apply_entry", "before", lambda *a: True),
+        "roll-back": (journal, "apply_entry", "before", lambda *a: True),
     }
     target, name, when, pick = TARGETS.get(point, (os, "getpid", "after", lambda *a: False))
     original, calls = getattr(target, name), []
@@ -368,7 +352,7 @@ def killed_outside(algo: str, run_dir: Path, cwd: Path, k: int, *extra: str) -> 
 
 
 def files_checkpoint(run_dir: Path) -> Optional[dict]:
-    return torch.load(run_dir / checkpoint.CHECKPOINT, weights_only=False)["state_files"]
+    return torch.load(run_dir / checkpoint.CHECKPOINT, weights_only=False)["store"].get("files")
 
 
 def finish(algo: str, run_dir: Path, cwd: Path, reference_metrics: Path, *extra: str) -> None:
@@ -379,6 +363,7 @@ def finish(algo: str, run_dir: Path, cwd: Path, reference_metrics: Path, *extra:
     assert not (run_dir / checkpoint.CHECKPOINT).exists() and not checkpoint.state_dir(run_dir).exists()
 
 
+@pytest.mark.slow
 def test_feddyn_mmap_killed_anywhere_resumes_identically(reference: dict[str, Path], tmp_path: Path) -> None:
     needs("feddyn")
     run_dir, mmap = tmp_path / "run", "state_placement=mmap"
@@ -389,26 +374,27 @@ def test_feddyn_mmap_killed_anywhere_resumes_identically(reference: dict[str, Pa
     # s and _latest_delta rows of the next round are journaled (2 entries), the 3rd entry is the
     # next round's s: durable, its rows not written, then the kill: 3 entries to roll back
     killed_inside("feddyn", run_dir, tmp_path, "journal entry", 3, mmap)
-    assert len(journal(run_dir)) == 3
+    assert len(entries_in(run_dir)) == 3
     killed_inside("feddyn", run_dir, tmp_path, "roll-back", 2, mmap)  # half rolled back
     killed_inside("feddyn", run_dir, tmp_path, "checkpoint rename", 1, mmap)
     assert (run_dir / "checkpoint.pt.tmp").exists()
     before = torch.load(run_dir / checkpoint.CHECKPOINT, weights_only=False)["round"]
     killed_inside("feddyn", run_dir, tmp_path, "journal epoch", 1, mmap)
     assert torch.load(run_dir / checkpoint.CHECKPOINT, weights_only=False)["round"] == before + 2
-    assert journal(run_dir)  # the previous epoch's entries: stale, must not be applied
+    assert entries_in(run_dir)  # the previous epoch's entries: stale, must not be applied
     finish("feddyn", run_dir, tmp_path, reference["feddyn"], mmap)
 
 
-def test_scaffold_resumed_with_other_placements_is_identical(reference: dict[str, Path], tmp_path: Path) -> None:
+def test_scaffold_mmap_resumed_keeps_its_placement_and_is_identical(reference: dict[str, Path], tmp_path: Path) -> None:
     needs("scaffold")
     run_dir = tmp_path / "run"
     killed_outside("scaffold", run_dir, tmp_path, 3, "state_placement=mmap")  # in round 4
     assert files_checkpoint(run_dir) is not None
-    # mmap files -> device tables; the device run's checkpoint copies them and drops state/
-    killed_inside("scaffold", run_dir, tmp_path, "checkpoint", 1, "state_placement=device")
-    assert files_checkpoint(run_dir) is None and not checkpoint.state_dir(run_dir).exists()
-    # device tables in the checkpoint -> new mmap files
-    killed_inside("scaffold", run_dir, tmp_path, "checkpoint", 1, "state_placement=mmap")
+    from conftest import compose_config
+    from fedrun import runner
+
+    with pytest.raises(FedrunError, match="keeps the client state with state_placement=mmap: resume with state_placement=mmap"):
+        runner.run(compose_config("algo=scaffold", *ARGS, "state_placement=device"), run_dir)
+    killed_inside("scaffold", run_dir, tmp_path, "checkpoint", 1)  # state_placement=auto: the checkpoint's mmap
     assert files_checkpoint(run_dir) is not None
-    finish("scaffold", run_dir, tmp_path, reference["scaffold"], "state_placement=device")
+    finish("scaffold", run_dir, tmp_path, reference["scaffold"], "state_placement=mmap")

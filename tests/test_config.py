@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from fedrun.config import CONF_DIR, option_names, validate
+from fedrun.config import option_names, validate
 from fedrun.errors import FedrunError
-from tests.conftest import compose_config
+from conftest import compose_config
 
 GROUPS = ["algo", "data", "partition", "model", "engine"]
 
@@ -37,7 +37,7 @@ def test_every_option_builds_and_runs_a_round(group, option):
         pytest.skip(f"model={option} needs its own dataset shape (tested with its dataset)")
     exp = build(compose_config(*overrides))  # 10 devices x 40 samples: shards of 40 divide exactly
     out = run_round(exp, 1)
-    assert out["active_clients"] >= 1 and out["train_loss"] > 0
+    assert out.active_clients >= 1 and out.train_loss > 0
 
 
 def test_yaml_and_schema_defaults_agree_and_targets_import():
@@ -48,13 +48,6 @@ def test_yaml_and_schema_defaults_agree_and_targets_import():
             cfg = compose_config(f"{group}={option}")
             module, _, attr = cfg[group]._target_.rpartition(".")
             assert hasattr(importlib.import_module(module), attr)
-
-
-def test_default_config_values():
-    cfg = compose_config()
-    assert 0 < cfg.participation <= 1
-    validate(cfg)
-    assert (CONF_DIR / "config.yaml").exists()
 
 
 @pytest.mark.parametrize(
@@ -80,9 +73,3 @@ def test_impossible_values_give_one_sentence(override, needle):
         validate(cfg)
     message = str(err.value)
     assert needle in message and "\n" not in message and message.endswith(".")
-
-
-@pytest.mark.parametrize("override", ["lr=abc", "device=gpu", "sampling=random", "rounds=2.5", "no_such_key=1"])
-def test_wrong_types_fail_at_compose(override):
-    with pytest.raises(Exception):
-        compose_config(override)

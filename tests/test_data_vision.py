@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from fedrun.errors import FedrunError
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vision_files as vf  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -224,25 +222,17 @@ def test_dataset_brings_paper_defaults_and_command_line_wins(compose_cfg):
     assert plain.partition._target_.endswith("natural") and plain.batch_size == 10 and plain.weight_decay == 1e-5
 
 
-def test_fedrun_cli_runs_cifar_shaped_data_end_to_end(tmp_path):
+def test_a_run_on_cifar_shaped_data_end_to_end(tmp_path, cifar_md5_off, compose_cfg):
+    from fedrun.runner import run
+
     vf.write_cifar10(tmp_path / "data", 8, 10)  # 40 training images
-    run_dir = tmp_path / "run"
-    code = (
-        "import sys; sys.path.insert(0, {tests!r}); import vision_files; vision_files.accept_any_cifar(); "
-        "from fedrun.cli import main; sys.argv = ['fedrun'] + {args!r}; main()"
-    )
-    args = [
+    cfg = compose_cfg(
         "data=cifar10", f"data.root={tmp_path / 'data'}", "data.download=false", "num_clients=4", "rounds=1",
-        "local_epochs=1", "batch_size=5", "participation=1", "progress=false", f"hydra.run.dir={run_dir}",
-    ]
-    proc = subprocess.run(
-        [sys.executable, "-c", code.format(tests=str(REPO / "tests"), args=args)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        "local_epochs=1", "batch_size=5", "participation=1", "progress=false", "device=cpu",
     )
-    assert proc.returncode == 0, proc.stderr
-    metrics = pd.read_csv(run_dir / "metrics.csv")
+    summary = run(cfg, tmp_path / "run")
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert metrics["round"].tolist() == [1] and metrics["active_clients"].tolist() == [4]
-    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["num_params"] == 797_962 and summary["status"] == "finished"
 
 

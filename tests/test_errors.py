@@ -2,8 +2,8 @@
 guard stops (or drops clients) with a message naming round, algorithm and hyperparameters; the same
 config and seed give identical metrics; checkpoint helpers (config diff, truncation, corruption).
 
-Most cases call ``fedrun.cli.main()`` in this process (the full Hydra path, without paying for a new
-interpreter); a few run the real ``python -m fedrun`` to check exit codes end to end.
+Command-line cases call ``fedrun.cli.main()`` in this process (the full Hydra path and exit codes,
+without paying for a new interpreter; tests/test_cli.py runs the real console entry point).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -19,29 +18,16 @@ from typing import Callable
 import pytest
 import torch
 
-from fedrun import checkpoint, cli, runner
-from fedrun.cli_errors import compose
+from fedrun import checkpoint, cli, rundir, runner
 from fedrun.config import CONF_DIR
 from fedrun.errors import DivergenceError, FedrunError
+from fedrun.specs import read_resume
+from conftest import compose_config
 
 TINY = ["num_clients=5", "rounds=4", "local_epochs=1", "data.mean_samples=30", "participation=0.6", "device=cpu", "progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """In-process Hydra runs attach log handlers to streams pytest closes afterwards: undo that."""
-    import logging
-
-    loggers = [logging.getLogger(), logging.getLogger("fedrun"), logging.getLogger("hydra")]
-    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
-    yield
-    for lg, handlers, level, propagate in saved:
-        for h in lg.handlers:
-            if h not in handlers:
-                h.close()
-        lg.handlers[:] = handlers
-        lg.setLevel(level)
-        lg.propagate = propagate
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def files_under(path: Path) -> list[Path]:
@@ -75,6 +61,7 @@ COMPOSE_ERRORS = [
     (["device=gpu"], ["device=gpu is not valid", "auto, cpu, cuda"]),
     (["sampling=random"], ["sampling=random is not valid", "bernoulli, fixed"]),
     (["on_nonfinite=ignore"], ["on_nonfinite=ignore is not valid", "stop, drop"]),
+    (["precision=fp16"], ["precision=fp16 is not valid: use one of fp32, tf32, bf16"]),
     (["lr=="], ["cannot read the override 'lr=='"]),
     (["participation=1.5"], ["participation=1.5 is out of range"]),
     (["lr=-0.1"], ["lr=-0.1 is not a positive number"]),
@@ -163,7 +150,7 @@ def test_corrupt_dataset_file(monkeypatch, capsys, tmp_path, mnist_root):
 
 def test_resume_with_a_different_config_is_refused(monkeypatch, capsys, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = plain(compose([*TINY, "algo=feddyn", "rounds=6", "checkpoint_every=2"]))
+    cfg = compose_config(*TINY, "algo=feddyn", "rounds=6", "checkpoint_every=2")
     stop_after(cfg, run_dir, 3)  # leaves a checkpoint of round 2
     before = sorted(p.name for p in files_under(run_dir))
     code, sentence = cli_error(
@@ -174,7 +161,8 @@ def test_resume_with_a_different_config_is_refused(monkeypatch, capsys, tmp_path
     assert sentence.startswith(f"cannot resume {run_dir}: it was run with a different config (algo.alpha (0.01 there, 0.1 now), lr (0.1 there, 0.05 now))")
     assert sorted(p.name for p in files_under(run_dir)) == before  # nothing touched (no .hydra/ either)
     # keys that change no result (checkpoint_every, progress) do not block a resume
-    assert checkpoint.check_run_dir(plain(compose([*TINY, "algo=feddyn", "rounds=6", "checkpoint_every=5", "progress=true"])), run_dir, clear=False)["round"] == 2
+    same = read_resume(compose_config(*TINY, "algo=feddyn", "rounds=6", "checkpoint_every=5", "progress=true"))
+    assert rundir.decide(same, run_dir, clear=False)["round"] == 2
 
 
 def test_corrupt_checkpoint(monkeypatch, capsys, tmp_path):
@@ -188,7 +176,7 @@ def test_corrupt_checkpoint(monkeypatch, capsys, tmp_path):
 
 def test_finished_run_is_not_redone(monkeypatch, capsys, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = plain(compose([*TINY, "algo=fedavg"]))
+    cfg = compose_config(*TINY, "algo=fedavg")
     runner.run(cfg, run_dir)
     stamp = (run_dir / "metrics.csv").stat().st_mtime_ns
     monkeypatch.chdir(tmp_path)
@@ -197,34 +185,22 @@ def test_finished_run_is_not_redone(monkeypatch, capsys, tmp_path):
     assert "already holds a finished run of this config" in capsys.readouterr().err
     assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
     # resume=true without a dir finds it among the runs of the same data and algo
-    cfg2 = plain(compose([*TINY, "algo=fedavg", "resume=true"]))
-    assert checkpoint.find_resumable(cfg2, tmp_path) == run_dir
-    assert checkpoint.find_resumable(plain(compose([*TINY, "algo=fedavg", "seed=3"])), tmp_path) is None
+    assert rundir.find_resumable(read_resume(compose_config(*TINY, "algo=fedavg", "resume=true")), tmp_path) == run_dir
+    assert rundir.find_resumable(read_resume(compose_config(*TINY, "algo=fedavg", "seed=3")), tmp_path) is None
 
 
-def test_divergence_end_to_end(tmp_path):
-    """A real exploding run (huge lr, no clipping): exit 3, one sentence, status diverged."""
+def test_divergence_end_to_end(monkeypatch, capsys, tmp_path):
+    """A real exploding run (huge lr, no clipping) through the command: exit 3, one sentence, status diverged."""
     run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedrun", *TINY, "algo=feddyn", "lr=1000", "clip_norm=0", "rounds=6", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 3, proc.stderr
-    assert "Traceback" not in proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("fedrun: error: training diverged in round ")
+    code, line = cli_error(monkeypatch, capsys, tmp_path, [*TINY, "algo=feddyn", "lr=1000", "clip_norm=0", "rounds=6", f"hydra.run.dir={run_dir}"])
+    assert code == 3
+    assert line.startswith("training diverged in round ")
     assert "algo=FedDyn" in line and "lower lr=1000.0" in line and "algo.alpha=0.01" in line
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
 
 
 # ---------------------------------------------------------------------------------------------
 # divergence guard, in process
-
-
-def plain(cfg):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
 
 
 def stop_after(cfg, run_dir: Path, rounds: int) -> None:
@@ -273,7 +249,7 @@ def test_nonfinite_client_stops_with_round_algo_and_hyperparameters(monkeypatch,
 
     inject(monkeypatch, lambda r: r == 2, poison)
     with pytest.raises(DivergenceError) as err:
-        runner.run(plain(compose([*TINY, "algo=feddyn"])), tmp_path)
+        runner.run(compose_config(*TINY, "algo=feddyn"), tmp_path)
     msg = str(err.value)
     assert msg.startswith("training diverged in round 2 (algo=FedDyn): 1 of ")
     assert "lower lr=0.1 (or algo.alpha=0.01)" in msg and "on_nonfinite=drop" in msg
@@ -292,7 +268,7 @@ def test_drop_leaves_out_nonfinite_clients(monkeypatch, tmp_path):
             result.thetas[0, :] = float("nan")
 
     inject(monkeypatch, lambda r: r in (2, 3), poison)
-    runner.run(plain(compose([*TINY, "algo=scaffold", "on_nonfinite=drop", "participation=1.0"])), tmp_path)
+    runner.run(compose_config(*TINY, "algo=scaffold", "on_nonfinite=drop", "participation=1.0"), tmp_path)
     rows = read_rows(tmp_path / "metrics.csv")
     assert [int(r["dropped_clients"]) for r in rows] == [0, 5, 1, 0]
     assert rows[1]["test_loss"] == rows[0]["test_loss"] and rows[1]["test_acc"] == rows[0]["test_acc"]
@@ -314,7 +290,7 @@ def test_dropped_client_state_is_not_updated(monkeypatch, tmp_path):
 
     inject(monkeypatch, lambda r: r == 2, lambda res, r: res.thetas[0].fill_(float("nan")))
     monkeypatch.setattr(runner, "run_round", spy)
-    cfg = plain(compose([*TINY, "algo=feddyn", "on_nonfinite=drop", "participation=1.0", "rounds=2"]))
+    cfg = compose_config(*TINY, "algo=feddyn", "on_nonfinite=drop", "participation=1.0", "rounds=2")
     runner.run(cfg, tmp_path)
     before, after = captured[2]
     assert torch.equal(before[0], after[0])  # client 0 (dropped) unchanged
@@ -325,12 +301,12 @@ def test_dropped_client_state_is_not_updated(monkeypatch, tmp_path):
 def test_exploding_loss_stops(monkeypatch, tmp_path):
     inject(monkeypatch, lambda r: r == 3, lambda res, r: res.loss.mul_(1e4))
     with pytest.raises(DivergenceError) as err:
-        runner.run(plain(compose([*TINY, "algo=scaffold"])), tmp_path)
+        runner.run(compose_config(*TINY, "algo=scaffold"), tmp_path)
     msg = str(err.value)
     assert "round 3 (algo=Scaffold)" in msg and "over divergence_factor=100 times round 1's" in msg
     assert "algo.server_lr=1.0" in msg
     # divergence_factor=0 turns the check off
-    runner.run(plain(compose([*TINY, "algo=scaffold", "divergence_factor=0"])), tmp_path / "off")
+    runner.run(compose_config(*TINY, "algo=scaffold", "divergence_factor=0"), tmp_path / "off")
 
 
 def test_nonfinite_test_loss_and_server_model_stop(monkeypatch, tmp_path):
@@ -343,7 +319,7 @@ def test_nonfinite_test_loss_and_server_model_stop(monkeypatch, tmp_path):
 
     monkeypatch.setattr(runner, "evaluate", evaluate)
     with pytest.raises(DivergenceError, match=r"round 1 \(algo=FedAvg\): the server model's test loss is nan"):
-        runner.run(plain(compose([*TINY, "algo=fedavg"])), tmp_path / "a")
+        runner.run(compose_config(*TINY, "algo=fedavg"), tmp_path / "a")
     monkeypatch.setattr(runner, "evaluate", real)
 
     from fedrun.algorithms.fedavg import FedAvg
@@ -351,7 +327,7 @@ def test_nonfinite_test_loss_and_server_model_stop(monkeypatch, tmp_path):
     update = FedAvg.server_update
     monkeypatch.setattr(FedAvg, "server_update", lambda self, *a: (update(self, *a)[0] * float("inf"), a[3]))
     with pytest.raises(DivergenceError, match=r"round 1 \(algo=FedAvg\): the new server model is non-finite; lower lr=0.1\."):
-        runner.run(plain(compose([*TINY, "algo=fedavg"])), tmp_path / "b")
+        runner.run(compose_config(*TINY, "algo=fedavg"), tmp_path / "b")
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["status"] == "diverged"
 
 
@@ -368,9 +344,9 @@ def metrics_without_wall(path: Path) -> list[dict[str, str]]:
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
     args = [*TINY, "algo=feddyn", "partition=dirichlet", "partition.alpha=0.3"]
-    runner.run(plain(compose(args)), tmp_path / "a")
-    runner.run(plain(compose(args)), tmp_path / "b")
-    runner.run(plain(compose([*args, "seed=1"])), tmp_path / "c")
+    runner.run(compose_config(*args), tmp_path / "a")
+    runner.run(compose_config(*args), tmp_path / "b")
+    runner.run(compose_config(*args, "seed=1"), tmp_path / "c")
     a, b, c = (metrics_without_wall(tmp_path / d / "metrics.csv") for d in "abc")
     assert a == b
     assert a != c  # the seed matters, so the equality above is not vacuous
@@ -378,13 +354,14 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
 
 def test_deterministic_flag_sets_torch_and_cublas(monkeypatch):
     from fedrun.determinism import configure_determinism
+    from fedrun.specs import Numerics
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
-        assert configure_determinism(plain(compose(["deterministic=false"]))) is False
+        assert configure_determinism(Numerics(False, "fp32")) is False
         assert torch.are_deterministic_algorithms_enabled() == before[0]
-        assert configure_determinism(plain(compose(["deterministic=true"]))) is True
+        assert configure_determinism(Numerics(True, "fp32")) is True
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         import os
@@ -398,11 +375,9 @@ def test_deterministic_flag_sets_torch_and_cublas(monkeypatch):
 def test_config_diff_ignores_only_progress_like_keys():
     a = {"lr": 0.1, "algo": {"alpha": 0.01}, "resume": "auto", "progress": None, "checkpoint_every": 10}
     b = {"lr": 0.1, "algo": {"alpha": 0.02}, "resume": "true", "progress": True, "checkpoint_every": 1, "seed": 1}
-    assert checkpoint.config_diff(a, b) == ["algo.alpha", "seed"]
-    assert checkpoint.config_diff(a, a) == []
-    # a key added later (precision) is its old behaviour in a run dir written before it existed
-    assert checkpoint.config_diff({**a, "precision": "fp32"}, a) == []
-    assert checkpoint.config_diff({**a, "precision": "tf32"}, a) == ["precision"]
+    assert rundir.config_diff(a, b) == ["algo.alpha", "seed"]
+    assert rundir.config_diff(a, a) == []
+    assert rundir.config_diff({**a, "precision": "fp32"}, a) == ["precision"]  # a key on one side only differs
 
 
 def test_truncate_metrics_keeps_header_and_rows(tmp_path):
@@ -427,7 +402,7 @@ def test_checkpoint_is_written_atomically(tmp_path):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(checkpoint.os, "replace", spy)
-        runner.run(plain(compose([*TINY, "algo=feddyn", "rounds=5", "checkpoint_every=2"])), tmp_path)
+        runner.run(compose_config(*TINY, "algo=feddyn", "rounds=5", "checkpoint_every=2"), tmp_path)
     ckpts = [s for s in seen if s[1] == "checkpoint.pt"]
     assert [s[0] for s in ckpts] == ["checkpoint.pt.tmp"] * 2  # rounds 2 and 4
     assert ckpts[1][2]  # the second replaced the first in one rename
@@ -438,42 +413,10 @@ def test_resume_between_evaluations_keeps_pending_rounds(tmp_path):
     """eval_every=3, checkpoint_every=2: the checkpoint of round 4 carries round 4's train loss and
     megabytes (not yet in a row); resuming after a crash in round 6 gives the uninterrupted rows."""
     args = [*TINY, "algo=scaffold", "rounds=7", "eval_every=3", "checkpoint_every=2"]
-    runner.run(plain(compose(args)), tmp_path / "ref")
-    stop_after(plain(compose(args)), tmp_path / "run", 5)
+    runner.run(compose_config(*args), tmp_path / "ref")
+    stop_after(compose_config(*args), tmp_path / "run", 5)
     assert [r["round"] for r in read_rows(tmp_path / "run" / "metrics.csv")] == ["3"]
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["round"] == 4
-    runner.run(plain(compose(args)), tmp_path / "run")
+    runner.run(compose_config(*args), tmp_path / "run")
     assert metrics_without_wall(tmp_path / "run" / "metrics.csv") == metrics_without_wall(tmp_path / "ref" / "metrics.csv")
     assert [r["round"] for r in read_rows(tmp_path / "run" / "metrics.csv")] == ["3", "6", "7"]
-
-
-@pytest.mark.parametrize("algo", ["feddyn", "fedavg"])
-def test_format1_checkpoint_with_latest_models_resumes_identically(tmp_path, monkeypatch, algo):
-    """A checkpoint of the previous format (``_latest_model`` table, no ``_initial_model``, the mean of
-    all models unweighted) resumes exactly; FedAvg's mean of all models is n_k-weighted again."""
-    import signal
-
-    cfg = plain(compose([*TINY, f"algo={algo}", "rounds=4", "checkpoint_every=0", "eval_all=true", "data.sigma=0.5"]))  # unbalanced
-    runner.run(cfg, tmp_path / "ref")
-    original = checkpoint.after_round
-
-    def stop_at_2(cfg, run_dir, exp, counters, rows, signals):
-        if counters.round == 2:
-            signals.received = signal.SIGTERM  # as if SIGTERM came during round 2
-        return original(cfg, run_dir, exp, counters, rows, signals)
-
-    monkeypatch.setattr(checkpoint, "after_round", stop_at_2)
-    with pytest.raises(checkpoint.Interrupted):
-        runner.run(cfg, tmp_path / "old")
-    monkeypatch.setattr(checkpoint, "after_round", original)
-    path = tmp_path / "old" / checkpoint.CHECKPOINT
-    ckpt = torch.load(path, weights_only=False)
-    initial = ckpt.pop("all_models")["initial"]  # format 1: no initial model, the mean in the server dict
-    latest = ckpt["store"].pop("_latest_delta") + initial
-    assert not torch.equal(latest, initial.expand_as(latest))  # some clients trained: the conversion matters
-    ckpt["store"]["_latest_model"], ckpt["format"] = latest, 1
-    ckpt["server"]["_latest_model_mean"] = latest.mean(0)  # format 1 averaged plainly for every method
-    del ckpt["config"]["precision"]  # format 1 predates the key
-    torch.save(ckpt, path)
-    runner.run(cfg, tmp_path / "old")
-    assert metrics_without_wall(tmp_path / "old" / "metrics.csv") == metrics_without_wall(tmp_path / "ref" / "metrics.csv")

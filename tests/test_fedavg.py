@@ -12,7 +12,7 @@ from fedrun.engines.base import LocalTraining, batch_schedule, client_generators
 from fedrun.engines.sequential import SequentialEngine
 from fedrun.params import FlatModel
 from fedrun.runner import build, run_round
-from tests.conftest import compose_config
+from conftest import compose_config
 
 
 def test_one_full_batch_step_of_all_clients_is_one_centralised_step():

@@ -6,7 +6,7 @@ the :class:`~fedrun.algorithms.base.LocalObjective` contract (its ``extra_grad``
 autograd of ``extra_loss`` in :func:`test_extra_gradient_matches_autograd`, plus the algorithm's ``decay``)
 on the loss L_k(w) = ||X_k w - y_k||² / (2 n_k), and drives the algorithms through their real methods,
 with rounds opened and rows written by the runner's own :mod:`fedrun.rounds` on a real
-:class:`~fedrun.state.ClientStateStore`.
+:class:`~fedrun.state.TensorStore`.
 
 Why the tolerance can be tight: at a FedDyn fixed point θ_k = θ and h = 0 (PAPER.md, Algorithm),
 every client's local objective is stationary at θ, i.e. ∇L_k(θ) = g_k, and Σ_k g_k = m·h = 0, so θ
@@ -28,7 +28,7 @@ from fedrun.algorithms.base import Algorithm, FedContext, LocalObjective
 from fedrun.algorithms.fedavg import FedAvg
 from fedrun.algorithms.feddyn import FedDyn, FedDynPaper
 from fedrun.rounds import add_tables, open_round, write_rows
-from fedrun.state import ClientStateStore
+from fedrun.state import TensorStore
 
 D = 5
 M = 4
@@ -65,7 +65,7 @@ def extra_gradient(own: LocalObjective, w: torch.Tensor) -> torch.Tensor:
 def federated_least_squares(algo: Algorithm, xs, ys, rounds: int, local_steps: int, lr: float) -> torch.Tensor:
     sizes = torch.tensor([len(x) for x in xs])
     ctx = FedContext(M, D, sizes, batch_size=int(sizes.max()), local_epochs=1, device=torch.device("cpu"))
-    store = ClientStateStore(M, D, torch.device("cpu"))
+    store = TensorStore(M, D, torch.device("cpu"))
     theta = torch.zeros(D)
     const = algo.setup(ctx)
     add_tables(algo, store)
@@ -138,7 +138,7 @@ def test_extra_gradient_matches_autograd():
     for algo in (FedDyn(alpha=0.5), FedDynPaper(alpha=0.5)):
         sizes = torch.tensor([30] * M)
         ctx = FedContext(M, D, sizes, batch_size=30, local_epochs=1, device=torch.device("cpu"))
-        store = ClientStateStore(M, D, torch.device("cpu"))
+        store = TensorStore(M, D, torch.device("cpu"))
         theta = torch.randn(D)
         const = algo.setup(ctx)
         add_tables(algo, store)

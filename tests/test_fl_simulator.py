@@ -21,7 +21,7 @@ NEW_ALGOS = ("fedspeed", "fedsmoo")  # written on another branch (i12-algos)
 def test_experiment_has_fl_simulators_settings():
     from conftest import compose_config
 
-    cfg = compose_config("+experiment=fl_simulator_cifar10")
+    cfg = compose_config("experiment=fl_simulator_cifar10")
     assert cfg.model._target_ == "fedrun.models_resnet.ResNet18GN" and cfg.model.groups == 2 and cfg.model.stem == "imagenet"
     assert cfg.data._target_.endswith("load_cifar10") and cfg.data.augment is True
     assert (cfg.num_clients, cfg.participation, cfg.rounds, cfg.local_epochs, cfg.batch_size) == (100, 0.1, 1000, 5, 50)
@@ -38,12 +38,12 @@ def test_every_value_of_the_grid_composes():
     assert set(NEW_ALGOS) <= set(algos)
     alphas = {}
     for part in grid["partition"].split(","):
-        cfg = compose_config("+experiment=fl_simulator_cifar10", f"partition={part}")
+        cfg = compose_config("experiment=fl_simulator_cifar10", f"partition={part}")
         alphas[part] = cfg.partition.get("alpha")
     assert alphas == {"iid": None, "dirichlet06": 0.6, "dirichlet03": 0.3, "dirichlet01": 0.1}
     missing = [a for a in algos if not (REPO / "fedrun" / "conf" / "algo" / f"{a}.yaml").exists()]
     for algo in [a for a in algos if a not in missing]:
-        assert compose_config("+experiment=fl_simulator_cifar10", f"algo={algo}").algo._target_
+        assert compose_config("experiment=fl_simulator_cifar10", f"algo={algo}").algo._target_
     if missing:
         assert set(missing) <= set(NEW_ALGOS), missing
         pytest.skip(f"fedrun/conf/algo/{missing[0]}.yaml is not on this branch yet (i12-algos)")

@@ -1,66 +1,58 @@
 """``precision``: fp32 (default) makes CUDA matmuls, cuDNN convolutions and RNNs all exact IEEE float32.
 
 PyTorch's own default lets cuDNN run float32 convolutions in TF32 on Ampere and newer GPUs, so a run
-that left the flags alone would train the CIFAR CNN in TF32 while the MLPs stay exact. The flags are
-process-global, so each case runs in a fresh interpreter (CPU-only machines can set and read them).
+that left the flags alone would train the CIFAR CNN in TF32 while the MLPs stay exact (CPU-only
+machines can set and read the flags).
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
-
-SCRIPT = """
-import json, sys
-from omegaconf import OmegaConf
-from fedrun.determinism import configure_determinism, current_precision
-before = current_precision()
-configure_determinism(OmegaConf.create({"precision": sys.argv[1], "deterministic": False}))
-print(json.dumps({"before": before, "after": current_precision()}))
-"""
+import torch
 
 
-def _flags(precision: str) -> dict[str, dict[str, bool]]:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, precision], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def set_flags(matmul: bool, conv: bool, rnn: bool) -> None:
+    """TF32 allowed or not, per kind of kernel, through whichever API this torch has."""
+    from fedrun.determinism import _has_fp32_precision_api
+
+    if _has_fp32_precision_api():
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if conv else "ieee"
+        torch.backends.cudnn.rnn.fp32_precision = "tf32" if rnn else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = conv
 
 
-def test_fp32_turns_off_torchs_default_tf32_convolutions() -> None:
-    flags = _flags("fp32")
-    assert flags["before"]["conv"] is True  # torch's default: this is what fp32 must undo
-    assert flags["after"] == {"matmul": False, "conv": False, "rnn": False}
+def test_precision_sets_matmul_conv_and_rnn_flags_together() -> None:
+    """Starting from torch's default on Ampere+ (TF32 convolutions, IEEE matmuls), each precision sets
+    all three flags; the flags are process-global, so they are put back afterwards."""
+    from fedrun.determinism import configure_determinism, current_precision
+    from fedrun.specs import Numerics
 
-
-def test_tf32_allows_tf32_everywhere() -> None:
-    assert _flags("tf32")["after"] == {"matmul": True, "conv": True, "rnn": True}
-
-
-def test_bf16_keeps_float32_kernels_exact_outside_autocast() -> None:
-    assert _flags("bf16")["after"] == {"matmul": False, "conv": False, "rnn": False}
+    before = current_precision()
+    try:
+        set_flags(matmul=False, conv=True, rnn=True)  # the mixed default that fp32 must undo
+        assert current_precision() == {"matmul": False, "conv": True, "rnn": True}
+        for precision, tf32 in (("fp32", False), ("tf32", True), ("bf16", False)):  # bf16: exact outside autocast
+            configure_determinism(Numerics(False, precision))
+            assert current_precision() == {"matmul": tf32, "conv": tf32, "rnn": tf32}, precision
+    finally:
+        set_flags(**before)
 
 
 # ---------------------------------------------------------------- precision=bf16: mixed-precision local training
 
 def _one_round(engine: str, precision: str, model: str = "mlp"):
-    import torch
-    from hydra import compose, initialize_config_dir
-
-    from fedrun.config import CONF_DIR, register_configs
+    from conftest import compose_config
     from fedrun.runner import build, run_round
 
-    register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "num_clients=4", "participation=1.0", "sampling=fixed", "data.mean_samples=24", "local_epochs=2",
-            "batch_size=8", "lr=0.05", f"model={model}", f"engine={engine}", f"precision={precision}", "progress=false",
-        ])
-    exp = build(cfg)
+    exp = build(compose_config(
+        "num_clients=4", "participation=1.0", "sampling=fixed", "data.mean_samples=24", "local_epochs=2",
+        "batch_size=8", "lr=0.05", f"model={model}", f"engine={engine}", f"precision={precision}", "progress=false",
+    ))
     step = run_round(exp, 1)
-    return step["client_thetas"], exp.theta.dtype
+    return step.client_thetas, exp.theta.dtype
 
 
 @pytest.mark.parametrize("model", ["mlp", "logreg"])
@@ -75,14 +67,6 @@ def test_bf16_changes_the_numbers_a_little_and_both_engines_agree(model: str) ->
     assert torch.equal(_one_round("sequential", "fp32", model)[0], exact)  # fp32 repeats: the bf16 change is not noise
     assert (seq - exact).abs().max() < 0.03 * exact.abs().max()  # bfloat16 rounding (~1%), not a different method
     torch.testing.assert_close(vec, seq, rtol=0.0, atol=0.005)  # the engines round differently (~1e-3), within bf16
-
-
-def test_unknown_precision_is_one_sentence() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedrun", "precision=fp16", "rounds=1"], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["fedrun: error: precision=fp16 is not valid: use one of fp32, tf32, bf16."]
 
 
 def test_configure_precision_rejects_unknown_value() -> None:

@@ -73,17 +73,17 @@ def metrics_without_wall(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Uninterrupted runs, started in parallel once per algorithm."""
+    """Uninterrupted runs of the same config, once per algorithm, in this process (the killed and
+    resumed runs are real processes; a run's numbers do not depend on which process computes them)."""
+    from conftest import compose_config
+    from fedrun.runner import run as run_in_process
+
     base = tmp_path_factory.mktemp("reference")
-    procs = {}
+    out = {}
     for algo in ("feddyn", "scaffold"):
         if (CONF_DIR / "algo" / f"{algo}.yaml").exists():
-            procs[algo] = start(algo, base / algo, base)
-    out = {}
-    for algo, proc in procs.items():
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        out[algo] = base / algo / "metrics.csv"
+            run_in_process(compose_config(f"algo={algo}", *ARGS), base / algo)
+            out[algo] = base / algo / "metrics.csv"
     return out
 
 
@@ -97,7 +97,7 @@ def stop_at(algo: str, run_dir: Path, cwd: Path, k: int, sig: int) -> dict:
     assert k <= written < ROUNDS  # it really stopped mid-run
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert len(ckpt["rows"]) == ckpt["round"] <= written  # never ahead of the metrics
-    assert set(ckpt["store"]) - {"_latest_delta"}, "a stateful algorithm must checkpoint its client-state tables"
+    assert set(ckpt["store"]["tables"]) - {"_latest_delta"}, "a stateful algorithm must checkpoint its client-state tables"
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
         assert ckpt["round"] % 2 == 0 or ckpt["round"] < k  # checkpoint_every=2 (or an older SIGTERM one)

@@ -8,18 +8,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from fedrun import memory
-from fedrun.config import CONF_DIR, register_configs
+from conftest import compose_config
 from fedrun.errors import FedrunError
 from fedrun.models import CNN
 from fedrun.params import FlatModel
 from fedrun.runner import build, run_round
-from fedrun.state import ClientStateStore, store_for_run
+from fedrun.state import MmapStore, TensorStore, store_for_run
 
-register_configs()
 
 GiB = 1024**3
 
@@ -33,9 +30,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("placement", ["device", "pinned", "mmap"])
-def test_rows_round_trip(placement: str, tmp_path) -> None:
-    store = ClientStateStore(6, 4, torch.device("cpu"), placement, tmp_path / "s")
+STORES = {
+    "device": lambda d: TensorStore(6, 4, torch.device("cpu")),
+    "pinned": lambda d: TensorStore(6, 4, torch.device("cpu"), pinned=True),
+    "mmap scratch": lambda d: MmapStore(6, 4, torch.device("cpu")),
+    "mmap durable": lambda d: MmapStore(6, 4, torch.device("cpu"), d),
+}
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_rows_round_trip(kind: str, tmp_path) -> None:
+    store = STORES[kind](tmp_path / "s")
     store.add("a")
     store.add("b", init=torch.arange(4.0))
     ids = torch.tensor([4, 1])
@@ -44,15 +49,14 @@ def test_rows_round_trip(placement: str, tmp_path) -> None:
     assert torch.equal(store.get("a", torch.tensor([1, 4])), rows.flip(0))
     assert torch.equal(store.get("a", torch.tensor([0])), torch.zeros(1, 4))
     assert torch.equal(store.get("b", torch.tensor([5])), torch.arange(4.0)[None])
-    torch.testing.assert_close(store.mean("a"), rows.sum(0) / 6)
 
 
-def test_mmap_tables_live_in_files_and_are_removed(tmp_path) -> None:
-    store = ClientStateStore(5, 3, torch.device("cpu"), "mmap", tmp_path)
+def test_scratch_mmap_tables_live_in_files_and_are_removed() -> None:
+    store = MmapStore(5, 3, torch.device("cpu"))
     store.add("g")
     store.set("g", torch.tensor([2]), torch.tensor([[1.5, -2.0, 3.0]]))
     path = store.paths["g"]
-    assert path.parent == tmp_path and path.stat().st_size == 5 * 3 * 4
+    assert path.parent == store.directory and path.stat().st_size == 5 * 3 * 4
     on_disk = np.fromfile(path, dtype=np.float32).reshape(5, 3)  # written through to the file
     assert on_disk[2].tolist() == [1.5, -2.0, 3.0] and not on_disk[[0, 1, 3, 4]].any()
     del store
@@ -61,11 +65,10 @@ def test_mmap_tables_live_in_files_and_are_removed(tmp_path) -> None:
 
 
 def run_three_rounds(placement: str, tmp_path):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "algo=feddyn", "num_clients=6", "participation=0.5", "data.mean_samples=20", "local_epochs=1",
-            "lr=0.05", "progress=false", f"state_placement={placement}", "engine=vectorized",
-        ])
+    cfg = compose_config(
+        "algo=feddyn", "num_clients=6", "participation=0.5", "data.mean_samples=20", "local_epochs=1",
+        "lr=0.05", "progress=false", f"state_placement={placement}", "engine=vectorized",
+    )
     exp = build(cfg, state_dir=tmp_path / placement)
     assert exp.store.placement == placement
     for r in range(1, 4):
@@ -122,15 +125,11 @@ def test_requested_placement_that_cannot_fit_names_the_setting() -> None:
 def test_store_for_run_picks_mmap_for_feddyn_10k_cifar(monkeypatch, tmp_path) -> None:
     box = memory.Budget(device=22 * GiB, host=22 * GiB, disk=500 * GiB, device_is_host=True)
     monkeypatch.setattr(memory, "current_budget", lambda device, directory: box)
-    cfg = OmegaConf.create({"num_clients": 10_000, "participation": 0.1, "batch_size": 50,
-                            "eval_all": False, "state_placement": "auto"})
     model = FlatModel(CNN((3, 32, 32), 10))
     data = SimpleNamespace(x_train=torch.zeros(2, 3, 32, 32))
-    algo = SimpleNamespace(client_states=("g",))
-    store = store_for_run(cfg, data, model, algo, torch.device("cpu"), tmp_path)
-    assert store.placement == "mmap"  # allocated lazily: nothing of 32 GB is written here
-    cfg.num_clients = 100
-    assert store_for_run(cfg, data, model, algo, torch.device("cpu"), tmp_path).placement == "device"
+    store = store_for_run("auto", 10_000, 0.1, 50, 1, data, model, torch.device("cpu"), tmp_path)
+    assert isinstance(store, MmapStore) and store.durable  # allocated lazily: nothing of 32 GB is written here
+    assert type(store_for_run("auto", 100, 0.1, 50, 1, data, model, torch.device("cpu"), tmp_path)) is TensorStore
 
 
 def test_chunk_size_that_cannot_fit_names_a_size_that_does() -> None:
