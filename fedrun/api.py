@@ -63,7 +63,7 @@ def default_run_dir(cfg: DictConfig) -> Path:
 def run(config: Union[Sequence[str], DictConfig] = (), run_dir: Optional[Union[str, Path]] = None) -> pd.DataFrame:
     """Run ``config`` (overrides or a composed :class:`DictConfig`) and return its metrics, one row per
     evaluated round; ``.attrs["summary"]`` is ``summary.json`` and ``.attrs["run_dir"]`` the run dir."""
-    from fedrun.checkpoint import RunFinished
+    from fedrun.rundir import RunFinished
     from fedrun.runner import run as run_rounds
 
     if isinstance(config, (str, bytes)):

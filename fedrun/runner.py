@@ -283,7 +283,7 @@ def finish(exp: Experiment, run_dir: Path, rows: list[dict[str, Any]], status: s
            extra: Optional[dict[str, Any]] = None, keep_checkpoint: bool = False) -> dict[str, Any]:
     """Write ``summary.json`` (with ``extra``: provenance, validation accuracy), tidy the run dir
     (:func:`fedrun.rundir.finish`), plot; returns the summary."""
-    summary = summarize(rows, status, seconds, exp.model.num_params, exp.spec.config, extra)
+    summary = {**summarize(rows, status, seconds, exp.model.num_params, exp.spec.config), **(extra or {})}
     write_json_atomic(run_dir / rundir.SUMMARY, summary)
     rundir.finish(run_dir, status, keep_checkpoint)  # only after the summary: a kill before leaves the checkpoint
     if rows:
