@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 CONF = Path(__file__).resolve().parent / "conf"
-GROUPS = ("data", "partition", "model", "algo", "engine")
+GROUPS = ("data", "partition", "model", "algo", "engine", "experiment", "debug")
 _KEY = re.compile(r"^([a-z_]+):\s*(.*?)\s*(?:#\s*(.*))?$")
 
 
@@ -39,7 +39,8 @@ def _first_comment(path: Path) -> str:
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
-        text.append(line.lstrip("# ").strip())
+        if not line.startswith("# @package"):  # Hydra's directive, not a description
+            text.append(line.lstrip("# ").strip())
     joined = " ".join(text)
     cut = re.search(r"\.(\s|$)", joined)
     return joined[: cut.start() + 1] if cut else joined
