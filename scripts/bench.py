@@ -12,7 +12,20 @@ bench options:
 - ``bench.rounds=3`` rounds per timed repeat; ``bench.repeats=3`` repeats (the same round numbers,
   so the same clients, each time); ``s_per_round`` is the best repeat, ``s_per_round_median`` the
   median (on a shared machine the best is the closest to what the hardware can do);
-- ``bench.threads=0`` torch intra-op threads (0 = torch's default);
+- ``bench.threads=0`` torch intra-op threads (0 = torch's default); with 1 thread,
+  ``cpu_s_per_round`` (the process's CPU time, best repeat) is close to what an idle machine's wall
+  clock would show, useful on a shared machine;
+- ``bench.eval=none`` evaluation in each timed round: ``none`` (local training and aggregation
+  only), ``run`` (what ``fedrun`` evaluates: the server model, plus the mean of the active models
+  with ``eval_active`` and the mean of all models with ``eval_all``, every ``eval_every`` rounds) or
+  ``reference`` (``run`` plus one evaluation on the training data: with ``eval_every=1``,
+  ``eval_active=true`` and ``eval_all=true`` on the synthetic data, whose test set is its training
+  data, that is the reference code's four evaluations a round: both averaged models on the test
+  and on the training data);
+- ``bench.ops=true`` count the aten operations of one round's local training (a
+  ``TorchDispatchMode``, after the timing) and report them per local step: ``ops_per_step``
+  (kernels) and ``views_per_step`` (view operations, no arithmetic). A step is one step of every
+  client of a chunk at once in the vectorised engine, one client's step in the sequential one;
 - ``bench.ceiling=true`` also time one large-batch training of the same model (batch = expected
   active clients x B, plain SGD): the practical throughput ceiling;
 - ``bench.cudnn_benchmark=false`` let cuDNN time its convolution algorithms per shape
@@ -57,6 +70,8 @@ BENCH_DEFAULTS = {
     "rounds": "3",
     "repeats": "3",
     "threads": "0",
+    "eval": "none",
+    "ops": "true",
     "ceiling": "true",
     "fake_data": "",
     "cudnn_benchmark": "false",
@@ -152,8 +167,11 @@ def train_flops_per_sample(exp: Any, batch: int) -> float:
 
 def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dict[str, Any]:
     """Seconds per round of ``engine`` after warm-up (runs in a worker process)."""
-    from fedrun.runner import build, run_round
+    from fedrun.evaluation import evaluate
+    from fedrun.runner import build, evaluate_round, run_round
 
+    if bench["eval"] not in ("none", "run", "reference"):
+        sys.exit(f"bench: error: bench.eval={bench['eval']} is unknown; use none, run or reference")
     cfg = compose_cfg(overrides + [f"engine={engine}", "progress=false"])
     setup_worker(bench, cfg)
     exp = build(cfg)
@@ -174,24 +192,36 @@ def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dic
 
     exp.engine.train = counting_train  # type: ignore[method-assign]
     warmup, rounds, repeats = int(bench["warmup"]), int(bench["rounds"]), int(bench["repeats"])
+
+    def one_round(r: int) -> None:
+        record = run_round(exp, r)
+        if bench["eval"] != "none" and r % exp.spec.evaluation.every == 0:
+            evaluate_round(exp, record.active_model)
+            if bench["eval"] == "reference":
+                evaluate(exp.model, exp.theta, exp.data.x_train, exp.data.y_train)
+
     for r in range(1, warmup + 1):
-        run_round(exp, r)
-    times = []
+        one_round(r)
+    times, cpu_times = [], []
     for _ in range(repeats):
         samples.update(n=0, clients=0)
         sync(exp.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for r in range(warmup + 1, warmup + rounds + 1):
-            run_round(exp, r)
+            one_round(r)
         sync(exp.device)
         times.append((time.perf_counter() - start) / rounds)
+        cpu_times.append((time.process_time() - cpu_start) / rounds)
     best = min(times)
     flops = train_flops_per_sample(exp, int(cfg.batch_size))
+    ops = count_ops(exp, train, engine, warmup + 1) if bench["ops"].lower() == "true" else {}
     return {
+        **ops,
         "s_per_round": best,
         "train_flops_per_sample": flops,
         "tflop_per_s": flops * samples["n"] / rounds / best / 1e12,
         "s_per_round_median": statistics.median(times),
+        "cpu_s_per_round": min(cpu_times),  # this process's CPU time: with 1 thread, near the idle wall time
         "s_per_round_all": times,
         "client_samples_per_s": samples["n"] / rounds / best,
         "active_clients_per_round": samples["clients"] / rounds,
@@ -199,6 +229,35 @@ def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dic
         "num_params": exp.model.num_params,
         **peak_memory(exp.device),
     }
+
+
+def count_ops(exp: Any, train: Any, engine: str, round_idx: int) -> dict[str, Any]:
+    """Aten operations per local step of one round's local training (``round_idx``, repeated)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fedrun.runner import run_round
+
+    counts = {"ops": 0, "views": 0}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+            counts["views" if func.is_view else "ops"] += 1
+            return func(*args, **(kwargs or {}))
+
+    steps = {"n": 0}
+
+    def counted(*args: Any) -> Any:
+        with Count():
+            result = train(*args)
+        # a vectorised step moves every client of the chunk; a sequential one, one client
+        taken = result.steps.max() if engine == "vectorized" else result.steps.sum()
+        steps["n"] += int(taken) if len(result.steps) else 0
+        return result
+
+    exp.engine.train = counted
+    run_round(exp, round_idx)
+    n = max(steps["n"], 1)
+    return {"ops_per_step": counts["ops"] / n, "views_per_step": counts["views"] / n, "local_steps_counted": steps["n"]}
 
 
 def time_ceiling(overrides: list[str], bench: dict[str, str]) -> dict[str, Any]:
@@ -284,12 +343,13 @@ def machine() -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| engine | s / round (best) | s / round (median) | client-samples / s | TFLOP/s | peak memory |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| engine | s / round (best) | s / round (median) | ops / step (+ views) | client-samples / s | TFLOP/s | peak memory |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in result["engines"].items():
+        ops = f"{r['ops_per_step']:.1f} (+{r['views_per_step']:.1f})" if "ops_per_step" in r else "-"
         lines.append(
-            f"| {name} | {r['s_per_round']:.4f} | {r['s_per_round_median']:.4f} | {r['client_samples_per_s']:,.0f} "
+            f"| {name} | {r['s_per_round']:.4f} | {r['s_per_round_median']:.4f} | {ops} | {r['client_samples_per_s']:,.0f} "
             f"| {r['tflop_per_s']:.3g} | {r['peak_memory_bytes'] / 2**20:,.0f} MiB ({r['peak_memory_kind']}) |"
         )
     if "speedup" in result:

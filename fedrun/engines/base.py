@@ -62,6 +62,26 @@ def batch_schedule(
     return out[:total]
 
 
+def padded_schedule(
+    n: int, epochs: int, batch_size: int, g: torch.Generator, steps: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`batch_schedule` as one padded tensor: (local indices [S, B], real samples per step [S]).
+
+    The same permutations from the same generator (one ``randperm`` per pass), so row ``s`` holds
+    step ``s``'s indices followed by zeros where the last batch of a pass is smaller.
+    """
+    per_pass = math.ceil(n / batch_size)
+    total = epochs * per_pass if steps is None else int(steps)
+    if n == 0 or total == 0:
+        return torch.zeros(0, batch_size, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    passes = math.ceil(total / per_pass)
+    perms = torch.stack([torch.randperm(n, generator=g) for _ in range(passes)])
+    local = torch.nn.functional.pad(perms, (0, per_pass * batch_size - n)).view(passes * per_pass, batch_size)
+    counts = torch.full((passes, per_pass), batch_size, dtype=torch.long)
+    counts[:, -1] = n - (per_pass - 1) * batch_size
+    return local[:total], counts.view(-1)[:total]
+
+
 def round_draws(augment: object, schedule: list[torch.Tensor], g: torch.Generator) -> Optional[tuple[torch.Tensor, ...]]:
     """All the augmentation random numbers of one client's round, drawn at once, or None.
 
@@ -72,9 +92,14 @@ def round_draws(augment: object, schedule: list[torch.Tensor], g: torch.Generato
     and the vectorised engine draws once per client and round instead of once per step. Any other
     augmentation callable is called per batch as ``augment(x, g)`` (``None`` here).
     """
+    return draws_for(augment, sum(len(t) for t in schedule), g)
+
+
+def draws_for(augment: object, samples: int, g: torch.Generator) -> Optional[tuple[torch.Tensor, ...]]:
+    """:func:`round_draws` of a round of ``samples`` samples."""
     if augment is None or not (hasattr(augment, "draw") and hasattr(augment, "apply")):
         return None
-    return augment.draw(sum(len(t) for t in schedule), g)
+    return augment.draw(samples, g)
 
 
 def client_generators(seed: int, round_idx: int, client: int) -> tuple[torch.Generator, torch.Generator]:
@@ -85,14 +110,31 @@ def client_generators(seed: int, round_idx: int, client: int) -> tuple[torch.Gen
 def sgd_step(
     w: torch.Tensor, grad: torch.Tensor, lr: float, decay: torch.Tensor | float, clip_norm: float
 ) -> torch.Tensor:
-    """One SGD step for stacked parameters ``w`` [A, P] with gradients ``grad`` [A, P].
+    """One SGD step for stacked parameters ``w`` [A, P] with gradients ``grad`` [A, P] (a new tensor).
 
-    ``decay`` is the total weight decay, a float or an [A, 1] tensor.
+    ``decay`` is the total weight decay, a float or an [A, 1] tensor. :func:`sgd_step_` computes the
+    same numbers in place.
     """
     if clip_norm > 0:
         norm = torch.linalg.vector_norm(grad, dim=-1, keepdim=True)
         grad = grad * (clip_norm / (norm + 1e-6)).clamp(max=1.0)
     return w - lr * (grad + decay * w)
+
+
+def sgd_step_(
+    w: torch.Tensor, grad: torch.Tensor, lr: float, decay: torch.Tensor | float, clip_norm: float
+) -> torch.Tensor:
+    """:func:`sgd_step` in place: ``w`` becomes the new parameters, ``grad`` is overwritten.
+
+    Each operation is the one the out-of-place formula ``w - lr * (clip(grad) + decay * w)`` runs
+    (``clip / (norm + 1e-6)`` is torch's reciprocal-then-multiply), so the numbers are bit for bit
+    the same; only the allocations are gone.
+    """
+    if clip_norm > 0:
+        factor = torch.linalg.vector_norm(grad, dim=-1, keepdim=True)
+        grad.mul_(factor.add_(1e-6).reciprocal_().mul_(clip_norm).clamp_(max=1.0))
+    grad.add_(decay * w).mul_(lr)
+    return w.sub_(grad)
 
 
 def total_decay(objective: LocalObjective, hp: LocalTraining, count: int, device: torch.device) -> torch.Tensor:

@@ -18,7 +18,10 @@ an objective's :class:`~fedrun.algorithms.base.LocalHook` gets the step's gradie
 returns the gradient for all clients of the chunk at once. Clipping, weight decay and the update are
 :func:`~fedrun.engines.base.sgd_step`. Augmentation random numbers are drawn once
 per client and round (:func:`~fedrun.engines.base.round_draws`) and each step applies its slice for
-all clients in one call.
+all clients in one call. Steps are prepared before the loop (:class:`~fedrun.engines.steps.Plan`);
+Linear/ReLU chains in float32 without a hook run :func:`~fedrun.engines.steps.train_explicit`, a
+loop of bare arithmetic with the same numbers, and ``compile=true`` makes the step one
+``torch.compile`` unit (:mod:`fedrun.engines.compiled`).
 
 Active clients that do not fit in memory together are trained in chunks of ``chunk_size``
 (0 = as many as the memory estimate allows, :mod:`fedrun.memory`). A model that ``vmap`` cannot
@@ -36,25 +39,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Optional
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
 from fedrun.algorithms.base import LocalObjective
 from fedrun.data import FederatedData
-from fedrun.engines.base import (
-    Engine,
-    LocalResult,
-    LocalTraining,
-    batch_schedule,
-    client_generators,
-    round_draws,
-    sgd_step,
-    total_decay,
-)
+from fedrun.engines.base import Engine, LocalResult, LocalTraining, sgd_step, total_decay
+from fedrun.engines import compiled
 from fedrun.engines.sequential import SequentialEngine
+from fedrun.engines.steps import Plan, augmented, train_explicit
 from fedrun.engines.stacked import LayerChain, StackedForward, agrees, batched_forward, unflatten_stacked, vmap_forward
 from fedrun.errors import FedrunError
 from fedrun import memory
@@ -73,13 +69,15 @@ class VectorizedEngine(Engine):
     Linear/ReLU chains with an explicit backward, convolutional models as grouped convolutions on a
     GPU and one client at a time on CPU; other models through vmap), ``batched`` (the hand-batched
     forward through autograd, all clients at once also on CPU) or ``vmap``.
-    ``compile``: run the stacked loss through ``torch.compile`` (an option; off by default).
+    ``compile``: ``torch.compile`` the whole local step of Linear/ReLU chains, the stacked forward of
+    other models; CUDA graphs on a GPU (:mod:`fedrun.engines.compiled`; an option, off by default).
     """
 
     chunk_size: int = 0
     gradient: str = "auto"
     compile: bool = False
     _cache: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _steps: dict[tuple, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 0:
@@ -127,8 +125,9 @@ class VectorizedEngine(Engine):
             if not agrees(model, forward, sample):  # e.g. torch's fused nn.LSTM: no batching rule
                 forward = None
                 _log_fallback(model, "cannot run under torch.func.vmap")
-        if forward is not None and self.compile:
-            forward = torch.compile(forward)  # dynamic shapes after the first recompile (A varies)
+        explicit = isinstance(forward, LayerChain) and forward.explicit and self.gradient == "auto"
+        if forward is not None and self.compile and not explicit:  # explicit chains compile the whole step
+            forward = compiled.compiled_forward(forward, sample.device)  # A varies: dynamic after one recompile
         return self._remember(model, forward, sample, serial)
 
     def _remember(self, model: FlatModel, forward: Optional[StackedForward], sample: torch.Tensor, serial: bool = False) -> Optional[StackedForward]:
@@ -193,26 +192,30 @@ class VectorizedEngine(Engine):
         seed: int,
         round_idx: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        device, count, batch = theta.device, len(ids), hp.batch_size
-        plan = _Plan.build(ids, partition, objective, hp, seed, round_idx, device, data.augment)
+        device, count = theta.device, len(ids)
+        plan = Plan.build(ids, partition, objective, hp, seed, round_idx, device, data.augment)
         w = theta.detach().unsqueeze(0).repeat(count, 1)
-        loss_sum = torch.zeros(count, device=device)
         manual = isinstance(forward, LayerChain) and forward.explicit and self.gradient == "auto"
+        const = prox = None
         if objective.has_extra:  # LocalObjective.extra_grad(w) = const + prox * w; const fixed for the round
             const, prox = objective.affine_parts(w)
+        if manual and not hp.bf16 and objective.hook is None:
+            if not self.compile:
+                return train_explicit(model, forward, w, data, plan, const, prox, decay, hp)
+            key = (id(model), hp.clip_norm)
+            if key not in self._steps:
+                self._steps[key] = compiled.step_function(forward, model, hp.clip_norm, device)
+            w, loss_sum = compiled.train_compiled(
+                self._steps[key], w, plan.steps(data), partial(augmented, data, plan), const, prox, decay, hp
+            )
+            taken = plan.counts_cpu.gt(0).sum(1)
+            return w, loss_sum / taken.clamp(min=1).to(device), taken
+        loss_sum = torch.zeros(count, device=device)
         # Autograd path: the parameter views of w are the leaves (w itself needs no gradient), so
         # backward writes each layer's gradient once and one cat joins them; differentiating w.r.t.
         # w would zero-fill and add a full [A, P] tensor per layer (slice_backward).
-        for s in range(plan.num_steps):
-            rows = plan.rows[:, s]
-            x, y = data.x_train[rows], data.y_train[rows]
-            if plan.aug_draws is not None:  # this step's rows of every client's round draws: one call
-                x = data.augment.apply(
-                    x.reshape(count * batch, *x.shape[2:]), *(d[:, s].reshape(count * batch, *d.shape[3:]) for d in plan.aug_draws)
-                ).view_as(x)
-            elif data.augment is not None:
-                x = _augment(data, x, plan.counts_cpu[:, s].tolist(), plan.aug_generators)
-            sample_weights = plan.weights[:, s]
+        for step in plan.steps(data):
+            x, y, sample_weights = augmented(data, plan, step.index, step.x), step.y3.squeeze(-1), step.weights
 
             def grad_fn(v: torch.Tensor, extra: bool = True, x=x, y=y, sample_weights=sample_weights):
                 """(cross-entropy [A], gradient [A, P]) at stacked parameters v on this step's batch."""
@@ -240,10 +243,10 @@ class VectorizedEngine(Engine):
                             grad.addcmul_(prox, v)
                 return client_ce.detach(), grad
 
-            client_ce, grad = objective.step_gradient(grad_fn, w, None if plan.everyone[s] else plan.active[:, s : s + 1])
+            client_ce, grad = objective.step_gradient(grad_fn, w, step.active)
             with torch.no_grad():
                 new = sgd_step(w.detach(), grad, hp.lr, decay, hp.clip_norm)
-                w = new if plan.everyone[s] else torch.where(plan.active[:, s : s + 1], new, w.detach())
+                w = new if step.active is None else torch.where(step.active, new, w.detach())
                 loss_sum += client_ce.detach()
         taken = plan.counts_cpu.gt(0).sum(1)
         return w.detach(), loss_sum / taken.clamp(min=1).to(device), taken
@@ -258,78 +261,3 @@ def _log_once(model: FlatModel, what: str) -> None:
     if name not in _fallback_logged:
         _fallback_logged.add(name)
         log.info("engine=vectorized: %s %s.", name, what)
-
-
-@dataclass
-class _Plan:
-    """Padded batch schedules of a chunk of clients: global rows [A, S, B], weights, activity."""
-
-    rows: torch.Tensor  # [A, S, B] int64 global sample ids (padding: the client's first sample)
-    weights: torch.Tensor  # [A, S, B] 1/count on real samples, 0 on padding
-    active: torch.Tensor  # [A, S] bool: client has a step s
-    everyone: list[bool]  # [S]: every client has a step s
-    counts_cpu: torch.Tensor  # [A, S] real samples per step
-    aug_generators: list[torch.Generator]
-    aug_draws: Optional[list[torch.Tensor]]  # per draw: [A, S, B, ...] on the device (padding: zeros)
-    num_steps: int
-
-    @staticmethod
-    def build(
-        ids: list[int],
-        partition: list[torch.Tensor],
-        objective: LocalObjective,
-        hp: LocalTraining,
-        seed: int,
-        round_idx: int,
-        device: torch.device,
-        augment: object = None,
-    ) -> "_Plan":
-        schedules, aug, draws = [], [], []
-        for a, client in enumerate(ids):
-            g_batch, g_aug = client_generators(seed, round_idx, client)
-            fixed = None if objective.steps is None else int(objective.steps[a])
-            schedules.append(batch_schedule(len(partition[client]), hp.epochs, hp.batch_size, g_batch, fixed))
-            aug.append(g_aug)
-            draws.append(round_draws(augment, schedules[-1], g_aug))
-        count, batch = len(ids), hp.batch_size
-        num_steps = max((len(s) for s in schedules), default=0)
-        local = torch.zeros(count, num_steps, batch, dtype=torch.long)
-        counts = torch.zeros(count, num_steps, dtype=torch.long)
-        for a, sched in enumerate(schedules):
-            if sched:
-                padded = pad_sequence(sched, batch_first=True)
-                local[a, : len(sched), : padded.shape[1]] = padded
-                counts[a, : len(sched)] = torch.tensor([len(t) for t in sched])
-        sizes = [len(partition[c]) for c in ids]
-        index = torch.zeros(count, max(sizes, default=1), dtype=torch.long, device=device)
-        for a, client in enumerate(ids):
-            index[a, : sizes[a]] = partition[client].to(device)
-        local_dev = local.to(device, non_blocking=True)
-        rows = torch.gather(index, 1, local_dev.view(count, -1)).view(count, num_steps, batch)
-        mask = torch.arange(batch).view(1, 1, batch) < counts.unsqueeze(-1)
-        weights = mask.float() / counts.clamp(min=1).unsqueeze(-1).float()
-        active = counts.gt(0)
-        aug_draws = None
-        if draws and draws[0] is not None:  # scatter each client's round draws onto its real sample slots
-            aug_draws = []
-            for k, first in enumerate(draws[0]):
-                full = first.new_zeros((count, num_steps, batch, *first.shape[1:]))
-                for a in range(count):
-                    full[a][mask[a]] = draws[a][k]  # row-major over (step, slot): the round's sample order
-                aug_draws.append(full.to(device))
-        return _Plan(
-            rows, weights.to(device), active.to(device), active.all(0).tolist(), counts, aug, aug_draws, num_steps
-        )
-
-
-def _augment(data: FederatedData, x: torch.Tensor, counts: list[int], generators: list[torch.Generator]) -> torch.Tensor:
-    """Apply an augmentation callable without ``draw``/``apply`` (those use the plan's round draws)
-    to each client's real samples, once per client with that client's generator."""
-    aug, count, batch = data.augment, x.shape[0], x.shape[1]
-    pieces = [aug(x[a, :c], generators[a]) if c > 0 else None for a, c in enumerate(counts)]
-    first = next(p for p in pieces if p is not None)
-    out = first.new_zeros((count, batch, *first.shape[1:]))
-    for a, p in enumerate(pieces):
-        if p is not None:
-            out[a, : p.shape[0]] = p
-    return out
