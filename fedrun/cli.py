@@ -8,6 +8,7 @@ run directory behind.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ def _main(cfg: DictConfig) -> Optional[float]:
     from fedrun.runner import run  # imported here so `fedrun --help` stays fast
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not _writes():
+        log.setLevel(logging.WARNING)  # rank 0 logs the run; the others only what goes wrong
     try:
         summary = run(cfg, run_dir)
         return summary.get("final_val_acc", summary.get("final_test_acc"))  # what a sweeper maximises (fedrun/conf/hparams_search/): validation when there is a split
@@ -50,7 +53,7 @@ def _main(cfg: DictConfig) -> Optional[float]:
         _fail(str(err), 3)
     except FedrunError as err:
         kept = ("metrics.csv", "checkpoint.pt", "summary.json")
-        if run_dir != _PREPARED.run_dir or not _PREPARED.existed:
+        if _writes() and (run_dir != _PREPARED.run_dir or not _PREPARED.existed):  # rank 0 of several
             if not any((run_dir / name).exists() for name in kept):
                 shutil.rmtree(run_dir, ignore_errors=True)
         _fail(str(err), getattr(err, "exit_code", 2))
@@ -59,19 +62,49 @@ def _main(cfg: DictConfig) -> Optional[float]:
 _PREPARED = Prepared([])
 
 
+def _dist():  # noqa: ANN202
+    """:mod:`fedrun.distributed` when this process is one of several ranks (torchrun's WORLD_SIZE > 1),
+    else None; imported only then, since it imports torch."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    from fedrun import distributed
+
+    return distributed
+
+
+def _writes() -> bool:
+    """Whether this process writes the run dir (a single process, or rank 0 of several)."""
+    dist = _dist()
+    return dist is None or dist.current() is None or dist.current().writer
+
+
+def _precheck(argv: list[str]) -> Prepared:
+    try:
+        return precheck(argv)
+    except (RunFinished, FedrunError):
+        raise
+    except Exception:  # noqa: BLE001 - a case the pre-check does not know: let Hydra report it
+        return Prepared(argv)
+
+
 def main() -> None:
     global _PREPARED
+    dist = _dist()  # under torchrun: join the other ranks; rank 0 checks the command line and names the run dir
+    leave = dist.teardown if dist is not None else lambda: None
     try:  # bad overrides, resume decisions and unwritable dirs: one sentence, before Hydra makes a run dir
-        _PREPARED = precheck(sys.argv[1:])
+        ranks = None if dist is None else dist.setup()
+        _PREPARED = _precheck(sys.argv[1:]) if ranks is None else dist.share_precheck(ranks, _precheck, sys.argv[1:])
     except RunFinished as done:
         print(f"fedrun: {done}", file=sys.stderr)
-        return
+        return leave()
     except FedrunError as err:
+        leave()
         _fail(str(err))
-    except Exception:  # noqa: BLE001 - a case the pre-check does not know: let Hydra report it
-        _PREPARED = Prepared(sys.argv[1:])
     sys.argv[1:] = _PREPARED.argv
-    _main()
+    try:
+        _main()
+    finally:
+        leave()
 
 
 if __name__ == "__main__":

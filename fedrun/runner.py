@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from fedrun import checkpoint, client_eval, guard, rounds, rundir, specs
+from fedrun import checkpoint, client_eval, distributed, guard, ranked_checkpoint, rounds, rundir, sharded, specs
 from fedrun.algorithms.base import Algorithm, FedContext, ServerState
 from fedrun.all_models import AllModelsMean
 from fedrun.config import build_object
@@ -115,7 +115,11 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[d
     engine: Engine = build_object(groups["engine"], _convert_="all")
     sizes = torch.tensor([len(p) for p in partition], dtype=torch.long)
     ctx = FedContext(m, model.num_params, sizes, spec.local.batch_size, spec.local.epochs, device)
-    store = _store(spec, data, model, algorithm, device, state_dir, resumed)
+    ranks = distributed.current()  # several processes: this rank's rows of the state, its share of the training
+    if ranks is None:
+        store = _store(spec, data, model, algorithm, device, state_dir, resumed)
+    else:
+        store, engine = sharded.store_for_rank(spec, data, model, algorithm, device, ranks), sharded.ShardedEngine(engine, ranks)
     const = algorithm.setup(ctx)
     rounds.add_tables(algorithm, store)
     server = algorithm.initial_server(theta, const)
@@ -201,10 +205,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     comm, pending = counters.comm, counters.pending
     threads_before = apply_threads(exp.cfg.get("threads"), exp.model.num_params, exp.device)
     made_by = provenance(exp.device)
-    per_client = client_eval.ClientEvaluator(exp.cfg, exp, exp.held_out, run_dir, counters.round) if exp.held_out else None
-    trackers = open_loggers(exp.cfg, run_dir, spec.config)
+    ranks = distributed.current()  # several processes: collective checkpoints, rank 0 writes the run dir
+    writes = ranks is None or ranks.writer
+    per_client = client_eval.ClientEvaluator(exp.cfg, exp, exp.held_out, run_dir, counters.round) if exp.held_out and writes else None
+    trackers = open_loggers(exp.cfg if writes else {}, run_dir, spec.config)
     keep = bool(exp.cfg.get("keep_checkpoint", False))
-    progress = Progress(rounds, start=counters.round, enabled=spec.progress, quiet=bool(exp.cfg.get("quiet", False)))
+    progress = Progress(rounds, start=counters.round, enabled=spec.progress if writes else False,
+                        quiet=bool(exp.cfg.get("quiet", False)))
     began = time.perf_counter() - counters.wall_s
     status = "failed"
     try:
@@ -233,10 +240,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     trackers.log(row)
                     pending = checkpoint.Pending()
                     progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
-                stop = signals.received is not None and r < rounds  # a signal during the last round: just finish
+                stop = ranked_checkpoint.stop_requested(signals, ranks) and r < rounds  # a signal during the last round: just finish
                 if stop or spec.checkpoint.due(r, rounds) or (keep and r == rounds):  # keep: the final state, to continue later
                     counters = checkpoint.Counters(r, comm, pending, time.perf_counter() - began, loss_guard.reference)
-                    checkpoint.save(run_dir, exp, counters, writer.rows)
+                    ranked_checkpoint.save(run_dir, exp, counters, writer.rows, ranks)
                 if stop:
                     raise signals.stop(r, rounds, run_dir)
         status = "finished"
@@ -260,15 +267,16 @@ def start(cfg: DictConfig, run_dir: Path) -> tuple[Experiment, MetricsWriter, ch
     spec = specs.read(cfg)
     log.debug("fedrun: %s", spec)
     run_dir.mkdir(parents=True, exist_ok=True)
-    resumed = rundir.decide(spec.resume, run_dir)  # a checkpoint to continue from, or None; refuses a changed config
+    ranks = distributed.current()
+    resumed = ranked_checkpoint.decide(spec.resume, run_dir, ranks)  # a checkpoint to continue from, or None; refuses a changed config
     configure_determinism(spec.numerics)
     if resumed is not None:
         checkpoint.roll_back_files(run_dir, resumed)  # mmap client state: the files as of the checkpoint
     exp = build(cfg, checkpoint.state_dir(run_dir), resumed)
-    writer = MetricsWriter(run_dir / rundir.METRICS, metric_columns(spec))
+    writer = (MetricsWriter if ranks is None or ranks.writer else ranked_checkpoint.RowsOnly)(run_dir / rundir.METRICS, metric_columns(spec))
     counters = checkpoint.Counters()
     if resumed is not None:
-        counters = checkpoint.restore(resumed, exp, writer.path)
+        counters = ranked_checkpoint.restore(resumed, exp, writer.path, run_dir, ranks)
         writer.rows = list(resumed["rows"])
         log.info("fedrun: resuming %s after round %d", run_dir, counters.round)
     log.info(
@@ -284,8 +292,13 @@ def finish(exp: Experiment, run_dir: Path, rows: list[dict[str, Any]], status: s
     """Write ``summary.json`` (with ``extra``: provenance, validation accuracy), tidy the run dir
     (:func:`fedrun.rundir.finish`), plot; returns the summary."""
     summary = {**summarize(rows, status, seconds, exp.model.num_params, exp.spec.config), **(extra or {})}
+    ranks = distributed.current()
+    if ranks is not None and not ranks.writer:
+        return summary  # rank 0 writes the run dir
     write_json_atomic(run_dir / rundir.SUMMARY, summary)
     rundir.finish(run_dir, status, keep_checkpoint)  # only after the summary: a kill before leaves the checkpoint
+    if not keep_checkpoint:
+        ranked_checkpoint.finish(run_dir, status)  # after checkpoint.pt, which refers to the shards
     if rows:
         title = f"{type(exp.algorithm).__name__} on {exp.data.name} {exp.spec.title()}"
         convergence_plot(rows, run_dir / "convergence.png", title, type(exp.algorithm).__name__)

@@ -34,7 +34,11 @@ bench options:
 - ``bench.fake_data=NAME`` (mnist, emnist_l, cifar10, cifar100) writes random uint8 images of the
   dataset's real shapes (e.g. CIFAR-10: 50000x3x32x32 + 10000 test, random labels) once into
   fedrun's tensor cache in a temporary folder and runs ``data=NAME`` on them, for timing where the
-  real files are not available (the accuracy is meaningless).
+  real files are not available (the accuracy is meaningless);
+- ``bench.ranks=1`` numbers of processes to time each engine with (e.g. ``bench.ranks=1,2``): N > 1
+  runs the worker under ``torchrun --nproc-per-node N`` (one simulation over N ranks,
+  :mod:`fedrun.distributed`; gloo on CPU, NCCL with one GPU per rank) and reports rank 0's time and
+  the scaling efficiency ``s_per_round(1) / (N * s_per_round(N))``.
 
 Precision is fedrun's own ``precision`` key (``precision=tf32`` to allow TF32 on CUDA; the default
 ``fp32`` is exact IEEE float32 for matmuls, convolutions and RNNs alike), applied in every worker
@@ -75,6 +79,7 @@ BENCH_DEFAULTS = {
     "ceiling": "true",
     "fake_data": "",
     "cudnn_benchmark": "false",
+    "ranks": "1",
 }
 # Real shapes of the image datasets: (train images, test images, channels, side, classes).
 FAKE_SHAPES = {
@@ -170,10 +175,13 @@ def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dic
     from fedrun.evaluation import evaluate
     from fedrun.runner import build, evaluate_round, run_round
 
+    from fedrun import distributed
+
     if bench["eval"] not in ("none", "run", "reference"):
         sys.exit(f"bench: error: bench.eval={bench['eval']} is unknown; use none, run or reference")
     cfg = compose_cfg(overrides + [f"engine={engine}", "progress=false"])
     setup_worker(bench, cfg)
+    ranks = distributed.setup()  # under torchrun (bench.ranks=N): this rank of one run over N processes
     exp = build(cfg)
     if exp.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(exp.device)
@@ -227,6 +235,7 @@ def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dic
         "active_clients_per_round": samples["clients"] / rounds,
         "device": str(exp.device),
         "num_params": exp.model.num_params,
+        "ranks": 1 if ranks is None else ranks.size,
         **peak_memory(exp.device),
     }
 
@@ -306,13 +315,13 @@ def worker(argv: list[str]) -> None:
     what = argv[0]
     overrides, bench, _ = parse(argv[1:])
     result = time_ceiling(overrides, bench) if what == "ceiling" else time_engine(overrides, bench, what)
-    print("BENCH-RESULT " + json.dumps(result))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("BENCH-RESULT " + json.dumps(result))
 
 
-def run_worker(what: str, argv: list[str]) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", what, *argv], capture_output=True, text=True
-    )
+def run_worker(what: str, argv: list[str], ranks: int = 1) -> dict[str, Any]:
+    launch = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+    proc = subprocess.run([*launch, __file__, "--worker", what, *argv], capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH-RESULT "):
             return json.loads(line[len("BENCH-RESULT "):])
@@ -351,6 +360,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['s_per_round']:.4f} | {r['s_per_round_median']:.4f} | {ops} | {r['client_samples_per_s']:,.0f} "
             f"| {r['tflop_per_s']:.3g} | {r['peak_memory_bytes'] / 2**20:,.0f} MiB ({r['peak_memory_kind']}) |"
+            + (f" scaling efficiency {r['scaling_efficiency']:.0%} |" if "scaling_efficiency" in r else "")
         )
     if "speedup" in result:
         lines.append(f"\nvectorized / sequential speed-up per round: **{result['speedup']:.2f}x**")
@@ -378,9 +388,15 @@ def main(argv: list[str]) -> None:
         overrides += extra
         worker_args = [a for a in worker_args if not a.startswith(("bench.fake_data", "out="))] + extra
     result: dict[str, Any] = {"overrides": overrides, "bench": bench, "machine": machine(), "engines": {}}
+    counts = [int(n) for n in bench["ranks"].split(",") if n]
     for engine in [e for e in bench["engines"].split(",") if e]:
-        print(f"bench: timing engine={engine} ...", file=sys.stderr)
-        result["engines"][engine] = run_worker(engine, worker_args)
+        for n in counts:  # key "vectorized" for one process, "vectorized x2" for two ranks
+            key = engine if n == 1 else f"{engine} x{n}"
+            print(f"bench: timing engine={engine} on {n} process(es) ...", file=sys.stderr)
+            result["engines"][key] = run_worker(engine, worker_args, n)
+            if n > 1 and engine in result["engines"]:
+                one = result["engines"][engine]["s_per_round"]
+                result["engines"][key]["scaling_efficiency"] = one / (n * result["engines"][key]["s_per_round"])
     engines = result["engines"]
     if "sequential" in engines and "vectorized" in engines:
         result["speedup"] = engines["sequential"]["s_per_round"] / engines["vectorized"]["s_per_round"]
