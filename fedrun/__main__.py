@@ -1,3 +1,3 @@
-from fedrun.cli import main
+from fedrun.cli_help import main
 
 main()

@@ -38,7 +38,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _job_failed(cfg: DictConfig, run_dir: Path, message: str) -> None:
     """A sweep job's failure on record: ``summary.json`` with status failed (unless the run wrote its own)."""
-    from fedrun.outputs import write_json_atomic
+    from fedrun.run_files import write_json_atomic
 
     from fedrun.rundir import read_summary
 
@@ -61,7 +61,7 @@ def _main(cfg: DictConfig) -> Optional[float]:
         from fedrun.runner import run  # imported here so `fedrun --help` stays fast
 
         summary = run(cfg, run_dir)
-        return summary.get("final_test_acc")  # what a sweeper maximises (conf/hparams_search/)
+        return summary.get("final_val_acc", summary.get("final_test_acc"))  # what a sweeper maximises (fedrun/conf/hparams_search/): validation when there is a split
     except RunFinished as done:
         log.info("fedrun: %s", done)
         return None

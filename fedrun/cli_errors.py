@@ -133,7 +133,7 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
             hint = f"did you mean {group}.{close[0]}? ({where} {valid})" if close else f"{where} {valid}"
             return FedrunError(f"{full_key} is not a key of {where}: {hint}.")
         if "is not Optional" in cause_text:
-            return FedrunError(f"{full_key} cannot be null: give it a value (conf/ lists its default).")
+            return FedrunError(f"{full_key} cannot be null: give it a value (fedrun/conf/ lists its default).")
         m = re.search(r"expected one of \[(.*)\]", cause_text)
         if m:
             return FedrunError(f"{full_key}={value} is not valid: use one of {m.group(1)}.")
@@ -146,7 +146,7 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
         return FedrunError(f"{full_key}={value} has the wrong type: {full_key} takes {kind}.")
     if "Config group override must be" in text:
         group = next((_key_of(o) for o in overrides if _key_of(o) in GROUPS and o.split("=", 1)[1] in ("null", "")), "a group")
-        return FedrunError(f"{group}=null is not an option: use one of {_choices(group) if group in GROUPS else 'the files in conf/'}.")
+        return FedrunError(f"{group}=null is not an option: use one of {_choices(group) if group in GROUPS else 'the files in fedrun/conf/'}.")
     first = (cause_text or text).split("\n", 1)[0].rstrip(".")
     return FedrunError(f"the command line cannot be composed into a config ({first}): check the overrides.")
 
@@ -160,7 +160,7 @@ def check_extra_keys(cfg: DictConfig) -> None:
     extra = [k for k in cfg.keys() if k not in known]
     if extra:
         close = difflib.get_close_matches(str(extra[0]), sorted(known - {"hydra"}), n=1)
-        hint = f"did you mean {close[0]}" if close else "conf/config.yaml lists the keys"
+        hint = f"did you mean {close[0]}" if close else "fedrun/conf/config.yaml lists the keys"
         raise FedrunError(f"{extra[0]} is not a config key fedrun uses ({hint}): drop +{extra[0]}.")
     for group in GROUPS:
         node = cfg.get(group)

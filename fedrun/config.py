@@ -1,6 +1,6 @@
 """Config schemas registered with Hydra's ConfigStore, and value checks.
 
-The YAML files in ``conf/`` are the registry. Every group option with a ``_target_`` gets a dataclass
+The YAML files in ``fedrun/conf/`` are the registry. Every group option with a ``_target_`` gets a dataclass
 schema generated from its target's signature (names, types, defaults), stored as
 ``schema/<group>/<option>``; the YAML lists that schema first in its defaults
 (``- /schema/<group>/<option>@_here_``). An unknown key or a
@@ -30,7 +30,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from fedrun.errors import FedrunError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package (pip install . without -e too)
 
 # Arguments filled in by the runner, per group; never config keys.
 RUNTIME_ARGS = {
@@ -106,6 +106,13 @@ class Config:
     targets: List[float] = field(default_factory=list)
     skip_finished: bool = False
     state_placement: StatePlacement = StatePlacement.auto
+    threads: Optional[int] = None
+    quiet: bool = False
+    keep_checkpoint: bool = False
+    logger: Any = field(default_factory=list)
+    client_test_fraction: float = 0.0
+    val_fraction: float = 0.0
+    finetune_steps: int = 0
 
 
 def choice(value: Any) -> str:
@@ -235,6 +242,13 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.seed >= 0, f"seed={cfg.seed} is negative: use a seed >= 0.")
     _check(cfg.checkpoint_every >= 0, f"checkpoint_every={cfg.checkpoint_every} is negative: checkpoint every N >= 1 rounds, or 0 for only on SIGINT/SIGTERM.")
     _check(str(cfg.resume).lower() in ("auto", "true", "false"), f"resume={cfg.resume} is not valid: use resume=auto, resume=true or resume=false.")
+    from fedrun.client_eval import fractions
+    from fedrun.loggers import logger_names
+
+    logger_names(cfg.get("logger"))  # an unknown logger name: one sentence
+    fractions(cfg)
+    _check(cfg.get("finetune_steps", 0) >= 0, f"finetune_steps={cfg.get('finetune_steps')} is negative: use 0 (off) or a number of local SGD steps.")
+    _check(cfg.get("threads") is None or cfg.threads >= 1, f"threads={cfg.get('threads')} is impossible: use threads=N with N >= 1, or threads=null to choose by model size.")
     f = cfg.divergence_factor
     _check(f == 0 or (f > 1 and math.isfinite(f)), f"divergence_factor={f} is out of range: use a factor > 1 over the initial model's loss (e.g. 100), or 0 to turn the check off.")
     from fedrun.sizes import check_sizes

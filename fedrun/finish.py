@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fedrun import rundir
-from fedrun.outputs import write_json_atomic
+from fedrun.run_files import write_json_atomic
 
 log = logging.getLogger("fedrun")
 
@@ -33,18 +34,22 @@ PLOT = "convergence.png"
 
 
 def write_plot(rows: list[dict[str, Any]], run_dir: Path, title: str, plot: Optional[Callable[..., Any]] = None) -> None:
-    """``convergence.png`` from ``rows`` (drawn by ``plot``, default :func:`fedrun.plots.convergence_plot`), written whole or not at all."""
+    """``convergence.png`` (and its PDF and SVG) from ``rows``, drawn by ``plot`` (default
+    :func:`fedrun.plots.convergence_plot`) into a temporary folder, then each file renamed into place:
+    a kill leaves each figure whole or absent, and the PNG, checked for a missing plot, comes last."""
     if plot is None:
         from fedrun.plots import convergence_plot as plot
 
-    path = Path(run_dir) / PLOT
-    tmp = path.with_name("convergence.tmp.png")  # the suffix tells matplotlib the format
+    run_dir = Path(run_dir)
+    tmp = run_dir / ".plot.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
-        plot(rows, tmp, title)
-        if tmp.exists():
-            os.replace(tmp, path)
+        plot(rows, tmp / PLOT, title)
+        for made in sorted(tmp.iterdir(), key=lambda f: f.name == PLOT):
+            os.replace(made, run_dir / made.name)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_started(run_dir: Path, config: dict[str, Any]) -> None:
@@ -52,13 +57,15 @@ def write_started(run_dir: Path, config: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / rundir.SUMMARY, {"status": "running", "rounds_done": 0, "config": config})
 
 
-def finish_run(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], title: str, plot: Optional[Callable[..., Any]] = None) -> None:
-    """Plot, summary (last), then the checkpoint and state files (see the module docstring)."""
+def finish_run(run_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any], title: str,
+               plot: Optional[Callable[..., Any]] = None, keep_checkpoint: bool = False) -> None:
+    """Plot, summary (last), then the checkpoint and state files (see the module docstring);
+    ``keep_checkpoint``: a finished run keeps its final checkpoint, to be continued with more rounds."""
     run_dir = Path(run_dir)
     if rows:
         write_plot(rows, run_dir, title, plot)
     write_json_atomic(run_dir / rundir.SUMMARY, summary)
-    rundir.finish(run_dir, str(summary.get("status")))  # finished: checkpoint, then state/; else unused state/
+    rundir.finish(run_dir, str(summary.get("status")), keep_checkpoint)  # finished: checkpoint, then state/; else unused state/
 
 
 def title_from_config(config: dict[str, Any], data_name: Optional[str] = None) -> str:
@@ -78,7 +85,8 @@ def title_from_config(config: dict[str, Any], data_name: Optional[str] = None) -
 def complete_finished(run_dir: Path, summary: dict[str, Any]) -> None:
     """Finish what a finished run's last moments left undone: a missing plot, a checkpoint, ``state/``."""
     run_dir = Path(run_dir)
-    rundir.finish(run_dir, "finished")  # the run finished: nothing resumes from its checkpoint or state/
+    keep = bool((summary.get("config") or {}).get("keep_checkpoint"))  # kept to be continued with more rounds
+    rundir.finish(run_dir, "finished", keep)  # else nothing resumes from its checkpoint or state/
     metrics = run_dir / rundir.METRICS
     if (run_dir / PLOT).exists() or not metrics.is_file():
         return

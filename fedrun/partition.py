@@ -179,3 +179,22 @@ def natural(labels: torch.Tensor, num_clients: int, generator: torch.Generator, 
     if (sizes == 0).any():
         raise FedrunError(f"partition=natural: client {int(torch.nonzero(sizes == 0)[0])} has no samples.")
     return _split(order, sizes)
+
+
+def check_partition(partition: Partition, num_samples: int, num_clients: int, name: str) -> None:
+    """One sentence when a partitioner (a custom one above all) breaks the contract: one index tensor
+    per client, no client empty, every training sample in exactly one client."""
+    if len(partition) != num_clients:
+        raise FedrunError(f"partition={name} returned {len(partition)} clients for num_clients={num_clients}: return one index tensor per client.")
+    sizes = [len(p) for p in partition]
+    if 0 in sizes:
+        raise FedrunError(f"partition={name} left client {sizes.index(0)} without samples: give every client at least one (or use fewer clients).")
+    every = torch.cat([p.reshape(-1).long().cpu() for p in partition])
+    outside = every[(every < 0) | (every >= num_samples)]
+    if len(outside):
+        raise FedrunError(f"partition={name}: training sample {int(outside[0])} is out of range: indices must be in [0, {num_samples}).")
+    counts = torch.bincount(every, minlength=num_samples)
+    if bool((counts != 1).any()):
+        bad = int(torch.nonzero(counts != 1)[0])
+        problem = "is in no client" if counts[bad] == 0 else f"is in {int(counts[bad])} clients"
+        raise FedrunError(f"partition={name}: training sample {bad} {problem}: a partition must put every sample in exactly one client.")

@@ -1,4 +1,4 @@
-"""Convergence plot of one run: test accuracy and test loss against rounds."""
+"""Convergence plot of one run: test accuracy and loss against rounds (PNG, PDF and SVG)."""
 
 from __future__ import annotations
 
@@ -9,42 +9,44 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fedrun import figures  # noqa: E402
+
+MODELS = [("", "server model", "-"), ("_active", "mean of active clients' models", "--"), ("_all", "mean of all clients' models", ":")]
 
 
-def _moving_average(values: list[float], window: int) -> list[float]:
-    """Trailing mean over up to ``window`` values (shorter at the start)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+def convergence_plot(rows: list[dict[str, Any]], path: Path, title: str, algo: str = "") -> list[Path]:
+    """Accuracy (left) and loss (right) of ``rows`` (metrics rows) into ``path`` and its .pdf/.svg.
 
-
-def convergence_plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    rounds = [r["round"] for r in rows]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    series = [("test_acc", "server model"), ("test_acc_active", "mean of active"), ("test_acc_all", "mean of all")]
-    for key, label in series:
-        if rows and rows[0].get(key) is not None:
-            ax_acc.plot(rounds, [100 * r[key] for r in rows], label=label)
-    ax_acc.set_xlabel("round")
+    The algorithm's colour is that of every fedrun figure; the server model is the solid line, the
+    means of the clients' models dashed and dotted. The train loss (noisy: few clients per round)
+    is drawn faint with a trailing rolling mean over it.
+    """
+    df = pd.DataFrame(rows)
+    colour = figures.algo_colour(algo) if algo else "#0072B2"
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for suffix, label, style in MODELS:
+        col = "test_acc" + suffix
+        if col in df and df[col].notna().any():
+            ax_acc.plot(df["round"], 100 * df[col], label=label, color=colour, linestyle=style, linewidth=1.4)
     ax_acc.set_ylabel("test accuracy (%)")
-    ax_acc.grid(alpha=0.3)
-    ax_acc.legend()
-    train = [r["train_loss"] for r in rows]
-    window = max(1, len(rows) // 25)  # few active clients per round make the local loss noisy
-    ax_loss.plot(rounds, train, color="tab:orange", alpha=0.25, linewidth=0.8)
-    ax_loss.plot(rounds, _moving_average(train, window), color="tab:orange",
-                 label="train loss (local, mean)" + (f", {window}-row average" if window > 1 else ""))
-    ax_loss.plot(rounds, [r["test_loss"] for r in rows], color="tab:blue", label="test loss (server model)", zorder=3)
-    ax_loss.set_xlabel("round")
+    window = max(1, len(df) // 25)
+    ax_loss.plot(df["round"], df["train_loss"], color="#7F7F7F", alpha=0.3, linewidth=0.8)
+    ax_loss.plot(df["round"], df["train_loss"].rolling(window, min_periods=1).mean(), color="#7F7F7F",
+                 label="train loss (local)" + (f", {window}-row mean" if window > 1 else ""))
+    for suffix, label, style in MODELS[:1]:
+        ax_loss.plot(df["round"], df["test_loss" + suffix], color=colour, linestyle=style, label=f"test loss ({label})")
     ax_loss.set_ylabel("cross-entropy")
     ax_loss.set_yscale("log")
-    ax_loss.grid(alpha=0.3)
-    ax_loss.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for ax in (ax_acc, ax_loss):
+        ax.set_xlabel("round")
+        figures.integer_rounds(ax)
+        ax.grid(alpha=0.3)
+    for ax in (ax_acc, ax_loss):  # below the axes: never over a curve
+        ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    fig.suptitle(title, fontsize=10)
+    out = figures.save(fig, Path(path))
     plt.close(fig)
+    return out
+

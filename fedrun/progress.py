@@ -1,9 +1,12 @@
-"""Progress display: a tqdm bar on a terminal, plain log lines otherwise."""
+"""Progress display: a tqdm bar on a terminal, plain log lines otherwise, nothing when quiet.
+
+tqdm decides what a terminal is (``disable=None``: no bar when stderr is not a TTY); ``progress=true``
+or ``false`` forces the bar on or off, and ``quiet=true`` also drops the per-round log lines (sweeps).
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Optional
 
 from tqdm import tqdm
@@ -12,18 +15,18 @@ log = logging.getLogger("fedrun")
 
 
 class Progress:
-    def __init__(self, total: int, start: int = 0, enabled: Optional[bool] = None):
-        self.tty = sys.stderr.isatty() if enabled is None else enabled
-        self.bar = tqdm(total=total, initial=start, unit="round", dynamic_ncols=True) if self.tty else None
+    def __init__(self, total: int, start: int = 0, enabled: Optional[bool] = None, quiet: bool = False):
+        self.quiet = quiet
+        disable = True if quiet else (None if enabled is None else not enabled)
+        self.bar = tqdm(total=total, initial=start, unit="round", dynamic_ncols=True, disable=disable)
 
     def update(self, round_idx: int, total: int, acc: float, loss: float, s_per_round: float) -> None:
-        if self.bar is not None:
+        if not self.bar.disable:
             self.bar.set_postfix(acc=f"{100 * acc:.2f}%", loss=f"{loss:.4f}", s_round=f"{s_per_round:.3f}", refresh=False)
             self.bar.n = round_idx
             self.bar.refresh()
-        else:
+        elif not self.quiet:
             log.info("round %d/%d  test_acc %.2f%%  test_loss %.4f  %.3f s/round", round_idx, total, 100 * acc, loss, s_per_round)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()

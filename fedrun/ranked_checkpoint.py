@@ -31,7 +31,7 @@ from fedrun import checkpoint, distributed, rundir
 from fedrun.distributed import Ranks
 from fedrun.errors import FedrunError
 from fedrun.journal import fsync_dir
-from fedrun.outputs import MetricsWriter
+from fedrun.run_files import MetricsWriter
 from fedrun.signals import StopSignals
 
 SHARDS = "shards"

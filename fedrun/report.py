@@ -6,10 +6,12 @@ fedrun.report``) finds every run directory below the given directories (a direct
 ``metrics.csv`` and writes into ``--out`` (default: the first DIR):
 
 - ``runs.csv`` / ``runs.md``: one row per run: the config keys that vary across runs, final and best
-  accuracy, rounds and communication (FedAvg-round equivalents, ``comm_fedavg_rounds``) to reach
-  each target accuracy, seconds, status (finished, unfinished, diverged, failed, broken);
-- ``convergence.png``: accuracy against rounds, one curve per group (``--group-by``; by default the
-  varying keys except the seed) with a mean ± std band over the runs (seeds) in the group;
+  value of ``--metric``, rounds and communication (FedAvg-round equivalents, ``comm_fedavg_rounds``) to
+  reach each target, seconds, status (finished, unfinished, diverged, failed, broken);
+- ``final.csv`` / ``final.md``: per setting (every varying key but the seed, rows sorted), the final
+  and best value as mean ± std over the seeds; no targets needed;
+- ``convergence.png`` (+ ``.pdf``, ``.svg``): the metric against rounds (or ``--x comm``), one curve
+  per group (``--group-by``; by default the varying keys except the seed) with a mean ± std band;
 - ``accuracy.csv`` / ``accuracy.md``: final and best accuracy (%) per setting, mean over seeds, and with
   ``--published`` a CSV without a ``target_acc`` column (e.g. ``scripts/fl_simulator_published.csv``),
   the published accuracies beside ours;
@@ -18,7 +20,10 @@ fedrun.report``) finds every run directory below the given directories (a direct
   ``target_acc``), the published numbers beside ours.
 
 A broken run (missing, empty or corrupt files) becomes a row with its status; it never stops the
-report. Accuracies are fractions in [0, 1]; a target above 1 is read as a percentage.
+report. Accuracies are percentages in every table and figure (``metrics.csv`` holds fractions); a
+target accuracy may be given either way (0.814 or 81.4). For a loss metric (``--metric test_loss``)
+best is the minimum, a target is reached at or below it, and the columns are ``final_loss``/``best_loss``.
+Every std is the sample standard deviation over seeds (ddof=1).
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from fedrun.report_tables import (  # noqa: F401  (the tables, also as fedrun.report.*)
+    SEED_KEYS, TARGET_VALUE_COLUMNS, UNITS, _fmt, _key, _shared_keys, accuracy_table, add_published, final_markdown,
+    final_table, higher_is_better, normalize_target, paper_table, target_label, target_table, to_markdown, value_columns,
+)
 from fedrun.specs import NOT_RESULT_KEYS
-
-SEED_KEYS = {"seed"}
 STATUSES = ("finished", "unfinished", "diverged", "failed", "broken")
 
 
@@ -157,21 +164,13 @@ def _status(run: Run) -> str:
 # Per-run numbers
 
 
-def normalize_target(target: float) -> float:
-    """Targets are accuracies in [0, 1]; 81.4 (a percentage) is read as 0.814."""
-    return float(target) / 100.0 if float(target) > 1.0 else float(target)
-
-
-def target_label(target: float) -> str:
-    return f"{100 * normalize_target(target):g}"
-
-
 def rounds_to_target(metrics: pd.DataFrame, target: float, metric: str = "test_acc") -> float:
-    """The first evaluated round whose ``metric`` is at or above ``target``; NaN if never reached."""
+    """The first evaluated round whose ``metric`` is at or above ``target`` (at or below, for a loss); NaN if never reached."""
     if metrics.empty or metric not in metrics.columns or "round" not in metrics.columns:
         return math.nan
-    target = normalize_target(target)
-    hit = metrics.loc[metrics[metric] >= target - 1e-12, "round"]
+    target = normalize_target(target, metric)
+    reached = metrics[metric] >= target - 1e-12 if higher_is_better(metric) else metrics[metric] <= target + 1e-12
+    hit = metrics.loc[reached, "round"]
     return float(hit.iloc[0]) if len(hit) else math.nan
 
 
@@ -196,15 +195,23 @@ def _num(value: Any) -> float:
 def run_row(run: Run, targets: Sequence[float], metric: str) -> dict[str, Any]:
     m = run.metrics
     has = not m.empty and metric in m.columns and m[metric].notna().any()
+    final_col, best_col = value_columns(metric)
+    scale = 100.0 if higher_is_better(metric) else 1.0
+    if has:
+        final, best = float(m[metric].dropna().iloc[-1]), float(m[metric].max() if higher_is_better(metric) else m[metric].min())
+    elif metric == "test_acc":
+        final, best = _num(run.summary.get("final_test_acc")), _num(run.summary.get("best_test_acc"))
+    else:
+        final = best = _num(run.summary.get(f"final_{metric}"))  # summary.json has no best loss
     row: dict[str, Any] = {
         "status": run.status,
         "rounds_done": int(m["round"].max()) if not m.empty else int(np.nan_to_num(_num(run.summary.get("rounds_done")))),
-        "final_acc": float(m[metric].dropna().iloc[-1]) if has else _num(run.summary.get("final_test_acc")),
-        "best_acc": float(m[metric].max()) if has else _num(run.summary.get("best_test_acc")),
+        final_col: scale * final,
+        best_col: scale * best,
     }
     for t in targets:
-        row[f"rounds_to_{target_label(t)}"] = rounds_to_target(m, t, metric)
-        row[f"comm_to_{target_label(t)}"] = comm_to_target(m, t, metric)
+        row[f"rounds_to_{target_label(t, metric)}"] = rounds_to_target(m, t, metric)
+        row[f"comm_to_{target_label(t, metric)}"] = comm_to_target(m, t, metric)
     seconds = _num(run.summary.get("seconds"))
     if math.isnan(seconds) and not m.empty and "wall_s" in m.columns:
         seconds = _num(m["wall_s"].iloc[-1])
@@ -236,9 +243,9 @@ def _order(keys: list[str]) -> list[str]:
 def collect(dirs: Sequence[Path], targets: Optional[Sequence[float]] = None, metric: str = "test_acc") -> tuple[pd.DataFrame, list[Run], list[str], list[float]]:
     """Read every run below ``dirs``; returns (table, runs, varying keys, targets used)."""
     runs = [load_run(p) for p in find_runs(dirs)]
-    if targets is None:
-        targets = sorted({normalize_target(t) for r in runs for t in r.targets})
-    targets = [normalize_target(t) for t in targets]
+    if targets is None:  # the runs' `targets` config key holds target accuracies
+        targets = sorted({normalize_target(t) for r in runs for t in r.targets}) if higher_is_better(metric) else []
+    targets = [normalize_target(t, metric) for t in targets]
     keys = _order(varying_keys(runs))
     rows = []
     for run in runs:
@@ -256,208 +263,6 @@ def _cell(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tables
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        return f"{value:.4g}"
-    return str(value)
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub markdown table; NaN shows as an empty cell."""
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row.tolist()) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def target_table(table: pd.DataFrame, keys: Sequence[str], targets: Sequence[float], algo_key: str = "algo") -> pd.DataFrame:
-    """Rounds and communication to each target per setting (mean over seeds), with speed-up over FedAvg.
-
-    Only finished and diverged runs count (unfinished, failed and broken ones are left out). A
-    setting reaches a target only if every one of its runs does; otherwise its cells are empty and
-    ``reached`` says how many runs did. ``speedup`` = FedAvg's communication / this algorithm's,
-    in the setting that differs only in the algorithm.
-    """
-    setting = [k for k in keys if k not in SEED_KEYS]
-    ok = table[table["status"].isin(["finished", "diverged"])]  # a diverged run counts as never reaching what it had not
-    rows = []
-    for t in targets:
-        label = target_label(t)
-        rcol, ccol = f"rounds_to_{label}", f"comm_to_{label}"
-        groups = ok.groupby(setting, dropna=False, sort=True) if setting else [((), ok)]
-        for values, g in groups:
-            values = values if isinstance(values, tuple) else (values,)
-            all_hit = g[rcol].notna().all() and len(g) > 0
-            rows.append({
-                **dict(zip(setting, values)),
-                "target_acc": 100 * t,
-                "runs": len(g),
-                "reached": int(g[rcol].notna().sum()),
-                "rounds": float(g[rcol].mean()) if all_hit else math.nan,
-                "rounds_std": float(g[rcol].std(ddof=0)) if all_hit else math.nan,
-                "comm_fedavg_rounds": float(g[ccol].mean()) if all_hit else math.nan,
-                "max_rounds": float(g["rounds_done"].max()) if len(g) else math.nan,
-            })
-    out = pd.DataFrame(rows)
-    if out.empty:
-        return out
-    out["speedup"] = math.nan
-    if algo_key in setting:
-        # the same setting but FedAvg: every key except the algorithm and its own hyper-parameters
-        others = [k for k in setting if k != algo_key and not k.startswith(algo_key + ".")] + ["target_acc"]
-        for idx, row in out.iterrows():
-            mask = out[algo_key].astype(str) == "fedavg"
-            for k in others:
-                mask &= out[k].astype(str) == str(row[k])
-            base = out[mask]
-            if len(base) == 1 and not math.isnan(row["comm_fedavg_rounds"]) and not math.isnan(base["comm_fedavg_rounds"].iloc[0]):
-                out.loc[idx, "speedup"] = base["comm_fedavg_rounds"].iloc[0] / row["comm_fedavg_rounds"]
-    return out
-
-
-def paper_table(targets: pd.DataFrame, algo_key: str = "algo") -> pd.DataFrame:
-    """The target table pivoted as in the paper: a row per setting and target, a column per algorithm.
-
-    A cell is the communication (FedAvg rounds) to reach the target, mean over seeds, with the
-    speed-up over FedAvg, then any published numbers in brackets; "not in N rounds" if some seed
-    never reached it.
-    """
-    if targets.empty or algo_key not in targets.columns:
-        return pd.DataFrame()
-    setting = [c for c in targets.columns if c not in TARGET_VALUE_COLUMNS and c != algo_key
-               and not c.startswith(algo_key + ".") and not c.startswith(("published", "reference"))]
-    published = [c for c in targets.columns if c.startswith(("published", "reference"))]
-
-    def cell(row: pd.Series) -> str:
-        if math.isnan(row["comm_fedavg_rounds"]):
-            text = f"not in {_fmt(row['max_rounds'])} rounds"
-        else:
-            text = _fmt(row["comm_fedavg_rounds"])
-            if not math.isnan(row["speedup"]):
-                text += f" ({row['speedup']:.2g}x)"
-        extra = [f"{c.split('_')[0]} {_fmt(row[c])}" for c in published if _fmt(row[c]) not in ("", "nan")]
-        return text + (f" [{'; '.join(extra)}]" if extra else "")
-
-    frame = targets.assign(_cell=targets.apply(cell, axis=1))
-    keys = [k for k in setting]
-    wide = frame.pivot_table(index=keys, columns=algo_key, values="_cell", aggfunc="first", dropna=False) if keys else None
-    return wide.reset_index() if wide is not None else pd.DataFrame()
-
-
-TARGET_VALUE_COLUMNS = {"runs", "reached", "rounds", "rounds_std", "comm_fedavg_rounds", "max_rounds", "speedup"}
-
-
-def add_published(targets: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
-    """Join published numbers (a CSV with key columns, ``target_acc`` and value columns) onto ``targets``.
-
-    Rows match on ``target_acc`` and every key column the two tables share; a published column
-    that matches nothing stays empty.
-    """
-    if targets.empty or published.empty:
-        return targets
-    value_cols = [c for c in published.columns if c.startswith("published") or c.startswith("reference")]
-    keys = [c for c in published.columns if c in targets.columns and c not in value_cols]
-    left, right = targets.copy(), published.copy()
-    for k in keys:
-        left[f"_k_{k}"] = left[k].map(_key)
-        right[f"_k_{k}"] = right[k].map(_key)
-    joined = left.merge(right[[f"_k_{k}" for k in keys] + value_cols], on=[f"_k_{k}" for k in keys], how="left")
-    return joined.drop(columns=[f"_k_{k}" for k in keys])
-
-
-def _shared_keys(frame: pd.DataFrame, published: pd.DataFrame, runs: Sequence[Run]) -> pd.DataFrame:
-    """Add the published CSV's key columns that ``frame`` lacks (a key all runs share, data=cifar10,
-    is not a column) from the runs' configs, so that :func:`add_published` can match on them."""
-    frame = frame.copy()
-    for k in published.columns:
-        if k in frame.columns or k.startswith(("published", "reference")):
-            continue
-        values = {_key(r.config.get(k)) for r in runs if r.config}  # broken runs have no config
-        frame[k] = values.pop() if len(values) == 1 else None  # missing or mixed: matches nothing
-    return frame
-
-
-def accuracy_table(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """Final and best test accuracy per setting (every varying key but the seed), in percent.
-
-    Means over the setting's finished runs (``finished`` counts them, ``runs`` counts all); ``final_acc_std``
-    is the standard deviation over those runs (0 for one run).
-    """
-    setting = [k for k in keys if k not in SEED_KEYS]
-    groups = table.groupby(setting, dropna=False, sort=True) if setting else [((), table)]
-    rows = []
-    for values, g in groups:
-        values = values if isinstance(values, tuple) else (values,)
-        done = g[g["status"] == "finished"]
-        rows.append({
-            **dict(zip(setting, values)),
-            "runs": len(g),
-            "finished": len(done),
-            "final_acc": 100 * float(done["final_acc"].mean()) if len(done) else math.nan,
-            "final_acc_std": 100 * float(done["final_acc"].std(ddof=0)) if len(done) else math.nan,
-            "best_acc": 100 * float(done["best_acc"].mean()) if len(done) else math.nan,
-        })
-    return pd.DataFrame(rows)
-
-
-def _key(value: Any) -> str:
-    try:
-        return f"{float(value):g}"
-    except (TypeError, ValueError):
-        return str(value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures
-
-
-def convergence_figure(runs: Sequence[Run], table: pd.DataFrame, group_by: Sequence[str], path: Path, metric: str = "test_acc",
-                       title: str = "") -> int:
-    """Mean ± std (over the runs in each group) of ``metric`` against rounds; returns the number of curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401  (MaxNLocator)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups: dict[tuple, list[pd.Series]] = {}
-    for run, (_, row) in zip(runs, table.iterrows()):
-        m = run.metrics
-        if m.empty or metric not in m.columns or m[metric].notna().sum() == 0:
-            continue
-        key = tuple(_fmt(row[k]) if k in row else "" for k in group_by)
-        groups.setdefault(key, []).append(m.set_index("round")[metric].astype(float))
-    for key, curves in sorted(groups.items()):
-        frame = pd.concat(curves, axis=1)
-        mean = 100 * frame.mean(axis=1)
-        std = 100 * frame.std(axis=1, ddof=0).fillna(0.0)
-        label = ", ".join(f"{k}={v}" for k, v in zip(group_by, key) if v != "") or "all runs"
-        label += f" (n={len(curves)})"
-        (line,) = ax.plot(mean.index, mean.values, label=label)
-        ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel(f"{metric} (%)")
-    ax.grid(alpha=0.3)
-    if groups:
-        ax.legend(fontsize=8)
-    ax.set_title(f"{title + ': ' if title else ''}mean ± std over the runs in each group", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return len(groups)
-
-
-# ---------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -470,20 +275,30 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--metric", default="test_acc", help="accuracy column of metrics.csv (test_acc, test_acc_active, test_acc_all)")
     p.add_argument("--published", type=Path, default=None, help="CSV of published numbers to put beside ours: with a target_acc column in targets.csv, without one in accuracy.csv")
     p.add_argument("--facet", nargs="*", default=None, help="also one figure per value of these keys (convergence_<key>=<value>....png)")
+    p.add_argument("--x", choices=["round", "comm"], default="round", help="x axis of the figures: rounds, or communication (comm_fedavg_rounds)")
     p.add_argument("--no-figures", action="store_true", help="skip convergence.png")
     return p.parse_args(argv)
 
 
 def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[Sequence[float]] = None,
            group_by: Optional[Sequence[str]] = None, metric: str = "test_acc", published: Optional[Path] = None,
-           figures: bool = True, facet: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    """Write runs.csv, runs.md, targets.csv, targets.md and convergence.png; returns what was made."""
+           figures: bool = True, facet: Optional[Sequence[str]] = None, x: str = "round") -> dict[str, Any]:
+    """Write runs.csv, runs.md, final.csv, final.md, targets.* (with targets), paper_table.md and
+    convergence.png/.pdf/.svg; returns what was made."""
+    from fedrun.report_figures import convergence_figure
+
     out = Path(out) if out is not None else Path(dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     table, runs, keys, used_targets = collect(dirs, targets, metric)
     table.to_csv(out / "runs.csv", index=False)
     (out / "runs.md").write_text(to_markdown(table.drop(columns=["path"], errors="ignore")))
     made: dict[str, Any] = {"runs": len(table), "keys": keys, "targets": used_targets, "files": ["runs.csv", "runs.md"]}
+    if len(table):
+        final = final_table(table, keys, metric)
+        final.to_csv(out / "final.csv", index=False)
+        (out / "final.md").write_text(final_markdown(final, metric))
+        made["final_table"] = final
+        made["files"] += ["final.csv", "final.md"]
     if group_by is None:
         group_by = [k for k in keys if k not in SEED_KEYS]
     unknown = [k for k in group_by if k not in table.columns]
@@ -491,7 +306,7 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[S
         for k in unknown:  # a key that does not vary: one value for all runs, still groupable
             table[k] = [_cell(r.config.get(k)) for r in runs]
     pub = pd.read_csv(published) if published is not None and Path(published).is_file() else None
-    if len(table):  # final accuracy per setting; published accuracies (a CSV without target_acc) beside it
+    if len(table) and higher_is_better(metric):  # final accuracy per setting; published accuracies (a CSV without target_acc) beside it
         acc = accuracy_table(table, keys)
         if pub is not None and "target_acc" not in pub.columns:
             acc = add_published(_shared_keys(acc, pub, runs), pub)
@@ -499,7 +314,7 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[S
         (out / "accuracy.md").write_text(to_markdown(acc))
         made["files"] += ["accuracy.csv", "accuracy.md"]
     if used_targets and len(table):
-        tt = target_table(table, keys, used_targets)  # per setting: every varying key but the seed
+        tt = target_table(table, keys, used_targets, metric=metric)  # per setting: every varying key but the seed
         if pub is not None and "target_acc" in pub.columns:
             tt = add_published(_shared_keys(tt, pub, runs), pub)
         tt.to_csv(out / "targets.csv", index=False)
@@ -513,8 +328,8 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[S
             made["files"].append("paper_table.md")
         made["target_table"] = tt
     if figures:
-        made["curves"] = convergence_figure(runs, table, list(group_by), out / "convergence.png", metric)
-        made["files"].append("convergence.png")
+        made["curves"] = convergence_figure(runs, table, list(group_by), out / "convergence.png", metric, x=x)
+        made["files"] += ["convergence.png", "convergence.pdf", "convergence.svg"]
         for k in facet or []:
             if k not in table.columns:
                 table[k] = [_cell(r.config.get(k)) for r in runs]
@@ -525,7 +340,7 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[S
                 idx = [i for i, v in enumerate(keyed) if v == values]
                 name = "convergence_" + "_".join(f"{k}={v}" for k, v in zip(facet, values)) + ".png"
                 title = ", ".join(f"{k}={v}" for k, v in zip(facet, values))
-                convergence_figure([runs[i] for i in idx], table.iloc[idx], inner, out / name, metric, title)
+                convergence_figure([runs[i] for i in idx], table.iloc[idx], inner, out / name, metric, title, x=x)
                 made["files"].append(name)
     made["table"] = table
     return made
@@ -537,10 +352,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if missing:
         print(f"fedrun-report: error: {missing[0]} does not exist: give directories that hold run directories.", file=sys.stderr)
         return 2
-    made = report(args.dirs, args.out, args.targets, args.group_by, args.metric, args.published, not args.no_figures, args.facet)
+    made = report(args.dirs, args.out, args.targets, args.group_by, args.metric, args.published, not args.no_figures, args.facet, args.x)
     out = args.out or args.dirs[0]
     counts = made["table"]["status"].value_counts().to_dict() if made["runs"] else {}
     print(to_markdown(made["table"].drop(columns=["path", "problems"], errors="ignore")) if made["runs"] else "no runs found")
+    if "final_table" in made:
+        print(final_markdown(made["final_table"], args.metric))
     if "target_table" in made:
         print(to_markdown(made["target_table"]))
     print(f"{made['runs']} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}) -> {out}: {', '.join(made['files'])}")

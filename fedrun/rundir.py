@@ -55,9 +55,18 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k not in NOT_RESULT_KEYS}
 
 
+# Keys added after runs were written, at the value those runs ran with: a run dir whose config lacks
+# one counts as having this value (a sweep re-run after an upgrade still skips and resumes its runs).
+ADDED_KEYS = {"client_test_fraction": 0.0, "val_fraction": 0.0, "finetune_steps": 0}
+
+
 def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two configs (a key missing on one side differs)."""
+    """Dotted keys whose values differ between two configs (a key missing on one side differs, except
+    one of :data:`ADDED_KEYS` at its value)."""
     fa, fb = comparable(a), comparable(b)
+    for flat in (fa, fb):
+        for key, value in ADDED_KEYS.items():
+            flat.setdefault(key, value)
     return sorted(k for k in set(fa) | set(fb) if fa.get(k, "<unset>") != fb.get(k, "<unset>"))
 
 
@@ -110,7 +119,10 @@ def decide(spec: ResumeSpec, run_dir: Path, clear: bool = True) -> Optional[dict
     if (run_dir / METRICS).exists() and not (run_dir / METRICS).is_file():
         raise _unreadable(run_dir, METRICS, "is not a file")
     finished = summary is not None and summary.get("status") == "finished"
-    if finished and (spec.skip_finished or summary.get("config") is not None):
+    # a finished run that kept its checkpoint (keep_checkpoint=true), asked for more rounds: continued below
+    extend = (finished and not spec.skip_finished and (run_dir / CHECKPOINT).exists()
+              and summary.get("config") is not None and config_diff(spec.config, summary["config"]) == ["rounds"])
+    if finished and not extend and (spec.skip_finished or summary.get("config") is not None):
         # before the checkpoint: a kill after the summary was written leaves checkpoint.pt behind
         if not spec.skip_finished:
             _refuse_changed(run_dir, spec.config, summary["config"])
@@ -121,9 +133,17 @@ def decide(spec: ResumeSpec, run_dir: Path, clear: bool = True) -> Optional[dict
         raise RunFinished(run_dir, summary)
     if (run_dir / CHECKPOINT).exists():
         ckpt = load(run_dir / CHECKPOINT)
+        rounds = int(spec.config.get("rounds", 0))
+        if config_diff(spec.config, ckpt["config"]) == ["rounds"] and rounds > int(ckpt["round"]):
+            return ckpt  # more rounds: continue (keep_checkpoint=true kept a finished run's checkpoint)
         _refuse_changed(run_dir, spec.config, ckpt["config"])
+        if finished and int(ckpt["round"]) >= rounds:
+            raise RunFinished(run_dir, summary)
         return ckpt
     if summary is not None and summary.get("config") is not None:
+        if finished and config_diff(spec.config, summary["config"]) == ["rounds"]:
+            raise FedrunError(f"{run_dir} holds a finished run of {summary['config'].get('rounds')} rounds and no checkpoint to continue from: "
+                              "runs started with keep_checkpoint=true can be extended with a larger rounds=; rerun this one with a new hydra.run.dir.")
         _refuse_changed(run_dir, spec.config, summary["config"])
     elif (run_dir / METRICS).exists():  # killed before its first checkpoint, config unknown
         raise _unreadable(run_dir, METRICS, "was written by an earlier run that left no checkpoint or summary.json")
@@ -147,10 +167,13 @@ def remove_state(run_dir: Path) -> None:
     shutil.rmtree(state_dir(run_dir), ignore_errors=True)
 
 
-def finish(run_dir: Path, status: str) -> None:
+def finish(run_dir: Path, status: str, keep_checkpoint: bool = False) -> None:
     """After the last round: a finished run deletes its checkpoint, then ``state/`` (in that order: a
-    kill in between leaves a finished summary and files :func:`decide` removes); a run that stopped
+    kill in between leaves a finished summary and files :func:`decide` removes), unless
+    ``keep_checkpoint`` (the run can then be continued with a larger ``rounds=``); a run that stopped
     keeps ``state/`` only when its checkpoint refers to the files."""
+    if status == "finished" and keep_checkpoint:
+        return
     if status == "finished":
         for name in (CHECKPOINT, CHECKPOINT + ".tmp"):
             (Path(run_dir) / name).unlink(missing_ok=True)

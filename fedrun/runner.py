@@ -7,6 +7,7 @@ and writes ``metrics.csv`` (one row per evaluated round, flushed at once), ``sum
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -17,7 +18,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from fedrun import checkpoint, distributed, finish, guard, lock, ranked_checkpoint, rounds, rundir, sharded, specs
+from fedrun import checkpoint, client_eval, distributed, finish, guard, lock, ranked_checkpoint, rounds, rundir, sharded, specs
 from fedrun.algorithms.base import Algorithm, FedContext, ServerState
 from fedrun.all_models import AllModelsMean
 from fedrun.config import build_object
@@ -28,14 +29,18 @@ from fedrun.errors import DivergenceError, FedrunError
 from fedrun.evaluation import evaluate
 from fedrun.fit import build_model
 from fedrun.memory import check_data_fits
-from fedrun.outputs import MetricsWriter, summarize
+from fedrun.loggers import open_loggers
+from fedrun.run_files import MetricsWriter, summarize
 from fedrun.params import FlatModel
+from fedrun.partition import check_partition
 from fedrun.plots import convergence_plot
 from fedrun.progress import Progress
+from fedrun.provenance import provenance
 from fedrun.seeding import derive_seed, generator
 from fedrun.signals import Interrupted, StopSignals
 from fedrun.specs import RunSpec
 from fedrun.state import ClientStateStore, store_for_run
+from fedrun.threads import apply_threads
 
 log = logging.getLogger("fedrun")
 
@@ -68,6 +73,7 @@ class Experiment:
     server: ServerState
     const: Any = None  # what algorithm.setup returned
     all_models: Optional[AllModelsMean] = None  # the evaluated mean of every client's latest model (eval_all)
+    held_out: Optional[client_eval.HeldOut] = None  # each client's own test split and the validation split
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[d
     partitioner = build_object(groups["partition"], _partial_=True)
     kwargs = {} if data.groups is None else {"groups": data.groups}
     partition = partitioner(data.y_train, m, generator(seed, "partition"), **kwargs)
+    check_partition(partition, len(data.y_train), m, str(groups["partition"]._target_))  # a custom partitioner's output too
+    partition, held_out = client_eval.hold_out(cfg, partition, seed)  # each client's own test / validation parts
     check_data_fits(data, device)  # one sentence instead of a CUDA out-of-memory traceback
     data = data.to(device)
     partition = [p.to(device) for p in partition]
@@ -118,7 +126,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[d
     rounds.add_tables(algorithm, store)
     server = algorithm.initial_server(theta, const)
     all_models = AllModelsMean(store, theta, algorithm.all_weights(ctx)) if spec.evaluation.all else None
-    return Experiment(spec, cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server, const, all_models)
+    return Experiment(spec, cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server, const, all_models, held_out)
 
 
 def _store(spec: RunSpec, data, model, algorithm, device, state_dir, resumed) -> ClientStateStore:
@@ -140,7 +148,7 @@ def metric_columns(spec: RunSpec) -> list[str]:
         cols += ["test_loss_all", "test_acc_all"]
     if spec.guard.on_nonfinite == "drop":
         cols += ["dropped_clients"]
-    return cols + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
+    return cols + client_eval.columns(spec.config) + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
 
 
 def run_round(exp: Experiment, round_idx: int) -> RoundRecord:
@@ -206,10 +214,18 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec, rounds = exp.spec, exp.spec.rounds
     loss_guard = guard.LossGuard(spec.guard, counters.guard_reference, counters.dropped_streak)
     comm, pending = counters.comm, counters.pending
+    threads_before = apply_threads(exp.cfg.get("threads"), exp.model.num_params, exp.device)
+    made_by = provenance(exp.device)
     ranks = distributed.current()  # several processes: collective checkpoints, rank 0 writes the run dir
-    progress = Progress(rounds, start=counters.round, enabled=spec.progress if ranks is None or ranks.writer else False)
+    writes = ranks is None or ranks.writer
+    per_client = client_eval.ClientEvaluator(exp.cfg, exp, exp.held_out, run_dir, counters.round) if exp.held_out and writes else None
+    trackers = open_loggers(exp.cfg if writes else {}, run_dir, spec.config)
+    keep = bool(exp.cfg.get("keep_checkpoint", False))
+    progress = Progress(rounds, start=counters.round, enabled=spec.progress if writes else False,
+                        quiet=bool(exp.cfg.get("quiet", False)))
     began = time.perf_counter() - counters.wall_s
     status, extra = "failed", {"plot_title": f"{type(exp.algorithm).__name__} on {exp.data.name} {spec.title()}"}
+    plot = functools.partial(convergence_plot, algo=type(exp.algorithm).__name__)
     with StopSignals() as signals:  # held through the last outputs: a first signal then waits for them
         try:
             for r in range(counters.round + 1, rounds + 1):
@@ -225,6 +241,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                         "lr": record.lr,
                         "train_loss": pending.mean_train_loss(),
                         **evaluate_round(exp, record.active_model),
+                        **(per_client.evaluate(r, exp.theta) if per_client else {}),
                         "dropped_clients": pending.dropped_clients,
                         "uplink_mb": pending.uplink_mb,
                         "downlink_mb": pending.downlink_mb,
@@ -233,10 +250,11 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     }
                     loss_guard.check_test(r, row)
                     writer.write(row)
+                    trackers.log(row)
                     pending = checkpoint.Pending()
                     progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
                 stop = ranked_checkpoint.stop_requested(signals, ranks) and r < rounds  # a signal during the last round: just finish
-                if stop or spec.checkpoint.due(r, rounds):
+                if stop or spec.checkpoint.due(r, rounds) or (keep and r == rounds):  # keep: the final state, to continue later
                     counters = checkpoint.Counters(
                         r, comm, pending, time.perf_counter() - began, loss_guard.reference, loss_guard.dropped_streak
                     )
@@ -253,15 +271,20 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             raise
         finally:
             progress.close()
+            extra.update({**made_by, **client_eval.summary(writer.rows)})
             summary = {**summarize(writer.rows, status, time.perf_counter() - began, exp.model.num_params, spec.config), **extra}
             try:  # plot, summary.json last, then checkpoint and state (fedrun/finish.py); rank 0 writes the run dir
-                if ranks is None or ranks.writer:
-                    finish.finish_run(run_dir, writer.rows, summary, extra["plot_title"], convergence_plot)
-                    ranked_checkpoint.finish(run_dir, status)  # after checkpoint.pt, which refers to the shards
+                if writes:
+                    finish.finish_run(run_dir, writer.rows, summary, extra["plot_title"], plot, keep)
+                    if not keep:
+                        ranked_checkpoint.finish(run_dir, status)  # after checkpoint.pt, which refers to the shards
             except Exception as err:  # noqa: BLE001 - a run already failing reports its own error
                 if status == "finished":
                     raise
                 log.error("fedrun: the outputs of the stopped run could not all be written (%s)", err)
+            finally:
+                trackers.close(summary)
+                torch.set_num_threads(threads_before)
     return summary
 
 

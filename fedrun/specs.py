@@ -8,7 +8,7 @@ model, algo, engine) stay config nodes: their own schemas check them and ``build
 
 :data:`NOT_RESULT_KEYS` is the one list of keys that do not change a run's result: a run dir may be
 resumed with other values of them, the report does not tell runs apart by them, and Hydra leaves
-them out of a sweep's run-dir names (``conf/config.yaml`` interpolates the list as
+them out of a sweep's run-dir names (``fedrun/conf/config.yaml`` interpolates the list as
 ``${fedrun_not_result_keys:}``, a resolver :func:`fedrun.config.register_configs` registers).
 """
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # fedrun.engines imports torch: keep `fedrun --help` fast
 # counts). The group ``experiment`` names a bundle of the other keys; their values are compared.
 NOT_RESULT_KEYS = (
     "experiment", "resume", "progress", "checkpoint_every", "targets", "skip_finished", "state_placement",
-    "device", "data.root",
+    "device", "data.root", "threads", "quiet", "logger", "keep_checkpoint",
 )
 # Algorithm hyperparameters whose lowering typically calms a diverging run.
 LOWERABLE = ("alpha", "mu", "server_lr", "tau")

@@ -112,7 +112,7 @@ def test_shards_that_do_not_divide(monkeypatch, capsys, tmp_path):
 @pytest.fixture
 def mnist_root(tmp_path: Path) -> Path:
     if not (CONF_DIR / "data" / "mnist.yaml").exists():
-        pytest.skip("conf/data/mnist.yaml does not exist yet")
+        pytest.skip("fedrun/conf/data/mnist.yaml does not exist yet")
     sys.path.insert(0, str(Path(__file__).parent))
     try:
         from vision_files import write_mnist

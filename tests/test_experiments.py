@@ -1,4 +1,4 @@
-"""Every ``conf/experiment/*.yaml`` composes with every value of its sweep grid, and runs (slow: one
+"""Every ``fedrun/conf/experiment/*.yaml`` composes with every value of its sweep grid, and runs (slow: one
 small round of each, on small files in the real on-disk formats and the shared Shakespeare texts)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakesp
 def test_paper_experiment_composes_with_every_value_of_its_grid(name: str) -> None:
     base = compose_config(f"experiment={name}", hydra=True)
     grid = base.hydra.sweeper.params
-    assert {"algo", "participation", "seed"} <= set(grid)  # the paper's grid (conf/experiment/paper/grid.yaml)
+    assert {"algo", "participation", "seed"} <= set(grid)  # the paper's grid (fedrun/conf/experiment/paper/grid.yaml)
     axes = {key: str(values).split(",") for key, values in grid.items()}
     for i in range(max(len(v) for v in axes.values())):  # every value of every axis appears in some compose
         cfg = compose_config(f"experiment={name}", *(f"{k}={v[i % len(v)]}" for k, v in axes.items()))

@@ -119,3 +119,20 @@ def test_lognormal_sizes_at_least_one():
     sizes = P.lognormal_sizes(200, 100, 3.0, gen())
     assert int(sizes.sum()) == 200 and int(sizes.min()) >= 1
     assert math.isclose(float(P.balanced_sizes(10, 3).sum()), 10)
+
+
+def test_check_partition_names_what_a_custom_partitioner_got_wrong():
+    from fedrun.partition import check_partition
+
+    ok = [torch.tensor([0, 2]), torch.tensor([1, 3])]
+    check_partition(ok, 4, 2, "mine")
+    with pytest.raises(FedrunError, match="returned 1 clients for num_clients=2"):
+        check_partition(ok[:1], 4, 2, "mine")
+    with pytest.raises(FedrunError, match="left client 1 without samples"):
+        check_partition([torch.tensor([0, 1, 2, 3]), torch.tensor([], dtype=torch.long)], 4, 2, "mine")
+    with pytest.raises(FedrunError, match="training sample 3 is in no client"):
+        check_partition([torch.tensor([0, 2]), torch.tensor([1])], 4, 2, "mine")
+    with pytest.raises(FedrunError, match="training sample 2 is in 2 clients"):
+        check_partition([torch.tensor([0, 2]), torch.tensor([1, 2, 3])], 4, 2, "mine")
+    with pytest.raises(FedrunError, match="training sample 4 is out of range"):
+        check_partition([torch.tensor([0, 2]), torch.tensor([1, 3, 4])], 4, 2, "mine")

@@ -88,17 +88,18 @@ def test_report_table_columns_values_and_files(sweep: Path):
     assert by.loc[("fedavg", 1), "rounds_to_50"] == 6
     assert math.isnan(by.loc[("fedavg", 1), "rounds_to_80"])
     assert by.loc[("feddyn", 1), "rounds_to_80"] == 4
-    assert by.loc[("feddyn", 0), "final_acc"] == 0.9 and by.loc[("fedavg", 1), "best_acc"] == 0.55
+    assert by.loc[("feddyn", 0), "final_acc"] == pytest.approx(90.0) and by.loc[("fedavg", 1), "best_acc"] == pytest.approx(55.0)  # percent
     assert (table["status"] == "finished").all()
     assert made["targets"] == [0.5, 0.8]  # taken from the runs' `targets` config
-    for name in ["runs.md", "targets.csv", "targets.md", "convergence.png"]:
+    for name in ["runs.md", "final.csv", "final.md", "targets.csv", "targets.md", "convergence.png", "convergence.pdf", "convergence.svg"]:
         assert (sweep / name).stat().st_size > 0
     assert made["curves"] == 2  # one mean ± std curve per algorithm, seeds pooled
 
 
 def test_target_table_means_over_seeds_and_speedup_over_fedavg(sweep: Path):
     tt = report.report([sweep], figures=False)["target_table"].set_index(["algo", "target_acc"])
-    assert tt.loc[("fedavg", 50.0), "rounds"] == 5.0 and tt.loc[("fedavg", 50.0), "rounds_std"] == 1.0
+    # rounds 4 and 6: mean 5, sample std sqrt(((4-5)^2 + (6-5)^2) / (2-1)) = sqrt(2)
+    assert tt.loc[("fedavg", 50.0), "rounds"] == 5.0 and tt.loc[("fedavg", 50.0), "rounds_std"] == pytest.approx(math.sqrt(2))
     assert tt.loc[("feddyn", 50.0), "rounds"] == 2.0
     assert tt.loc[("feddyn", 50.0), "speedup"] == pytest.approx(2.5)
     assert math.isnan(tt.loc[("fedavg", 80.0), "rounds"]) and tt.loc[("fedavg", 80.0), "reached"] == 0
@@ -165,7 +166,8 @@ def test_published_numbers_join_on_shared_keys(sweep: Path, tmp_path: Path):
     assert wide.loc[50.0, "feddyn"] == "2 (2.5x) [published 67]"  # FedDyn: rounds 2 and 2; FedAvg: 4 and 6
     assert wide.loc[50.0, "fedavg"] == "5 (1x) [published 754]"
     assert wide.loc[80.0, "fedavg"] == "not in 6 rounds"
-    assert "| target_acc | fedavg | feddyn |" in (tmp_path / "out" / "paper_table.md").read_text()
+    header = next(line for line in (tmp_path / "out" / "paper_table.md").read_text().splitlines() if line.startswith("|"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["target_acc (%)", "fedavg", "feddyn"]
 
 
 def test_cli_exit_codes(sweep: Path, tmp_path: Path, capsys):
@@ -196,3 +198,47 @@ def test_facet_writes_one_figure_per_value(sweep: Path):
     made = report.report([sweep], group_by=["algo"], facet=["seed"])
     assert {"convergence_seed=0.png", "convergence_seed=1.png"} <= set(made["files"])
     assert all((sweep / f).stat().st_size > 0 for f in made["files"])
+
+
+# --- loss metrics, the final table, labels --------------------------------------------------------
+
+
+def test_loss_metric_is_not_a_percentage_and_best_is_the_minimum(tmp_path: Path):
+    """test_loss of one run: 2.0, 0.5, 0.8 -> final 0.8, best 0.5 (the minimum), no x100; a loss
+    target 0.9 is reached at or below it, in round 2 (0.5), not round 1 (2.0 >= 0.9)."""
+    run = write_run(tmp_path / "a", "fedavg", 0, [0.1, 0.6, 0.5])
+    m = pd.read_csv(run / "metrics.csv").assign(test_loss=[2.0, 0.5, 0.8])
+    m.to_csv(run / "metrics.csv", index=False)
+    made = report.report([tmp_path], metric="test_loss", targets=[0.9])
+    row = made["table"].iloc[0]
+    assert "final_acc" not in made["table"] and "best_acc" not in made["table"]
+    assert row["final_loss"] == pytest.approx(0.8) and row["best_loss"] == pytest.approx(0.5)
+    assert row["rounds_to_0.9"] == 2
+    assert made["target_table"]["target_loss"].tolist() == [0.9]
+    assert "(%)" not in (tmp_path / "final.md").read_text()
+    assert made["curves"] == 1
+
+
+def test_final_table_is_mean_and_sample_std_per_setting_sorted(sweep: Path):
+    """FedDyn final 0.9 and 0.88 -> 89.00 ± sqrt(2)=1.41 (ddof=1); FedAvg best 0.7 and 0.55 -> 62.50 ± 10.61."""
+    made = report.report([sweep], figures=False)
+    final = made["final_table"]
+    assert final["algo"].tolist() == ["fedavg", "feddyn"]  # sorted by setting
+    dyn = final.set_index("algo").loc["feddyn"]
+    assert dyn["runs"] == 2 and dyn["final_acc_mean"] == pytest.approx(89.0) and dyn["final_acc_std"] == pytest.approx(math.sqrt(2))
+    assert final.set_index("algo").loc["fedavg", "best_acc_std"] == pytest.approx(15 / math.sqrt(2))
+    text = (sweep / "final.md").read_text()
+    assert "89.00 ± 1.41" in text and "62.50 ± 10.61" in text and "final_acc (%)" in text
+
+
+def test_labels_colours_and_presets():
+    from fedrun import figures
+    from fedrun.report_figures import curve_label
+
+    assert curve_label(["algo", "algo.alpha"], ["feddyn_alpha0.1", 0.1]) == "FedDyn α=0.1"
+    assert curve_label(["algo", "partition"], ["fedavg", "iid"]) == "FedAvg, partition=iid"
+    assert figures.algo_colour("feddyn_alpha0.1") == figures.algo_colour("FedDynPaper") == figures.algo_colour("feddyn") != figures.algo_colour("fedavg")
+    colours = [figures.algo_colour(a) for a in ["feddyn", "fedavg", "fedprox", "scaffold", "fedadam", "feddc", "fedspeed", "fedsmoo", "fednova"]]
+    assert len(set(colours)) == len(colours)
+    assert figures.setting_title({"data": "synthetic", "partition": "dirichlet", "partition.alpha": 0.3, "num_clients": 100,
+                                  "participation": 0.1}) == "synthetic, dirichlet α=0.3, 100 clients, participation 0.1"

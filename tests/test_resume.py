@@ -32,7 +32,7 @@ ARGS = [
 
 def needs(algo: str) -> None:
     if not (CONF_DIR / "algo" / f"{algo}.yaml").exists():
-        pytest.skip(f"conf/algo/{algo}.yaml does not exist yet")
+        pytest.skip(f"fedrun/conf/algo/{algo}.yaml does not exist yet")
 
 
 def command(algo: str, run_dir: Path, *extra: str) -> list[str]:

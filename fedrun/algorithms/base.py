@@ -17,7 +17,7 @@ every table in :attr:`Algorithm.client_states` and hands the algorithm one froze
 The runner writes the returned rows at the clients' ids after :meth:`server_update`. The engines run
 local training (plain SGD, gradient-norm clip, weight decay, E epochs of batches of B, as the FedDyn
 reference code) for all active clients, sequentially or at once, and know nothing about the
-algorithm beyond the :class:`LocalObjective`. A new method is one file here and one ``conf/algo/*.yaml``.
+algorithm beyond the :class:`LocalObjective`. A new method is one file here and one ``fedrun/conf/algo/*.yaml``.
 """
 
 from __future__ import annotations
