@@ -125,6 +125,9 @@ def decide(spec: ResumeSpec, run_dir: Path, clear: bool = True) -> Optional[dict
     if finished and not extend and (spec.skip_finished or summary.get("config") is not None):
         # before the checkpoint: a kill after the summary was written leaves checkpoint.pt behind
         if not spec.skip_finished:
+            if config_diff(spec.config, summary["config"]) == ["rounds"]:
+                raise FedrunError(f"{run_dir} holds a finished run of {summary['config'].get('rounds')} rounds and no checkpoint to continue from: "
+                                  "runs started with keep_checkpoint=true can be extended with a larger rounds=; rerun this one with a new hydra.run.dir.")
             _refuse_changed(run_dir, spec.config, summary["config"])
         if clear:
             from fedrun.finish import complete_finished
@@ -141,9 +144,6 @@ def decide(spec: ResumeSpec, run_dir: Path, clear: bool = True) -> Optional[dict
             raise RunFinished(run_dir, summary)
         return ckpt
     if summary is not None and summary.get("config") is not None:
-        if finished and config_diff(spec.config, summary["config"]) == ["rounds"]:
-            raise FedrunError(f"{run_dir} holds a finished run of {summary['config'].get('rounds')} rounds and no checkpoint to continue from: "
-                              "runs started with keep_checkpoint=true can be extended with a larger rounds=; rerun this one with a new hydra.run.dir.")
         _refuse_changed(run_dir, spec.config, summary["config"])
     elif (run_dir / METRICS).exists():  # killed before its first checkpoint, config unknown
         raise _unreadable(run_dir, METRICS, "was written by an earlier run that left no checkpoint or summary.json")

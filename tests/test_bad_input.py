@@ -151,7 +151,7 @@ def test_full_disk_is_one_sentence_and_leaves_no_tmp_files(where, monkeypatch, c
 
         monkeypatch.setattr(torch, "save", save)
     else:
-        def plot(rows, path, title):
+        def plot(rows, path, title, **_):
             Path(path).write_bytes(b"partial png")
             enospc()
 
@@ -181,7 +181,7 @@ def test_signal_during_the_final_plot_waits_for_the_outputs(monkeypatch, capsys,
 
     real = fedrun.plots.convergence_plot
 
-    def plot(rows, path, title):
+    def plot(rows, path, title, **_):
         os.kill(os.getpid(), signal.SIGTERM)
         real(rows, path, title)
 

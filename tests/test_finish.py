@@ -58,7 +58,7 @@ def test_summary_is_written_after_the_plot(monkeypatch, tmp_path):
     real_plot, real_json = finish.write_plot, finish.write_json_atomic
     monkeypatch.setattr(finish, "write_plot", lambda *a: (order.append("plot"), real_plot(*a)))
     monkeypatch.setattr(finish, "write_json_atomic", lambda path, p: (order.append(p["status"]), real_json(path, p)))
-    monkeypatch.setattr(rundir, "finish", lambda run_dir, status, real=rundir.finish: (order.append("remove"), real(run_dir, status)))
+    monkeypatch.setattr(rundir, "finish", lambda run_dir, status, *a, real=rundir.finish: (order.append("remove"), real(run_dir, status, *a)))
     runner.run(compose_config(*MMAP), tmp_path)
     assert order == ["running", "plot", "finished", "remove"]
 
