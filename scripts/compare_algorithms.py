@@ -7,7 +7,8 @@ participation 0.1, 200 rounds):
 
 runs ``fedrun algo=X`` for each algorithm (one run directory each under ``--runs``), with
 ``--multirun`` as one ``fedrun -m algo=X,Y,...`` sweep, or with ``--reuse`` only reads the
-``metrics.csv`` files already there, then writes the figure and prints a markdown table of the final
+``metrics.csv`` files already there, then writes the figure (2x2 panels in fedrun's figure style;
+PNG, PDF and SVG) and prints a markdown table of the final
 round. The README's nine-method table (all of fedrun's methods, 100 rounds, unequal client sizes):
 
     python scripts/compare_algorithms.py --multirun --algos nine --runs outputs/compare/nine \
@@ -35,6 +36,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from fedrun import figures  # noqa: E402  (colours, labels, saving: the same as every fedrun figure)
+
 SETTING = [
     "data=synthetic", "data.alpha=1", "data.beta=1", "data.iid_solution=false", "data.iid_data=false",
     "partition=natural", "num_clients=100", "participation=0.1", "rounds=200", "seed=0", "engine=sequential",
@@ -82,29 +86,53 @@ def load(runs: Path, algos: list[str]) -> dict[str, pd.DataFrame]:
 
 
 def figure(frames: dict[str, pd.DataFrame], path: Path, title: str, smooth: int = 10) -> None:
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
+    """2x2 panels in fedrun's figure style (one colour and marker per algorithm, short labels, one legend
+    below the axes); PNG, PDF and SVG."""
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.6), sharex=True)
     panels = [
-        ("test_loss", "server model: loss on all training data", True, 1),
-        ("test_loss_all", "mean of all clients' latest models: loss", True, 1),
-        ("train_loss", f"local training loss, {smooth}-round mean", True, smooth),
-        ("test_acc", "server model: accuracy", False, 1),
+        ("test_loss", "server model: loss on all training data", True, 1, 1.0),
+        ("test_acc", "server model: accuracy (%)", False, 1, 100.0),
+        ("test_loss_all", "mean of all clients' models: loss", True, 1, 1.0),
+        ("train_loss", f"local training loss ({smooth}-round mean)", True, smooth, 1.0),
     ]
-    for ax, (col, label, log, window) in zip(axes, panels):
-        for algo, df in frames.items():
-            if col in df:
-                style = "--" if algo in NINE[5:] else "-"  # FedDyn's successors dashed
-                ax.plot(df["round"], df[col].rolling(window, min_periods=1).mean(), style, label=LABELS.get(algo, algo), lw=1.3)
-        ax.set_xlabel("round")
-        ax.set_ylabel(label)
+    for ax, (col, label, log, window, scale) in zip(axes.flat, panels):
+        for i, (algo, df) in enumerate(frames.items()):
+            if col not in df:
+                continue
+            values = scale * df[col].rolling(window, min_periods=1).mean()
+            ax.plot(df["round"], values, color=figures.algo_colour(algo), marker=figures.algo_marker(algo), markersize=3.5,
+                    markevery=figures.markevery(i, len(frames), len(df)), lw=1.2, label=figures.algo_label(algo))
+        ax.set_title(label, fontsize=10)
         if log:
             ax.set_yscale("log")
+            figures.plain_log_ticks(ax)
         ax.grid(alpha=0.3, which="both")
-    axes[-1].legend(fontsize=8, ncol=2 if len(frames) > 5 else 1)
+        figures.integer_rounds(ax)
+    for ax in axes[1]:
+        ax.set_xlabel("round")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    ncol = len(labels) if len(labels) <= 5 else (len(labels) + 1) // 2
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    rows = 1 if len(labels) <= 5 else 2
+    fig.tight_layout(rect=(0, 0.035 * rows, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"figure: {path}")
+    figures.save(fig, path, dpi=110)
+    print(f"figure: {path} (+ .pdf, .svg)")
+
+
+def title(overrides: list[str]) -> str:
+    """The setting in a few words: ``synthetic, heterogeneous solutions and data, 100 clients, p=0.1, ...``."""
+    cfg = dict(item.split("=", 1) for item in merged(overrides))
+    hetero = [name for name, key in (("solutions", "data.iid_solution"), ("data", "data.iid_data")) if cfg.get(key) == "false"]
+    parts = [cfg.get("data", "synthetic")]
+    if hetero:
+        parts.append("heterogeneous " + " and ".join(hetero))
+    parts += [f"{cfg['num_clients']} clients", f"p={cfg['participation']}"]
+    if float(cfg.get("data.sigma", 0) or 0) > 0:
+        parts.append(f"unequal sizes data.sigma={cfg['data.sigma']}")
+    parts += [f"{cfg['rounds']} rounds", f"seed {cfg['seed']}"]
+    return ", ".join(parts)
 
 
 def table(frames: dict[str, pd.DataFrame], last: int) -> str:
@@ -141,8 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         for algo in args.algos:
             run_algorithm(algo, args.runs / algo, args.overrides)
     frames = load(args.runs, args.algos)
-    setting = " ".join(item for item in merged(args.overrides) if not item.startswith("data="))
-    figure(frames, args.figure, f"synthetic, heterogeneous solutions and data: {setting}")
+    figure(frames, args.figure, title(args.overrides))
     print(table(frames, args.last))
 
 
