@@ -46,12 +46,22 @@ class HeldOut:
     val: torch.Tensor
 
 
-def fractions(cfg: Any) -> tuple[float, float]:
-    test, val = float(cfg.get("client_test_fraction", 0.0)), float(cfg.get("val_fraction", 0.0))
-    if not (0.0 <= test < 1.0 and 0.0 <= val < 1.0 and test + val < 1.0):
-        raise FedrunError(f"client_test_fraction={test} and val_fraction={val} are out of range: use fractions >= 0 "
-                          f"whose sum is below 1 (e.g. client_test_fraction=0.2 val_fraction=0.1).")
-    return test, val
+@dataclass(frozen=True)
+class ClientEvalSpec:
+    """Per-client evaluation settings (read from the config by :func:`fedrun.specs.read`)."""
+
+    test_fraction: float = 0.0  # client_test_fraction: each client's own held-out test split
+    val_fraction: float = 0.0  # val_fraction: the validation split (from every client's data)
+    finetune_steps: int = 0  # personalised accuracy after this many local SGD steps (0 = off)
+    lr: float = 0.1  # the fine-tuning steps' learning rate (the run's lr)
+    batch_size: int = 10  # and batch size (the run's)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        test, val = self.test_fraction, self.val_fraction
+        if not (0.0 <= test < 1.0 and 0.0 <= val < 1.0 and test + val < 1.0):
+            raise FedrunError(f"client_test_fraction={test} and val_fraction={val} are out of range: use fractions >= 0 "
+                              f"whose sum is below 1 (e.g. client_test_fraction=0.2 val_fraction=0.1).")
 
 
 def split_partition(partition: list[torch.Tensor], test_fraction: float, val_fraction: float,
@@ -81,20 +91,19 @@ def split_partition(partition: list[torch.Tensor], test_fraction: float, val_fra
     return train, HeldOut(tests, val)
 
 
-def hold_out(cfg: Any, partition: list[torch.Tensor], seed: int) -> tuple[list[torch.Tensor], Optional[HeldOut]]:
+def hold_out(spec: ClientEvalSpec, partition: list[torch.Tensor]) -> tuple[list[torch.Tensor], Optional[HeldOut]]:
     """The run's partition with the held-out parts taken out (unchanged when both fractions are 0)."""
-    test, val = fractions(cfg)
-    if test == 0 and val == 0:
+    if spec.test_fraction == 0 and spec.val_fraction == 0:
         return partition, None
-    return split_partition(partition, test, val, generator(seed, "held_out"))
+    return split_partition(partition, spec.test_fraction, spec.val_fraction, generator(spec.seed, "held_out"))
 
 
-def columns(cfg: Any) -> list[str]:
-    test, val = fractions(cfg)
+def columns(spec: ClientEvalSpec) -> list[str]:
+    test, val = spec.test_fraction, spec.val_fraction
     cols = []
     if test > 0:
         cols += ["client_acc_mean", "client_acc_std", "client_acc_worst10"]
-        if int(cfg.get("finetune_steps", 0)) > 0:
+        if spec.finetune_steps > 0:
             cols += ["client_acc_ft_mean", "client_acc_ft_std", "client_acc_ft_worst10"]
     if val > 0:
         cols += ["val_loss", "val_acc"]
@@ -130,11 +139,11 @@ def finetune(model: Any, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, 
 class ClientEvaluator:
     """Evaluates the server model on every client's held-out split and writes ``client_metrics.csv``."""
 
-    def __init__(self, cfg: Any, exp: Any, held: HeldOut, run_dir: Path, resumed_round: int = 0):
-        self.cfg, self.exp, self.held = cfg, exp, held
+    def __init__(self, spec: ClientEvalSpec, exp: Any, held: HeldOut, run_dir: Path, resumed_round: int = 0):
+        self.spec, self.exp, self.held = spec, exp, held
         self.path = Path(run_dir) / TABLE
-        self.steps = int(cfg.get("finetune_steps", 0))
-        self.on_clients = fractions(cfg)[0] > 0
+        self.steps = spec.finetune_steps
+        self.on_clients = spec.test_fraction > 0
         if self.path.exists():  # a resumed run: keep the rows up to its checkpoint's round
             keep = [r for r in _read(self.path) if int(r["round"]) <= resumed_round] if resumed_round else []
             self._write(keep, mode="w")
@@ -154,8 +163,8 @@ class ClientEvaluator:
                 accs.append(acc)
                 if self.steps > 0:
                     train = self.exp.partition[k]
-                    gen = generator(int(self.cfg.seed), "finetune", round_idx, k)
-                    w = finetune(model, theta, d.x_train[train], d.y_train[train], self.steps, float(self.cfg.lr), int(self.cfg.batch_size), gen)
+                    gen = generator(self.spec.seed, "finetune", round_idx, k)
+                    w = finetune(model, theta, d.x_train[train], d.y_train[train], self.steps, self.spec.lr, self.spec.batch_size, gen)
                     row["acc_finetuned"] = evaluate(model, w, d.x_train[idx], d.y_train[idx])[1]
                     ft_accs.append(row["acc_finetuned"])
                 rows.append(row)

@@ -148,5 +148,5 @@ class Loggers:
         self.active = []
 
 
-def open_loggers(cfg: Any, run_dir: Path, config: dict[str, Any]) -> Loggers:
-    return Loggers(logger_names(cfg.get("logger")), run_dir, config)
+def open_loggers(names: Iterable[str], run_dir: Path, config: dict[str, Any]) -> Loggers:
+    return Loggers(list(names), run_dir, config)

@@ -60,7 +60,6 @@ class Experiment:
     """Everything a run needs, built from its spec."""
 
     spec: RunSpec
-    cfg: DictConfig  # read only by the divergence guard
     device: torch.device
     data: FederatedData
     partition: list[torch.Tensor]
@@ -105,7 +104,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[d
     kwargs = {} if data.groups is None else {"groups": data.groups}
     partition = partitioner(data.y_train, m, generator(seed, "partition"), **kwargs)
     check_partition(partition, len(data.y_train), m, str(groups["partition"]._target_))  # a custom partitioner's output too
-    partition, held_out = client_eval.hold_out(cfg, partition, seed)  # each client's own test / validation parts
+    partition, held_out = client_eval.hold_out(spec.client_eval, partition)  # each client's own test / validation parts
     check_data_fits(data, device)  # one sentence instead of a CUDA out-of-memory traceback
     data = data.to(device)
     partition = [p.to(device) for p in partition]
@@ -126,7 +125,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[d
     rounds.add_tables(algorithm, store)
     server = algorithm.initial_server(theta, const)
     all_models = AllModelsMean(store, theta, algorithm.all_weights(ctx)) if spec.evaluation.all else None
-    return Experiment(spec, cfg, device, data, partition, model, theta, algorithm, engine, store, ctx, server, const, all_models, held_out)
+    return Experiment(spec, device, data, partition, model, theta, algorithm, engine, store, ctx, server, const, all_models, held_out)
 
 
 def _store(spec: RunSpec, data, model, algorithm, device, state_dir, resumed) -> ClientStateStore:
@@ -148,12 +147,12 @@ def metric_columns(spec: RunSpec) -> list[str]:
         cols += ["test_loss_all", "test_acc_all"]
     if spec.guard.on_nonfinite == "drop":
         cols += ["dropped_clients"]
-    return cols + client_eval.columns(spec.config) + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
+    return cols + client_eval.columns(spec.client_eval) + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
 
 
 def run_round(exp: Experiment, round_idx: int) -> RoundRecord:
     """One communication round; updates ``exp.theta``, ``exp.server`` and the store in place."""
-    cfg, spec = exp.cfg, exp.spec
+    spec = exp.spec
     clients = spec.sampling.clients(exp.ctx.num_clients, round_idx).to(exp.device)
     lr = spec.schedule.lr_at(round_idx)
     rnd = rounds.open_round(exp.algorithm, exp.ctx, exp.const, exp.store, round_idx, lr, spec.schedule.lr, exp.theta, clients)
@@ -214,15 +213,15 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec, rounds = exp.spec, exp.spec.rounds
     loss_guard = guard.LossGuard(spec.guard, counters.guard_reference, counters.dropped_streak)
     comm, pending = counters.comm, counters.pending
-    threads_before = apply_threads(exp.cfg.get("threads"), exp.model.num_params, exp.device)
+    threads_before = apply_threads(spec.threads, exp.model.num_params, exp.device)
     made_by = provenance(exp.device)
     ranks = distributed.current()  # several processes: collective checkpoints, rank 0 writes the run dir
     writes = ranks is None or ranks.writer
-    per_client = client_eval.ClientEvaluator(exp.cfg, exp, exp.held_out, run_dir, counters.round) if exp.held_out and writes else None
-    trackers = open_loggers(exp.cfg if writes else {}, run_dir, spec.config)
-    keep = bool(exp.cfg.get("keep_checkpoint", False))
+    per_client = client_eval.ClientEvaluator(spec.client_eval, exp, exp.held_out, run_dir, counters.round) if exp.held_out and writes else None
+    trackers = open_loggers(spec.loggers if writes else (), run_dir, spec.config)
+    keep = spec.keep_checkpoint
     progress = Progress(rounds, start=counters.round, enabled=spec.progress if writes else False,
-                        quiet=bool(exp.cfg.get("quiet", False)))
+                        quiet=spec.quiet)
     began = time.perf_counter() - counters.wall_s
     status, extra = "failed", {"plot_title": f"{type(exp.algorithm).__name__} on {exp.data.name} {spec.title()}"}
     plot = functools.partial(convergence_plot, algo=type(exp.algorithm).__name__)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedrun.config import choice
 
 if TYPE_CHECKING:  # fedrun.engines imports torch: keep `fedrun --help` fast
+    from fedrun.client_eval import ClientEvalSpec
     from fedrun.engines.base import LocalTraining
 
 # Keys that change nothing a run computes (how it shows progress, where its inputs are found, when it
@@ -136,6 +137,11 @@ class RunSpec:
     placement: PlacementSpec
     groups: dict[str, DictConfig] = field(compare=False)  # data, partition, model, algo, engine nodes
     config: dict[str, Any] = field(compare=False)  # resolved, for summary.json and checkpoints
+    client_eval: Optional["ClientEvalSpec"] = None  # each client's held-out split, validation, fine-tuning
+    loggers: tuple[str, ...] = ()  # experiment trackers (logger=)
+    threads: Optional[int] = None  # torch threads; None: chosen by model size (fedrun/threads.py)
+    quiet: bool = False  # no per-round lines (sweeps)
+    keep_checkpoint: bool = False  # a finished run keeps its final checkpoint, to be continued with more rounds
 
     def title(self) -> str:
         """The plot title's settings part."""
@@ -162,6 +168,7 @@ def read(cfg: DictConfig) -> RunSpec:
     """Validate ``cfg`` and turn it into a :class:`RunSpec`."""
     from fedrun.config import validate
     from fedrun.engines.base import LocalTraining
+    from fedrun.loggers import logger_names
 
     validate(cfg)
     precision = choice(cfg.precision)
@@ -190,4 +197,19 @@ def read(cfg: DictConfig) -> RunSpec:
         placement=PlacementSpec(choice(cfg.state_placement), float(cfg.participation), int(cfg.batch_size)),
         groups={g: cfg[g] for g in ("data", "partition", "model", "algo", "engine")},
         config=resolved(cfg),
+        client_eval=read_client_eval(cfg),
+        loggers=tuple(logger_names(cfg.get("logger"))),
+        threads=None if cfg.get("threads") is None else int(cfg.threads),
+        quiet=bool(cfg.get("quiet", False)),
+        keep_checkpoint=bool(cfg.get("keep_checkpoint", False)),
+    )
+
+
+def read_client_eval(cfg: DictConfig) -> "ClientEvalSpec":
+    """The per-client evaluation settings (fractions checked: one sentence when out of range)."""
+    from fedrun.client_eval import ClientEvalSpec
+
+    return ClientEvalSpec(
+        float(cfg.get("client_test_fraction", 0.0)), float(cfg.get("val_fraction", 0.0)),
+        int(cfg.get("finetune_steps", 0)), float(cfg.lr), int(cfg.batch_size), int(cfg.seed),
     )

@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
@@ -60,7 +61,7 @@ class Reference:
 
     def __init__(self, exp):
         self.exp = exp
-        self.cfg = exp.cfg
+        self.cfg = OmegaConf.create(exp.spec.config)  # the resolved config the run was built from
         self.sizes = torch.tensor([len(p) for p in exp.partition], dtype=torch.float64)
         self.weights = (self.sizes * M / self.sizes.sum()).float()  # w_k = n_k m / N
         self.theta = exp.theta.clone()
@@ -102,7 +103,7 @@ def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 def round_of(exp, clients, index: int = 1, lr: float = 0.1, steps=None):
     """The frozen round the runner would hand the algorithm (after training when ``steps`` is given)."""
-    rnd = open_round(exp.algorithm, exp.ctx, exp.const, exp.store, index, lr, float(exp.cfg.lr), exp.theta, clients)
+    rnd = open_round(exp.algorithm, exp.ctx, exp.const, exp.store, index, lr, exp.spec.schedule.lr, exp.theta, clients)
     return rnd if steps is None else rnd.finished(clients, steps, {})
 
 
@@ -198,7 +199,7 @@ def test_scaffold_two_rounds(variant):
     ref = Reference(exp)
     P = exp.model.num_params
     N = float(ref.sizes.sum())
-    K = int(exp.cfg.local_epochs) * math.ceil((N / M) / int(exp.cfg.batch_size))
+    K = exp.spec.local.epochs * math.ceil((N / M) / exp.spec.local.batch_size)
     # reference code: c scaled by w_k = n_k m / N, and the c_k update divides by the configured lr
     # even though round 2 trains with lr * lr_decay; Algorithm 1: unscaled c, this round's lr.
     weights = ref.weights if variant == "reference" else torch.ones(M)
@@ -206,7 +207,7 @@ def test_scaffold_two_rounds(variant):
     c = torch.zeros(P)
     for r in (1, 2):
         active = ref.active(r)
-        lr_c = float(exp.cfg.lr) if variant == "reference" else ref.lr(r)
+        lr_c = exp.spec.schedule.lr if variant == "reference" else ref.lr(r)
         delta_c_sum = torch.zeros(P)
         new = {}
         for k in active:

@@ -10,10 +10,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import fedrun
-from fedrun.client_eval import ClientEvaluator, HeldOut, distribution, split_partition
+from fedrun.client_eval import ClientEvalSpec, ClientEvaluator, HeldOut, distribution, split_partition
 from fedrun.errors import FedrunError
 from fedrun.params import FlatModel
 
@@ -35,7 +34,7 @@ def _setup(steps: int = 0):
     partition = [torch.tensor([6, 7]), torch.tensor([8, 9]), torch.tensor([10, 11]), torch.tensor([3])]  # training parts
     held = HeldOut([torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5]), torch.tensor([], dtype=torch.long)],
                    torch.tensor([0, 3]))
-    cfg = OmegaConf.create({"client_test_fraction": 0.5, "val_fraction": 0.2, "finetune_steps": steps, "seed": 0, "lr": 5.0, "batch_size": 2})
+    cfg = ClientEvalSpec(test_fraction=0.5, val_fraction=0.2, finetune_steps=steps, lr=5.0, batch_size=2, seed=0)
     exp = SimpleNamespace(data=data, model=model, partition=partition)
     return cfg, exp, held, theta
 
