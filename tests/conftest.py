@@ -50,3 +50,18 @@ def restore_logging():
         lg.handlers[:] = handlers
         lg.setLevel(level)
         lg.propagate = propagate
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a test module (restored after): tiny tensors stall on a busy
+    2-core machine with two, and the sequential engine's CPU kernels round differently with two
+    threads (by ~1e-7), which the bit-for-bit comparisons must not see.
+    Use as ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

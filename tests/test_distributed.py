@@ -71,14 +71,7 @@ def train_with_hook(exp) -> dict[str, torch.Tensor]:  # noqa: ANN001
     return {"thetas": result.thetas, "loss": result.loss, "steps": result.steps, **objective.hook.result()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here as in each rank (torchrun sets OMP_NUM_THREADS=1): torch's CPU kernels
-    that the sequential engine uses round differently with 2 threads (by ~1e-7), with or without ranks."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module", autouse=True)

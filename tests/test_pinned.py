@@ -22,12 +22,7 @@ CASES = sorted(PINS["cases"])
 FAST_ROUNDS = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def metrics_of(case: str, rounds: int, tmp_path: Path) -> list[dict[str, str]]:

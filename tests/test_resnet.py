@@ -16,13 +16,7 @@ from fedrun.models_resnet import ResNet18GN
 from fedrun.params import FlatModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread avoids stalls on a busy 2-core machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def count(module: torch.nn.Module) -> int:
