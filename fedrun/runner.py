@@ -90,13 +90,14 @@ class RoundRecord:
     dropped_clients: int
 
 
-def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[dict[str, Any]] = None) -> Experiment:
+def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[dict[str, Any]] = None,
+          spec: Optional[RunSpec] = None) -> Experiment:
     """Read ``cfg`` (:func:`fedrun.specs.read`) and build data, partition, model, algorithm, engine and state.
 
     ``state_dir``: where durable memory-mapped client state lives (none: scratch files). ``resumed``:
     the checkpoint the run continues from, whose placement and files the store takes over.
     """
-    spec = specs.read(cfg)
+    spec = spec or specs.read(cfg)  # run() has read it already
     device = resolve_device(spec.device)
     m, seed, groups = spec.num_clients, spec.seed, spec.groups
     data: FederatedData = build_object(groups["data"], num_clients=m, seed=seed)
@@ -297,7 +298,7 @@ def start(cfg: DictConfig, run_dir: Path) -> tuple[Experiment, MetricsWriter, ch
     configure_determinism(spec.numerics)
     if resumed is not None:
         checkpoint.roll_back_files(run_dir, resumed)  # mmap client state: the files as of the checkpoint
-    exp = build(cfg, checkpoint.state_dir(run_dir), resumed)
+    exp = build(cfg, checkpoint.state_dir(run_dir), resumed, spec)
     writer = (MetricsWriter if ranks is None or ranks.writer else ranked_checkpoint.RowsOnly)(run_dir / rundir.METRICS, metric_columns(spec))
     # the guard's reference: the initial model's losses, so computed before a checkpoint is restored
     known = resumed is not None and resumed["counters"].get("guard_reference") is not None
