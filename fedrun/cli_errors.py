@@ -30,7 +30,7 @@ PASSTHROUGH_FLAGS = (
     "-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion",
     "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun",
 )
-GROUPS = ("algo", "data", "partition", "model", "engine")
+GROUPS = ("algo", "data", "partition", "model", "engine", "hetero")
 
 
 @dataclasses.dataclass

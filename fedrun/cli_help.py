@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 CONF = Path(__file__).resolve().parent / "conf"
-GROUPS = ("data", "partition", "model", "algo", "engine", "experiment", "debug")
+GROUPS = ("data", "partition", "model", "algo", "engine", "hetero", "experiment", "debug")
 _KEY = re.compile(r"^([a-z_]+):\s*(.*?)\s*(?:#\s*(.*))?$")
 
 

@@ -39,6 +39,7 @@ RUNTIME_ARGS = {
     "partition": {"labels", "num_clients", "generator", "groups"},
     "model": {"input_shape", "num_classes"},
     "engine": set(),
+    "hetero": set(),  # device heterogeneity (issue 22)
 }
 
 
@@ -113,6 +114,7 @@ class Config:
     client_test_fraction: float = 0.0
     val_fraction: float = 0.0
     finetune_steps: int = 0
+    hetero: Any = MISSING  # device heterogeneity group (fedrun/engines/hetero.py)
 
 
 def choice(value: Any) -> str:
@@ -256,7 +258,7 @@ def validate(cfg: DictConfig) -> None:
     check_sizes(cfg)
 
 
-GROUPS = ("algo", "data", "partition", "model", "engine")
+GROUPS = ("algo", "data", "partition", "model", "engine", "hetero")
 
 
 def _walk(node: Any, prefix: str = ""):

@@ -24,6 +24,7 @@ from fedrun.all_models import AllModelsMean
 from fedrun.config import build_object
 from fedrun.data import FederatedData
 from fedrun.determinism import configure_determinism
+from fedrun.engines import hetero as hetero_mod
 from fedrun.engines.base import Engine
 from fedrun.errors import DivergenceError, FedrunError
 from fedrun.evaluation import evaluate
@@ -73,6 +74,7 @@ class Experiment:
     const: Any = None  # what algorithm.setup returned
     all_models: Optional[AllModelsMean] = None  # the evaluated mean of every client's latest model (eval_all)
     held_out: Optional[client_eval.HeldOut] = None  # each client's own test split and the validation split
+    hetero: Optional[hetero_mod.Heterogeneity] = None  # device heterogeneity (hetero=); None: every client's nominal steps
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class RoundRecord:
     client_thetas: torch.Tensor  # the kept clients' models (the server model when none was kept)
     active_model: torch.Tensor  # their mean, averaged as the algorithm averages
     dropped_clients: int
+    mean_local_steps: float = math.nan  # mean local steps the round's active clients took
+    straggler_drops: int = 0  # stragglers' updates discarded (hetero=stragglers hetero.drop=true)
 
 
 def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[dict[str, Any]] = None,
@@ -115,6 +119,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[d
     theta = model.initial_vector().to(device)
     algorithm: Algorithm = build_object(groups["algo"], _convert_="all")
     engine: Engine = build_object(groups["engine"], _convert_="all")
+    hetero = build_object(groups["hetero"]) if "hetero" in groups else None
     sizes = torch.tensor([len(p) for p in partition], dtype=torch.long)
     ctx = FedContext(m, model.num_params, sizes, spec.local.batch_size, spec.local.epochs, device)
     ranks = distributed.current()  # several processes: this rank's rows of the state, its share of the training
@@ -126,7 +131,8 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[d
     rounds.add_tables(algorithm, store)
     server = algorithm.initial_server(theta, const)
     all_models = AllModelsMean(store, theta, algorithm.all_weights(ctx)) if spec.evaluation.all else None
-    return Experiment(spec, device, data, partition, model, theta, algorithm, engine, store, ctx, server, const, all_models, held_out)
+    return Experiment(spec, device, data, partition, model, theta, algorithm, engine, store, ctx, server, const, all_models, held_out,
+                      hetero if hetero is not None and hetero.active else None)
 
 
 def _store(spec: RunSpec, data, model, algorithm, device, state_dir, resumed) -> ClientStateStore:
@@ -148,6 +154,7 @@ def metric_columns(spec: RunSpec) -> list[str]:
         cols += ["test_loss_all", "test_acc_all"]
     if spec.guard.on_nonfinite == "drop":
         cols += ["dropped_clients"]
+    cols += hetero_mod.columns(spec.groups.get("hetero"))  # mean_local_steps (and straggler_drops) under hetero
     return cols + client_eval.columns(spec.client_eval) + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
 
 
@@ -159,8 +166,14 @@ def run_round(exp: Experiment, round_idx: int) -> RoundRecord:
     rnd = rounds.open_round(exp.algorithm, exp.ctx, exp.const, exp.store, round_idx, lr, spec.schedule.lr, exp.theta, clients)
     objective = exp.algorithm.local_objective(rnd, exp.server)
     hp = spec.local if lr == spec.local.lr else replace(spec.local, lr=lr)
+    work = None
+    if exp.hetero is not None:  # this round's local steps per client (fedrun/engines/hetero.py)
+        nominal = hetero_mod.nominal_steps(objective.steps, rnd.sizes, hp.epochs, hp.batch_size)
+        work = exp.hetero.work(nominal, clients.cpu(), hp.epochs, spec.seed, round_idx)
+        objective = replace(objective, steps=work.steps)
     result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, spec.seed, round_idx)
     kept = guard.screen_clients(exp.spec.guard, round_idx, clients, result)  # stop on, or drop, non-finite clients
+    kept, discarded = hetero_mod.discard(kept, clients, work)  # hetero.drop: the stragglers' updates never arrive
     rnd = rnd.finished(kept.clients, kept.steps, objective.hook.result() if objective.hook else {})
     train_loss = float(kept.loss.mean()) if len(kept.clients) else math.nan
     if len(kept.clients):  # every client dropped: the round changes nothing
@@ -182,6 +195,8 @@ def run_round(exp: Experiment, round_idx: int) -> RoundRecord:
         client_thetas=kept.thetas if len(kept.clients) else exp.theta[None, :],
         active_model=exp.algorithm.average(kept.thetas, rnd.sizes) if len(kept.clients) else exp.theta,
         dropped_clients=kept.dropped,
+        mean_local_steps=float(result.steps.double().mean()) if len(clients) else math.nan,
+        straggler_drops=discarded,
     )
 
 
@@ -243,6 +258,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                         **evaluate_round(exp, record.active_model),
                         **(per_client.evaluate(r, exp.theta) if per_client else {}),
                         "dropped_clients": pending.dropped_clients,
+                        **({"mean_local_steps": record.mean_local_steps, "straggler_drops": record.straggler_drops} if exp.hetero else {}),
                         "uplink_mb": pending.uplink_mb,
                         "downlink_mb": pending.downlink_mb,
                         "comm_fedavg_rounds": comm,

@@ -135,7 +135,7 @@ class RunSpec:
     resume: ResumeSpec
     numerics: Numerics
     placement: PlacementSpec
-    groups: dict[str, DictConfig] = field(compare=False)  # data, partition, model, algo, engine nodes
+    groups: dict[str, DictConfig] = field(compare=False)  # data, partition, model, algo, engine, hetero nodes
     config: dict[str, Any] = field(compare=False)  # resolved, for summary.json and checkpoints
     client_eval: Optional["ClientEvalSpec"] = None  # each client's held-out split, validation, fine-tuning
     loggers: tuple[str, ...] = ()  # experiment trackers (logger=)
@@ -195,7 +195,7 @@ def read(cfg: DictConfig) -> RunSpec:
         resume=read_resume(cfg),
         numerics=Numerics(bool(cfg.deterministic), precision),
         placement=PlacementSpec(choice(cfg.state_placement), float(cfg.participation), int(cfg.batch_size)),
-        groups={g: cfg[g] for g in ("data", "partition", "model", "algo", "engine")},
+        groups={g: cfg[g] for g in ("data", "partition", "model", "algo", "engine", "hetero")},
         config=resolved(cfg),
         client_eval=read_client_eval(cfg),
         loggers=tuple(logger_names(cfg.get("logger"))),

@@ -9,7 +9,7 @@ from fedrun.config import option_names, validate
 from fedrun.errors import FedrunError
 from conftest import compose_config
 
-GROUPS = ["algo", "data", "partition", "model", "engine"]
+GROUPS = ["algo", "data", "partition", "model", "engine", "hetero"]
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in option_names(g)])
