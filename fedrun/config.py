@@ -53,6 +53,7 @@ class Sampling(str, enum.Enum):
     bernoulli = "bernoulli"  # default: an empty draw is redrawn from an independent stream
     fixed = "fixed"
     bernoulli_reference = "bernoulli_reference"  # the reference code: an empty draw takes the next round's
+    fixed_sparse = "fixed_sparse"  # fixed's distribution drawn in O(active clients): very many clients (issue 22)
 
 
 class StatePlacement(str, enum.Enum):

@@ -33,7 +33,7 @@ from fedrun.memory import check_data_fits
 from fedrun.loggers import open_loggers
 from fedrun.run_files import MetricsWriter, summarize
 from fedrun.params import FlatModel
-from fedrun.partition import check_partition
+from fedrun.partition import check_partition, partition_sizes, partition_to
 from fedrun.plots import convergence_plot
 from fedrun.progress import Progress
 from fedrun.provenance import provenance
@@ -41,7 +41,7 @@ from fedrun.seeding import derive_seed, generator
 from fedrun.signals import Interrupted, StopSignals
 from fedrun.specs import RunSpec
 from fedrun.state import ClientStateStore, store_for_run
-from fedrun.threads import apply_threads
+from fedrun.threads import apply_threads, setup_threads
 
 log = logging.getLogger("fedrun")
 
@@ -112,7 +112,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[d
     partition, held_out = client_eval.hold_out(spec.client_eval, partition)  # each client's own test / validation parts
     check_data_fits(data, device)  # one sentence instead of a CUDA out-of-memory traceback
     data = data.to(device)
-    partition = [p.to(device) for p in partition]
+    partition = partition_to(partition, device)
     torch.manual_seed(derive_seed(seed, "model"))
     module = build_model(cfg, data)  # one sentence when the model cannot take the data's inputs
     model = FlatModel(module).to(device)
@@ -120,7 +120,7 @@ def build(cfg: DictConfig, state_dir: Optional[Path] = None, resumed: Optional[d
     algorithm: Algorithm = build_object(groups["algo"], _convert_="all")
     engine: Engine = build_object(groups["engine"], _convert_="all")
     hetero = build_object(groups["hetero"]) if "hetero" in groups else None
-    sizes = torch.tensor([len(p) for p in partition], dtype=torch.long)
+    sizes = partition_sizes(partition)
     ctx = FedContext(m, model.num_params, sizes, spec.local.batch_size, spec.local.epochs, device)
     ranks = distributed.current()  # several processes: this rank's rows of the state, its share of the training
     if ranks is None:
@@ -225,11 +225,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    exp, writer, counters = start(cfg, run_dir)
+    threads_before = torch.get_num_threads()  # start() applies the threads rule from the beginning (fedrun/threads.py)
+    try:
+        exp, writer, counters = start(cfg, run_dir)
+    except BaseException:
+        torch.set_num_threads(threads_before)
+        raise
     spec, rounds = exp.spec, exp.spec.rounds
     loss_guard = guard.LossGuard(spec.guard, counters.guard_reference, counters.dropped_streak)
     comm, pending = counters.comm, counters.pending
-    threads_before = apply_threads(spec.threads, exp.model.num_params, exp.device)
+    apply_threads(spec.threads, exp.model.num_params, exp.device, default=threads_before)
     made_by = provenance(exp.device)
     ranks = distributed.current()  # several processes: collective checkpoints, rank 0 writes the run dir
     writes = ranks is None or ranks.writer
@@ -312,6 +317,7 @@ def start(cfg: DictConfig, run_dir: Path) -> tuple[Experiment, MetricsWriter, ch
     ranks = distributed.current()
     resumed = ranked_checkpoint.decide(spec.resume, run_dir, ranks)  # a checkpoint to continue from, or None; refuses a changed config
     configure_determinism(spec.numerics)
+    setup_threads(spec.threads, resolve_device(spec.device))  # building a run follows the threads rule too
     if resumed is not None:
         checkpoint.roll_back_files(run_dir, resumed)  # mmap client state: the files as of the checkpoint
     exp = build(cfg, checkpoint.state_dir(run_dir), resumed, spec)
