@@ -171,6 +171,8 @@ def register_configs(conf_dir: Path = CONF_DIR) -> None:
 
     if not OmegaConf.has_resolver("fedrun_not_result_keys"):
         OmegaConf.register_new_resolver("fedrun_not_result_keys", lambda: list(NOT_RESULT_KEYS))
+    if not OmegaConf.has_resolver("fedrun_ratio"):  # ${fedrun_ratio:10,${num_clients}}: 10 active clients at any m (issue 22)
+        OmegaConf.register_new_resolver("fedrun_ratio", lambda a, b: float(a) / float(b))
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group in RUNTIME_ARGS:
