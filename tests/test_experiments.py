@@ -51,8 +51,8 @@ def test_robustness_experiment_composes_with_every_value_of_its_grid(name: str) 
     robustness/base.yaml; the devices axis keeps exactly 10 active clients at every number of devices."""
     base = compose_config(f"experiment={name}", hydra=True)
     grid = {k: str(v).split(",") for k, v in base.hydra.sweeper.params.items()}
-    assert grid["algo"] == ["feddyn", "fedavg", "scaffold", "fednova"] and len(grid) == 2
-    (axis, values), = [(k, v) for k, v in grid.items() if k != "algo"]
+    assert grid["algo"] == ["feddyn", "fedavg", "scaffold", "fednova"] and grid["seed"] == ["0", "1", "2"] and len(grid) == 3
+    (axis, values), = [(k, v) for k, v in grid.items() if k not in ("algo", "seed")]
     assert len(values) == 3 and base.hydra.sweep.dir == f"outputs/robustness/{name.split('_', 1)[1]}"
     for value in values:
         cfg = compose_config(f"experiment={name}", f"{axis}={value}")
