@@ -75,7 +75,7 @@ def test_errors_name_what_to_change(tmp_path: Path) -> None:
 def test_cnn_femnist_is_leafs_cnn() -> None:
     """conv 1->32 (832) + conv 32->64 (51,264) + FC 3136->2048 (6,424,576) + 2048->62 (127,038) = 6,603,710;
     'same' padding keeps 28 -> 14 -> 7."""
-    from fedrun.config import build_object
+    from fedrun.config.schema import build_object
 
     model = build_object(compose_config("model=cnn_femnist").model, input_shape=(1, 28, 28), num_classes=62)
     assert sum(p.numel() for p in model.parameters()) == 6_603_710

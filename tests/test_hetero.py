@@ -13,8 +13,9 @@ from hypothesis import given, settings, strategies as st
 from fedrun.algorithms.base import FedContext, Round
 from fedrun.algorithms.fednova import FedNova
 from fedrun.engines.hetero import Speeds, Stragglers, UniformEpochs, Work, discard, nominal_steps
-from fedrun.guard import Screened
-from fedrun.runner import build, run_round
+from fedrun.simulation.guard import Screened
+from fedrun.simulation.round import run_round
+from conftest import build
 from conftest import compose_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -174,8 +175,8 @@ def test_discard_keeps_rows_aligned() -> None:
 
 
 def test_hetero_none_adds_no_columns_and_others_do() -> None:
-    from fedrun.runner import metric_columns
-    from fedrun.specs import read
+    from fedrun.simulation.round import metric_columns
+    from fedrun.config.specs import read
 
     assert "mean_local_steps" not in metric_columns(read(compose_config(*SIX)))
     assert "mean_local_steps" in metric_columns(read(compose_config(*SIX, "hetero=speeds")))

@@ -10,8 +10,8 @@ import torch
 
 from fedrun.data.synthetic import make_synthetic
 from fedrun.errors import FedrunError
-from fedrun.partition import ClientIndex, check_partition, natural, partition_sizes
-from fedrun.sampling import fixed_sparse
+from fedrun.data.partition import ClientIndex, check_partition, natural, partition_sizes
+from fedrun.simulation.sampling import fixed_sparse
 from conftest import compose_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

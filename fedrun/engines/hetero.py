@@ -35,7 +35,7 @@ from typing import Annotated, Optional
 
 import torch
 
-from fedrun.bounds import AT_LEAST_1, Bound
+from fedrun.config.bounds import AT_LEAST_1, Bound
 from fedrun.errors import FedrunError
 from fedrun.seeding import generator
 
