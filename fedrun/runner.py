@@ -34,7 +34,7 @@ from fedrun.run_files import MetricsWriter, summarize
 from fedrun.params import FlatModel
 from fedrun.partition import check_partition
 from fedrun.plots import convergence_plot
-from fedrun.progress import Progress
+from fedrun.progress import Progress, summary_line
 from fedrun.provenance import provenance
 from fedrun.seeding import derive_seed, generator
 from fedrun.signals import Interrupted, StopSignals
@@ -285,6 +285,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             finally:
                 trackers.close(summary)
                 torch.set_num_threads(threads_before)
+                if writes:  # the run's last line, quiet or not
+                    log.info("%s", summary_line(summary, run_dir, rounds))
     return summary
 
 
