@@ -55,7 +55,8 @@ class ClientEvalSpec:
     finetune_steps: int = 0  # personalised accuracy after this many local SGD steps (0 = off)
     lr: float = 0.1  # the fine-tuning steps' learning rate (the run's lr)
     batch_size: int = 10  # and batch size (the run's)
-    seed: int = 0
+    seed: int = 0  # fine-tuning's shuffles (training)
+    split_seed: Optional[int] = None  # the held-out splits (the run's partition seed; None: seed)
 
     def __post_init__(self) -> None:
         test, val = self.test_fraction, self.val_fraction
@@ -95,7 +96,7 @@ def hold_out(spec: ClientEvalSpec, partition: list[torch.Tensor]) -> tuple[list[
     """The run's partition with the held-out parts taken out (unchanged when both fractions are 0)."""
     if spec.test_fraction == 0 and spec.val_fraction == 0:
         return partition, None
-    return split_partition(partition, spec.test_fraction, spec.val_fraction, generator(spec.seed, "held_out"))
+    return split_partition(partition, spec.test_fraction, spec.val_fraction, generator(spec.seed if spec.split_seed is None else spec.split_seed, "held_out"))
 
 
 def columns(spec: ClientEvalSpec) -> list[str]:

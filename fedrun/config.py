@@ -61,6 +61,12 @@ class StatePlacement(str, enum.Enum):
     mmap = "mmap"
 
 
+class LrSchedule(str, enum.Enum):
+    exponential = "exponential"  # lr * lr_decay^(round-1)
+    multistep = "multistep"  # lr * lr_factor^(milestones passed)
+    cosine = "cosine"  # cosine annealing over the rounds
+
+
 class Precision(str, enum.Enum):
     fp32 = "fp32"
     tf32 = "tf32"
@@ -113,6 +119,13 @@ class Config:
     client_test_fraction: float = 0.0
     val_fraction: float = 0.0
     finetune_steps: int = 0
+    # issue 24: seeds of the data and of the partition (None: seed)
+    data_seed: Optional[int] = None
+    partition_seed: Optional[int] = None
+    # issue 24: learning-rate schedules
+    lr_schedule: LrSchedule = LrSchedule.exponential
+    lr_milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
+    lr_factor: float = 0.1
 
 
 def choice(value: Any) -> str:
@@ -240,6 +253,16 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.clip_norm >= 0, f"clip_norm={cfg.clip_norm} is negative: use a positive norm, or 0 to turn clipping off.")
     _check(cfg.eval_every >= 1, f"eval_every={cfg.eval_every} is impossible: evaluate every 1 or more rounds.")
     _check(cfg.seed >= 0, f"seed={cfg.seed} is negative: use a seed >= 0.")
+    kind = choice(cfg.get("lr_schedule", "exponential"))
+    _check(kind == "exponential" or cfg.lr_decay == 1, f"lr_decay={cfg.lr_decay} only applies to lr_schedule=exponential: drop lr_decay, or use lr_schedule=exponential.")
+    if kind == "multistep":
+        steps = list(cfg.get("lr_milestones", ()))
+        _check(all(0 < f < 1 for f in steps) and steps == sorted(steps), f"lr_milestones={steps} is not valid: use increasing fractions of the rounds in (0, 1), e.g. lr_milestones=[0.5,0.75].")
+        factor = cfg.get("lr_factor", 0.1)
+        _check(0 < factor <= 1, f"lr_factor={factor} is out of range: use the multiplier at each milestone, in (0, 1] (e.g. lr_factor=0.1).")
+    for key in ("data_seed", "partition_seed"):
+        value = cfg.get(key)
+        _check(value is None or value >= 0, f"{key}={value} is negative: use a seed >= 0, or {key}=null to follow seed.")
     _check(cfg.checkpoint_every >= 0, f"checkpoint_every={cfg.checkpoint_every} is negative: checkpoint every N >= 1 rounds, or 0 for only on SIGINT/SIGTERM.")
     _check(str(cfg.resume).lower() in ("auto", "true", "false"), f"resume={cfg.resume} is not valid: use resume=auto, resume=true or resume=false.")
     from fedrun.loggers import logger_names
