@@ -265,10 +265,10 @@ def validate(cfg: DictConfig) -> None:
         _check(value is None or value >= 0, f"{key}={value} is negative: use a seed >= 0, or {key}=null to follow seed.")
     _check(cfg.checkpoint_every >= 0, f"checkpoint_every={cfg.checkpoint_every} is negative: checkpoint every N >= 1 rounds, or 0 for only on SIGINT/SIGTERM.")
     _check(str(cfg.resume).lower() in ("auto", "true", "false"), f"resume={cfg.resume} is not valid: use resume=auto, resume=true or resume=false.")
-    from fedrun.loggers import logger_names
+    from fedrun.loggers import check_installed, logger_names
     from fedrun.specs import read_client_eval
 
-    logger_names(cfg.get("logger"))  # an unknown logger name: one sentence
+    check_installed(logger_names(cfg.get("logger")))  # an unknown logger name, or one whose extra is missing: one sentence
     read_client_eval(cfg)  # held-out fractions out of range: one sentence
     _check(cfg.get("finetune_steps", 0) >= 0, f"finetune_steps={cfg.get('finetune_steps')} is negative: use 0 (off) or a number of local SGD steps.")
     _check(cfg.get("threads") is None or cfg.threads >= 1, f"threads={cfg.get('threads')} is impossible: use threads=N with N >= 1, or threads=null to choose by model size.")

@@ -29,8 +29,8 @@ from fedrun.errors import DivergenceError, FedrunError
 from fedrun.evaluation import evaluate
 from fedrun.fit import build_model
 from fedrun.memory import check_data_fits
-from fedrun.loggers import open_loggers
-from fedrun.run_files import MetricsWriter, summarize
+from fedrun.loggers import open_loggers, run_name
+from fedrun.run_files import MetricsWriter, summarize, write_json_atomic
 from fedrun.params import FlatModel
 from fedrun.partition import check_partition
 from fedrun.plots import convergence_plot
@@ -220,7 +220,13 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ranks = distributed.current()  # several processes: collective checkpoints, rank 0 writes the run dir
     writes = ranks is None or ranks.writer
     per_client = client_eval.ClientEvaluator(spec.client_eval, exp, exp.held_out, run_dir, counters.round) if exp.held_out and writes else None
-    trackers = open_loggers(spec.loggers if writes else (), run_dir, spec.config)
+    try:
+        trackers = open_loggers(spec.loggers if writes else (), run_dir, spec.config,
+                                run_name(spec.config, exp.data.name, type(exp.algorithm).__name__))
+    except FedrunError as err:  # a tracker that cannot start: the run dir says failed, not running
+        write_json_atomic(run_dir / rundir.SUMMARY, {"status": "failed", "error": str(err), "rounds_done": counters.round,
+                                                     "config": spec.config})
+        raise
     keep = spec.keep_checkpoint
     progress = Progress(rounds, start=counters.round, enabled=spec.progress if writes else False,
                         quiet=spec.quiet)
