@@ -69,6 +69,21 @@ def summary_line(summary: dict[str, Any], run_dir: Path, rounds: int) -> str:
             f"{summary.get('rounds_done', 0)}/{rounds} rounds, {duration(float(summary.get('seconds') or 0.0))} -> {run_dir}")
 
 
+SLOW_ROUND_S = 5.0  # a first round this long on the CPU ...
+SLOW_RUN_S = 600.0  # ... with this much estimated time left gets the warning
+
+
+def slow_run_warning(first_round_s: float, rounds_left: int, device: str) -> Optional[str]:
+    """The once-per-run warning after a long first round on the CPU (its time, evaluation included,
+    times the rounds left), or None."""
+    estimate = first_round_s * rounds_left
+    if device != "cpu" or first_round_s < SLOW_ROUND_S or estimate < SLOW_RUN_S:
+        return None
+    return (f"fedrun: the first round took {duration(first_round_s)} on the CPU, so the {rounds_left} rounds left need about "
+            f"{duration(estimate)}: a GPU (device=cuda) is much faster; for a first look use fewer rounds=, num_clients= "
+            f"or local_epochs=.")
+
+
 def count_jobs(overrides: list[str]) -> Optional[int]:
     """How many jobs the basic sweeper makes of these overrides (the product of each sweep's length);
     None when one cannot be listed (an interval, which only a search sweeper samples from)."""

@@ -34,7 +34,7 @@ from fedrun.run_files import MetricsWriter, summarize, write_json_atomic
 from fedrun.params import FlatModel
 from fedrun.partition import check_partition
 from fedrun.plots import convergence_plot
-from fedrun.progress import Progress, summary_line
+from fedrun.progress import Progress, slow_run_warning, summary_line
 from fedrun.provenance import provenance
 from fedrun.seeding import derive_seed, generator
 from fedrun.signals import Interrupted, StopSignals
@@ -235,7 +235,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     plot = functools.partial(convergence_plot, algo=type(exp.algorithm).__name__)
     with StopSignals() as signals:  # held through the last outputs: a first signal then waits for them
         try:
-            for r in range(counters.round + 1, rounds + 1):
+            first = counters.round + 1
+            for r in range(first, rounds + 1):
+                round_began = time.perf_counter()
                 record = run_round(exp, r)
                 loss_guard.check_dropped(r, record.dropped_clients, record.active_clients)
                 loss_guard.check_train(r, record.train_loss)
@@ -260,6 +262,10 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     trackers.log(row)
                     pending = checkpoint.Pending()
                     progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
+                if r == first and writes:  # a long first round on the CPU: say so once, with the estimate
+                    slow = slow_run_warning(time.perf_counter() - round_began, rounds - r, exp.device.type)
+                    if slow:
+                        log.warning("%s", slow)
                 stop = ranked_checkpoint.stop_requested(signals, ranks) and r < rounds  # a signal during the last round: just finish
                 if stop or spec.checkpoint.due(r, rounds) or (keep and r == rounds):  # keep: the final state, to continue later
                     counters = checkpoint.Counters(

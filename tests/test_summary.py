@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedrun.progress import count_jobs, duration, job_line, summary_line, sweep_table
+from fedrun.progress import count_jobs, duration, job_line, slow_run_warning, summary_line, sweep_table
 
 
 def test_summary_line_says_status_final_best_rounds_time_and_dir():
@@ -44,3 +44,28 @@ def test_sweep_table_shows_only_the_keys_that_vary_in_job_order():
     lines = sweep_table(jobs).splitlines()
     assert lines[0].split() == ["job", "seed", "status", "final", "best", "rounds", "time"]
     assert [line.split()[:2] for line in lines[1:]] == [["0", "0"], ["1", "1"]]
+
+
+def test_slow_run_warning_only_for_a_long_first_round_on_the_cpu():
+    """150 s a round with 299 left: 44,850 s = 12 h 27 min (12 * 3600 = 43,200; 1,650 s = 27.5 min, floored)."""
+    text = slow_run_warning(150.0, 299, "cpu")
+    assert text.startswith("fedrun: the first round took 2 min on the CPU, so the 299 rounds left need about 12 h 27 min")
+    assert "device=cuda" in text
+    assert slow_run_warning(150.0, 299, "cuda") is None  # a GPU run is what the warning recommends
+    assert slow_run_warning(4.9, 10_000, "cpu") is None  # short rounds: no warning however many
+    assert slow_run_warning(30.0, 19, "cpu") is None  # 570 s left: under 10 minutes
+
+
+def test_a_slow_first_round_is_said_once(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import fedrun
+    from fedrun import progress
+
+    monkeypatch.setattr(progress, "SLOW_ROUND_S", 0.0)
+    monkeypatch.setattr(progress, "SLOW_RUN_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="fedrun"):
+        fedrun.run(["algo=fedavg", "num_clients=4", "rounds=3", "local_epochs=1", "progress=false", "device=cpu"], run_dir=tmp_path / "r")
+    said = [r.getMessage() for r in caplog.records if "the first round took" in r.getMessage()]
+    assert len(said) == 1 and "the 2 rounds left" in said[0]
+    assert caplog.records[-1].getMessage().startswith("fedrun: finished: test_acc")  # the summary line comes last
