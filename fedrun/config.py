@@ -153,25 +153,13 @@ def _annotation(tp: Any) -> Any:
 
 
 def schema_for(target: str, group: str) -> type:
-    """A dataclass with ``_target_`` and one field per config argument of ``target``."""
-    module_name, _, attr = target.rpartition(".")
-    obj = getattr(importlib.import_module(module_name), attr)
-    func = obj.__init__ if inspect.isclass(obj) else obj
-    hints = typing.get_type_hints(func, include_extras=True)
+    """A dataclass with ``_target_`` and one field per config argument of ``target`` (its signature,
+    cached without torch by :mod:`fedrun.signatures`)."""
+    from fedrun import signatures
+
     fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=target))]
-    for name, param in inspect.signature(obj).parameters.items():
-        if name in RUNTIME_ARGS[group] or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        tp = _annotation(hints.get(name, Any))
-        default = param.default
-        if default is inspect.Parameter.empty:
-            spec = field(default=MISSING)
-        elif isinstance(default, (list, tuple)):
-            spec = field(default_factory=lambda d=default: list(d))
-        else:
-            spec = field(default=default)
-        fields.append((name, tp, spec))
-    return dataclasses.make_dataclass(f"{attr}Schema", fields)
+    fields += signatures.fields(signatures.signature(target), RUNTIME_ARGS[group])
+    return dataclasses.make_dataclass(f"{target.rpartition('.')[2]}Schema", fields)
 
 
 def register_configs(conf_dir: Path = CONF_DIR) -> None:
@@ -181,14 +169,16 @@ def register_configs(conf_dir: Path = CONF_DIR) -> None:
 
     if not OmegaConf.has_resolver("fedrun_not_result_keys"):
         OmegaConf.register_new_resolver("fedrun_not_result_keys", lambda: list(NOT_RESULT_KEYS))
+    from fedrun import signatures
+
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for group in RUNTIME_ARGS:
-        for path in sorted((conf_dir / group).glob("*.yaml")):
-            content = yaml.safe_load(path.read_text()) or {}
-            target = content.get("_target_")
-            if target:
-                cs.store(group=f"schema/{group}", name=path.stem, node=schema_for(target, group))
+    options = [(group, path.stem, (yaml.safe_load(path.read_text()) or {}).get("_target_"))
+               for group in RUNTIME_ARGS for path in sorted((conf_dir / group).glob("*.yaml"))]
+    signatures.warm([t for _, _, t in options if t])  # a stale or missing cache: every target read in one go
+    for group, name, target in options:
+        if target:
+            cs.store(group=f"schema/{group}", name=name, node=schema_for(target, group))
 
 
 def build_object(node: Any, **kwargs: Any) -> Any:
@@ -209,20 +199,12 @@ def build_object(node: Any, **kwargs: Any) -> Any:
 
 def bounds_for(target: str) -> dict[str, Any]:
     """``{argument: Bound}`` that ``target``'s signature declares (``Annotated[..., Bound(...)]``)."""
-    from fedrun.bounds import Bound
+    from fedrun import signatures
 
-    module_name, _, attr = str(target).rpartition(".")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
-        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj, include_extras=True)
+        return signatures.bounds(signatures.signature(str(target)))
     except Exception:  # noqa: BLE001 - an unknown target fails later with its own sentence
         return {}
-    out = {}
-    for name, tp in hints.items():
-        found = [m for m in getattr(tp, "__metadata__", ()) if isinstance(m, Bound)]
-        if found:
-            out[name] = found[0]
-    return out
 
 
 def option_names(group: str, conf_dir: Path = CONF_DIR) -> list[str]:

@@ -22,7 +22,20 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from fedrun.checkpoint import CHECKPOINT, load, state_dir
+
+CHECKPOINT = "checkpoint.pt"  # fedrun.checkpoint.CHECKPOINT, named here so that deciding imports no torch
+
+
+def load(path: Path) -> dict[str, Any]:
+    from fedrun.checkpoint import load as load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def state_dir(run_dir: Path) -> Path:
+    from fedrun.checkpoint import state_dir as checkpoint_state_dir
+
+    return checkpoint_state_dir(run_dir)
 from fedrun.errors import FedrunError
 from fedrun.specs import NOT_RESULT_KEYS, ResumeSpec
 
