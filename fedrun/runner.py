@@ -215,7 +215,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     spec, rounds = exp.spec, exp.spec.rounds
     loss_guard = guard.LossGuard(spec.guard, counters.guard_reference, counters.dropped_streak)
     comm, pending = counters.comm, counters.pending
-    threads_before = apply_threads(spec.threads, exp.model.num_params, exp.device)
+    threads_before, threads_choice = apply_threads(spec.threads, exp)
+    log.info("fedrun: %d torch thread(s) (%s)", threads_choice["threads"], threads_choice["rule"])
     made_by = provenance(exp.device)
     ranks = distributed.current()  # several processes: collective checkpoints, rank 0 writes the run dir
     writes = ranks is None or ranks.writer
@@ -231,7 +232,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     progress = Progress(rounds, start=counters.round, enabled=spec.progress if writes else False,
                         quiet=spec.quiet)
     began = time.perf_counter() - counters.wall_s
-    status, extra = "failed", {"plot_title": f"{type(exp.algorithm).__name__} on {exp.data.name} {spec.title()}"}
+    status, extra = "failed", {"plot_title": f"{type(exp.algorithm).__name__} on {exp.data.name} {spec.title()}",
+                               "threads_choice": threads_choice}
     plot = functools.partial(convergence_plot, algo=type(exp.algorithm).__name__)
     with StopSignals() as signals:  # held through the last outputs: a first signal then waits for them
         try:
