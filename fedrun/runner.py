@@ -225,6 +225,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trackers = open_loggers(spec.loggers if writes else (), run_dir, spec.config,
                                 run_name(spec.config, exp.data.name, type(exp.algorithm).__name__))
     except FedrunError as err:  # a tracker that cannot start: the run dir says failed, not running
+        torch.set_num_threads(threads_before)
         write_json_atomic(run_dir / rundir.SUMMARY, {"status": "failed", "error": str(err), "rounds_done": counters.round,
                                                      "config": spec.config})
         raise
