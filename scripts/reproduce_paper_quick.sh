@@ -2,7 +2,7 @@
 # `make reproduce-paper-quick`: a reduced version of the paper grid that finishes in minutes on a CPU:
 # the synthetic data (all four algorithms, full and 10% participation, 2 seeds, 20 rounds, 1 epoch) and the
 # real Shakespeare texts (5 roles of 100 samples, FedDyn and FedAvg, 4 rounds), then fedrun-report into
-# outputs/paper-quick/. Targets are fedrun's choice for this reduced setting (PAPER.md has none for it).
+# outputs/paper-quick/. Targets are fedrun's choice for this reduced setting (docs/paper.md has none for it).
 # Re-running skips finished runs. Nothing outside the repository is needed: the plays come from where a
 # user's first data=shakespeare run gets them (downloaded once, 5.4 MB, into $FEDRUN_DATA/shakespeare or
 # ~/.cache/fedrun/data/shakespeare); SHAKESPEARE=<folder> reads them from a folder instead (CI:
@@ -15,7 +15,7 @@ if command -v fedrun > /dev/null && command -v fedrun-report > /dev/null; then
   FEDRUN=(fedrun) REPORT=(fedrun-report)
 else  # not installed as commands (a fresh clone before `make install`): the modules from this checkout
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  FEDRUN=("$PY" -m fedrun) REPORT=("$PY" -m fedrun.report)
+  FEDRUN=("$PY" -m fedrun) REPORT=("$PY" -m fedrun.report.cli)
 fi
 SHAKESPEARE_ROOT=()
 if [ -n "${SHAKESPEARE:-}" ]; then

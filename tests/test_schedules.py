@@ -1,4 +1,4 @@
-"""Learning-rate schedules (``lr_schedule=``, fedrun/specs.py ``Schedule``) and the fednova_authors preset."""
+"""Learning-rate schedules (``lr_schedule=``, fedrun/config/specs.py ``Schedule``) and the fednova_authors preset."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import fedrun
-from fedrun.config import validate
+from fedrun.config.checks import validate
 from fedrun.errors import FedrunError
-from fedrun.specs import Schedule, read
-from tests.conftest import compose_config
+from conftest import compose_config
+from fedrun.config.specs import Schedule, read
 
 
 def test_multistep_drops_at_the_authors_rounds():

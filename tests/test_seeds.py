@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fedrun.errors import FedrunError
-from fedrun.rundir import config_diff
-from fedrun.runner import build
-from fedrun.specs import resolved
-from tests.conftest import compose_config
+from conftest import build, compose_config
+from fedrun.config.specs import resolved
+from fedrun.rundir.resume import config_diff
+from fedrun.simulation import sampling
 
 TINY = ["num_clients=6", "data.mean_samples=20", "partition=dirichlet", "partition.alpha=0.5", "client_test_fraction=0.2"]
 
@@ -31,7 +31,7 @@ def test_fixed_data_and_partition_seeds_leave_only_training_to_seed():
     b = _built("seed=1", "data_seed=5", "partition_seed=7", "model=mlp", "model.hidden=[4]")
     assert _same_data(a, b) and _same_partition(a, b)  # the same clients with the same data ...
     assert not torch.equal(a.theta, b.theta)  # ... trained from another initial model ...
-    draws = [[e.spec.sampling.clients(6, r).tolist() for r in range(1, 6)] for e in (a, b)]
+    draws = [[sampling.clients(e.spec.sampling, 6, r).tolist() for r in range(1, 6)] for e in (a, b)]
     assert draws[0] != draws[1]  # ... with other clients sampled
 
 

@@ -1,5 +1,5 @@
 """Answers without torch: override checks, --help, --version and shell completion read the targets'
-signatures from fedrun/signatures.py's cache instead of importing the models and algorithms."""
+signatures from fedrun/config/signatures.py's cache instead of importing the models and algorithms."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedrun import signatures
-from fedrun.config import CONF_DIR, RUNTIME_ARGS, register_configs
+from fedrun.config import signatures
+from fedrun.config.schema import CONF_DIR, RUNTIME_ARGS, register_configs
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = sorted({t for g in RUNTIME_ARGS for p in (CONF_DIR / g).glob("*.yaml")
@@ -46,7 +46,7 @@ def test_an_edited_source_makes_the_cache_stale(tmp_path, monkeypatch):
 def _fresh_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``fedrun ARGS`` through the console script's entry point in a new process, which then reports
     whether torch was imported."""
-    code = ("import sys; from fedrun.cli_help import main; sys.argv = ['fedrun', *sys.argv[1:]]\n"
+    code = ("import sys; from fedrun.cli.help import main; sys.argv = ['fedrun', *sys.argv[1:]]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr); sys.exit(code)")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, timeout=120,

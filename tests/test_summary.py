@@ -1,10 +1,10 @@
-"""The end-of-run summary line and a sweep's per-job lines (fedrun/progress.py)."""
+"""The end-of-run summary line and a sweep's per-job lines (fedrun/observers/progress.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from fedrun.progress import count_jobs, duration, job_line, slow_run_warning, summary_line, sweep_table
+from fedrun.observers.progress import count_jobs, duration, job_line, slow_run_warning, summary_line, sweep_table
 
 
 def test_summary_line_says_status_final_best_rounds_time_and_dir():
@@ -60,7 +60,7 @@ def test_a_slow_first_round_is_said_once(tmp_path, monkeypatch, caplog):
     import logging
 
     import fedrun
-    from fedrun import progress
+    from fedrun.observers import progress
 
     monkeypatch.setattr(progress, "SLOW_ROUND_S", 0.0)
     monkeypatch.setattr(progress, "SLOW_RUN_S", 0.0)

@@ -1,4 +1,4 @@
-"""threads=null: chosen from the FLOPs of one local step (fedrun/threads.py)."""
+"""threads=null: chosen from the FLOPs of one local step (fedrun/simulation/threads.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import torch
 
 import fedrun
 from fedrun.errors import FedrunError
-from fedrun.runner import build
-from fedrun.threads import PARALLEL_STEP_FLOPS, choose_threads, clients_per_step, step_flops
-from tests.conftest import compose_config
+from conftest import build, compose_config
+from fedrun.simulation.threads import PARALLEL_STEP_FLOPS, choose_threads, clients_per_step, step_flops
 
 
 def test_the_rule():

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import fedrun
-from fedrun import loggers
+from fedrun.config import checks
+from fedrun.observers import trackers as loggers
 from fedrun.errors import FedrunError
 
 TINY = ["algo=fedavg", "num_clients=6", "rounds=3", "local_epochs=1", "batch_size=20", "progress=false"]
@@ -89,7 +90,7 @@ def test_wandb_offline_run_reads_back(tmp_path: Path, monkeypatch):
 
 
 def test_a_missing_extra_names_its_pip_command_before_any_run_dir(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(loggers, "_installed", lambda module: module != "wandb")
+    monkeypatch.setattr(checks, "_installed", lambda module: module != "wandb")
     with pytest.raises(FedrunError, match=r'logger=wandb needs wandb, which is not installed: pip install "fedrun\[wandb\]"'):
         fedrun.run([*TINY, "logger=wandb"], run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -113,7 +114,7 @@ def test_hparams_search_without_the_optuna_extra_names_the_pip_command():
 
     if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
         pytest.skip("the Optuna sweeper is installed here")
-    from fedrun.cli_errors import precheck
+    from fedrun.cli.precheck import precheck
 
     with pytest.raises(FedrunError, match=r'hydra/sweeper=optuna needs a Hydra plugin that is not installed '
                                           r'\(\+hparams_search=feddyn_optuna asks for it\): pip install "fedrun\[optuna\]"'):
