@@ -13,8 +13,11 @@ load, and the MNIST-shaped MLP 784-200-200-10 with 10 clients, E=5, B=50 (6.0e8 
 step): 0.556 s a round with one thread, 0.294 s with two (1.9x). On a GPU torch's own choice stays.
 
 ``threads=N`` sets N. The choice, with the FLOPs it was made from, is logged and kept in
-``summary.json`` (``threads_choice``). The vectorised engine's results do not depend on the thread
-count (tests/test_threads.py). The previous count comes back when the run ends, so runs from Python
+``summary.json`` (``threads_choice``). The rule reads the config only, never a timing, so a run's
+thread count (and so its numbers) does not depend on the machine's load. Where it picks all cores
+(the MNIST-shaped step) the vectorised engine's numbers are the same bit for bit with 1 and 2 threads
+(tests/test_threads.py); small steps are not (one float32 ulp after a round), and always get one
+thread. The previous count comes back when the run ends, so runs from Python
 (:func:`fedrun.run`) leave the process as they found it.
 """
 
