@@ -67,7 +67,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             record = run_round(exp, r)
             tally.add(r, record)  # the loss guard, communication and the totals since the last row
             if spec.evaluation.due(r, spec.rounds):
-                row = tally.row(r, record, {**evaluate_round(exp, record.active_model), **watchers.metrics(r, exp)})
+                row = tally.row(r, record, {**evaluate_round(exp, record.active_model, r), **watchers.metrics(r, exp)})
                 watchers.row(r, row)  # metrics.csv, trackers, progress
             watchers.round_done(r)  # checkpoints; a stop signal ends the run here
     return end.summary

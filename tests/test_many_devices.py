@@ -166,3 +166,23 @@ def test_a_large_run_builds_with_the_vectorized_options(tmp_path) -> None:
                          "data.generator=vectorized", "data.test_samples=500", "rounds=2", "progress=false", "local_epochs=1")
     summary = run(cfg, tmp_path / "big")
     assert summary["status"] == "finished"
+
+
+def test_eval_all_every_k_rounds(tmp_path) -> None:
+    """eval_all_every=3 over 4 rounds: the mean of all models in rounds 3 and 4 (the last) only, with the
+    numbers of eval_all_every=1 there; rounds 1 and 2 leave it empty (nan); nothing else changes."""
+    import csv
+
+    from fedrun.runner import run
+
+    base = ["rounds=4", "num_clients=6", "progress=false", "device=cpu", "checkpoint_every=0"]
+    run(compose_config(*base), tmp_path / "every")
+    run(compose_config(*base, "eval_all_every=3"), tmp_path / "third")
+    rows = lambda d: list(csv.DictReader((tmp_path / d / "metrics.csv").open()))  # noqa: E731
+    every, third = rows("every"), rows("third")
+    assert [math.isnan(float(r["test_acc_all"])) for r in third] == [True, True, False, False]
+    for a, b in zip(every, third):
+        assert a["test_acc"] == b["test_acc"] and a["train_loss"] == b["train_loss"]
+    assert [r["test_acc_all"] for r in every[2:]] == [r["test_acc_all"] for r in third[2:]]
+    with pytest.raises(FedrunError, match="eval_all_every"):
+        run(compose_config(*base, "eval_all_every=0"), tmp_path / "bad")

@@ -155,6 +155,7 @@ class Config:
     lr_milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
     lr_factor: float = 0.1
     hetero: Any = MISSING  # issue 22: device heterogeneity group (fedrun/engines/hetero.py)
+    eval_all_every: int = 1  # issue 22: the mean of all models in the rows of every k-th round
 
 
 def choice(value: Any) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 
@@ -94,14 +95,17 @@ def run_round(exp: Experiment, round_idx: int) -> RoundRecord:
     )
 
 
-def evaluate_round(exp: Experiment, active_model: torch.Tensor) -> dict[str, float]:
+def evaluate_round(exp: Experiment, active_model: torch.Tensor, round_idx: Optional[int] = None) -> dict[str, float]:
     """Test loss and accuracy of the server model, the mean of the active clients' models
-    (``active_model``, averaged as the algorithm averages) and the mean of every client's latest model."""
+    (``active_model``, averaged as the algorithm averages) and the mean of every client's latest model
+    (with ``round_idx``: only in the rounds ``eval_all_every`` names, nan in the others)."""
     d, e = exp.data, exp.spec.evaluation
     out: dict[str, float] = {}
     out["test_loss"], out["test_acc"] = evaluate(exp.model, exp.theta, d.x_test, d.y_test)
     if e.active:
         out["test_loss_active"], out["test_acc_active"] = evaluate(exp.model, active_model, d.x_test, d.y_test)
-    if e.all:
+    if e.all and (round_idx is None or e.all_due(round_idx, exp.spec.rounds)):
         out["test_loss_all"], out["test_acc_all"] = evaluate(exp.model, exp.all_models.mean, d.x_test, d.y_test)
+    elif e.all:  # not one of eval_all_every's rounds
+        out["test_loss_all"] = out["test_acc_all"] = math.nan
     return out
