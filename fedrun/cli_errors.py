@@ -198,6 +198,54 @@ def sweep_variants(overrides: list[str]) -> list[list[str]]:
     return variants
 
 
+def _groups() -> list[str]:
+    """The task's config groups (the folders of conf/ but hydra/ and schema)."""
+    return sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir() and p.name not in ("hydra", "schema"))
+
+
+def sweep_jobs(argv: list[str], overrides: list[str]) -> tuple[list[str], list[str], list[list[str]]]:
+    """(argv, overrides, variants to compose) of a ``-m`` sweep under fedrun's sweeper (:mod:`fedrun.sweeper`).
+
+    A single value of a key of a swept group (``algo=feddyn,fedavg algo.alpha=0.1``) becomes a
+    one-value sweep (``algo.alpha=choice(0.1)``), so that Hydra's first composition (sweeps left out)
+    does not apply it to an option without it, and the sweeper drops it where it does not apply.
+    The variants are jobs of the sweeper's own list that together hold every value; a key that
+    applies to no chosen option raises the sweeper's sentence here, before Hydra starts.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from fedrun import sweeper
+
+    groups = _groups()
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:  # noqa: BLE001 - every parse error gets one sentence
+        raise translate(err, overrides) from None
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override() and o.get_key_element() in groups}
+    rewritten: dict[str, str] = {}
+    for text, o in zip(overrides, parsed):
+        group = sweeper.group_of(text.split("=", 1)[0], groups)
+        if group in swept and not o.is_sweep_override() and "=" in text:
+            key, value = text.split("=", 1)
+            rewritten[text] = f"{key}=choice({value})"
+    argv = [rewritten.get(a, a) for a in argv]
+    overrides = [rewritten.get(o, o) for o in overrides]
+    base = [o for o, p in zip(overrides, OverridesParser.create().parse_overrides(overrides)) if not p.is_sweep_override()]
+    try:
+        cfg = compose(base)
+    except Exception as err:  # noqa: BLE001 - every composition error gets one sentence
+        raise translate(err, base) from None
+    if not str(OmegaConf.select(cfg, "hydra.sweeper._target_") or "").endswith("FedrunSweeper"):
+        return argv, overrides, sweep_variants(overrides)  # another sweeper (Optuna): its own rules
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]
+    try:
+        combos = sweeper.product(params + overrides)
+    except Exception:  # noqa: BLE001 - sweeps the basic sweeper cannot list: Hydra says why
+        return argv, overrides, sweep_variants(overrides)
+    jobs = sweeper.plan(combos, sweeper.groups_of(cfg), sweeper.cached(compose)).jobs
+    return argv, overrides, sweeper.covering(jobs)
+
+
 def ensure_writable(path: Path, key: str) -> None:
     """Refuse an output dir that cannot be created or written, before Hydra tries (the dirs this
     creates to find out are removed again)."""
@@ -257,7 +305,10 @@ def precheck(argv: list[str]) -> Prepared:
     overrides, multirun, passthrough = split_args(argv)
     if passthrough:
         return Prepared(argv)
-    variants = sweep_variants(overrides) if multirun else [overrides]
+    if multirun:
+        argv, overrides, variants = sweep_jobs(argv, overrides)
+    else:
+        variants = [overrides]
     cfg: Optional[DictConfig] = None
     for variant in variants:
         try:
