@@ -158,7 +158,13 @@ def schema_for(target: str, group: str) -> type:
         else:
             spec = field(default=default)
         fields.append((name, tp, spec))
+    fields += [(k, Optional[str], field(default=None)) for k in DISPLAY_KEYS if k not in {f[0] for f in fields}]
     return dataclasses.make_dataclass(f"{attr}Schema", fields)
+
+
+# Keys every group option may set for fedrun-report's tables and figures only (label: "FedDyn (ours)",
+# color: "#D55E00"); never given to the target (build_object leaves them out).
+DISPLAY_KEYS = ("label", "color")
 
 
 def register_configs(conf_dir: Path = CONF_DIR) -> None:
@@ -183,6 +189,8 @@ def build_object(node: Any, **kwargs: Any) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    if isinstance(node, DictConfig) and any(k in node for k in DISPLAY_KEYS):
+        node = OmegaConf.masked_copy(node, [k for k in node.keys() if k not in DISPLAY_KEYS])
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:

@@ -41,7 +41,7 @@ import pandas as pd
 import yaml
 
 from fedrun.report_tables import (  # noqa: F401  (the tables, also as fedrun.report.*)
-    SEED_KEYS, TARGET_VALUE_COLUMNS, UNITS, _fmt, _key, _shared_keys, accuracy_table, add_published, final_markdown,
+    EXTRA_METRICS, HIDDEN, SEED_KEYS, constant_caption, final_display, to_latex, write_table, TARGET_VALUE_COLUMNS, UNITS, _fmt, _key, _shared_keys, accuracy_table, add_published, final_markdown,
     final_table, higher_is_better, normalize_target, paper_table, target_label, target_table, to_markdown, value_columns,
 )
 from fedrun.specs import NOT_RESULT_KEYS
@@ -95,13 +95,13 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _group_names(config: dict[str, Any], choices: dict[str, Any]) -> dict[str, Any]:
-    """Replace each group's ``_target_`` by the option's name (``algo: feddyn``)."""
+    """The flat config with each group's option name beside its ``_target_`` (``algo: feddyn``,
+    ``algo._target_: fedrun.algorithms.feddyn.FedDyn``): the target says what ran, the name is for people."""
     flat = flatten(config)
-    for key in [k for k in flat if k.endswith("._target_")]:
+    for key in [k for k in flat if k.endswith("._target_") and k.count(".") == 1]:
         group = key[: -len("._target_")]
         choice = choices.get(group)
         flat[group] = choice if isinstance(choice, str) else str(flat[key]).rsplit(".", 1)[-1].lower()
-        del flat[key]
     return flat
 
 
@@ -209,6 +209,9 @@ def run_row(run: Run, targets: Sequence[float], metric: str) -> dict[str, Any]:
         final_col: scale * final,
         best_col: scale * best,
     }
+    for extra in EXTRA_METRICS:  # per-client and validation accuracy (percent), when the run has them
+        if not m.empty and extra in m.columns and m[extra].notna().any():
+            row[f"final_{extra}"] = 100.0 * float(m[extra].dropna().iloc[-1])
     for t in targets:
         row[f"rounds_to_{target_label(t, metric)}"] = rounds_to_target(m, t, metric)
         row[f"comm_to_{target_label(t, metric)}"] = comm_to_target(m, t, metric)
@@ -221,16 +224,96 @@ def run_row(run: Run, targets: Sequence[float], metric: str) -> dict[str, Any]:
     return row
 
 
+def groups_of(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """The config groups of the runs: the keys with a ``<group>._target_``."""
+    return sorted({k[: -len("._target_")] for c in configs for k in c if k.endswith("._target_") and k.count(".") == 1})
+
+
 def varying_keys(runs: Sequence[Run]) -> list[str]:
-    """Config keys whose value differs between runs (a key missing in some runs counts as varying)."""
+    """The keys that tell the runs' settings apart: the run's setting is its config, not its name.
+
+    A group (``algo``) varies when its options' targets differ; an option's own key (``algo.alpha``)
+    when it differs between runs of the same target (FedDyn α=0.01 and α=0.03; a key the other
+    options lack is absent there, not "empty"); any other key when its values differ. Keys that
+    change no result (:data:`~fedrun.specs.NOT_RESULT_KEYS`) and ``hydra.*`` never count.
+    """
+    configs = [r.config for r in runs if r.config]
+    groups = groups_of(configs)
     keys: list[str] = []
-    for key in sorted({k for r in runs for k in r.config}):
-        if key in NOT_RESULT_KEYS or key.startswith("hydra."):
+    for key in sorted({k for c in configs for k in c}):
+        if key in NOT_RESULT_KEYS or key.startswith("hydra.") or key in groups:
             continue
-        values = {repr(r.config.get(key, "<missing>")) for r in runs if r.config}
-        if len(values) > 1:
+        head = key.split(".", 1)[0]
+        if key == f"{head}._target_" and head in groups:
+            if len({repr(c.get(key)) for c in configs}) > 1:
+                keys.append(head)
+            continue
+        by_target: dict[str, set[str]] = {}
+        for c in configs:
+            if key in c:
+                by_target.setdefault(repr(c.get(f"{head}._target_")) if head in groups else "", set()).add(repr(c[key]))
+        if any(len(v) > 1 for v in by_target.values()):
             keys.append(key)
     return keys
+
+
+def _number(value: Any) -> tuple:
+    """A sort key that orders numbers as numbers (1 < 10) and puts them before text."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def setting_of(run: Run, keys: Sequence[str]) -> dict[str, Any]:
+    """The run's values of the setting ``keys`` (a group by its target), without the keys it lacks and the seed."""
+    out = {}
+    for k in keys:
+        if k in SEED_KEYS:
+            continue
+        name = f"{k}._target_" if f"{k}._target_" in run.config else k
+        if name in run.config:
+            out[k] = run.config[name]
+    return out
+
+
+def labels_of(run: Run, keys: Sequence[str]) -> tuple[str, str]:
+    """(method, setting) display labels: ``FedDyn α=0.03`` and ``Dir(0.3), p=0.1`` (a yaml's ``label:`` first)."""
+    from fedrun import figures
+
+    cfg = run.config
+    params = {k.split(".", 1)[1]: cfg[k] for k in keys if k.startswith("algo.") and k in cfg}
+    base = str(cfg["algo.label"]) if cfg.get("algo.label") else figures.algo_label(algo_name(run))
+    method = " ".join([base, *figures.param_parts(params)])
+    parts = []
+    groups = groups_of([cfg])
+    for group in [g for g in ("data", "partition", "model", "engine") if g in groups] + [g for g in groups if g not in ("algo", "data", "partition", "model", "engine")]:
+        if not any(k == group or k.startswith(group + ".") for k in keys):
+            continue
+        own = {k.split(".", 1)[1]: v for k, v in cfg.items() if k.startswith(group + ".") and k.count(".") == 1
+               and not k.endswith(("._target_", ".label", ".color"))}
+        if cfg.get(f"{group}.label"):
+            parts.append(str(cfg[f"{group}.label"]))
+        elif group == "partition":
+            parts.append(figures.partition_label(cfg.get("partition._target_", cfg.get("partition")), own))
+        else:
+            varying = [figures.key_label(k.split(".", 1)[1], cfg[k]) for k in keys if k.startswith(group + ".") and k in cfg]
+            parts.append(" ".join([str(cfg.get(group, "")), *varying]).strip())
+    parts += [figures.key_label(k, cfg[k]) for k in keys if "." not in k and k not in groups and k not in SEED_KEYS and k in cfg]
+    return method, ", ".join(p for p in parts if p)
+
+
+def sort_key(run: Run, keys: Sequence[str]) -> tuple:
+    """Settings in numeric order (0.01 < 0.1 < 1; seed 2 < 10), the problem first, then the method
+    (FedAvg, then fedrun's other algorithms in their figure order, others by name), then the seed."""
+    from fedrun import figures
+
+    families = ["fedavg", *(f for f in figures.ALGO_STYLE if f != "fedavg")]  # the baseline first
+    problem = tuple(_number(run.config.get(k)) for k in keys if k != "algo" and not k.startswith("algo.") and k not in SEED_KEYS)
+    family = figures.algo_family(run.config.get("algo._target_", run.config.get("algo", "")))
+    method = (families.index(family) if family in families else len(families), family,
+              tuple(_number(run.config.get(k)) for k in keys if k.startswith("algo.")))
+    return problem, method, _number(run.config.get("seed"))
 
 
 def _order(keys: list[str]) -> list[str]:
@@ -247,13 +330,34 @@ def collect(dirs: Sequence[Path], targets: Optional[Sequence[float]] = None, met
         targets = sorted({normalize_target(t) for r in runs for t in r.targets}) if higher_is_better(metric) else []
     targets = [normalize_target(t, metric) for t in targets]
     keys = _order(varying_keys(runs))
+    runs = sorted(runs, key=lambda r: (not r.config, sort_key(r, keys), str(r.path)))  # numeric order, broken runs last
     rows = []
     for run in runs:
         row = {k: _cell(run.config.get(k)) for k in keys}
         row.update(run_row(run, targets, metric))
+        setting = setting_of(run, keys)
+        row["method"], row["setting"] = labels_of(run, keys) if run.config else ("", "")
+        row["_setting"] = repr(sorted(setting.items())) if run.config else repr(run.path)  # a broken run is a setting of its own
+        row["_problem"] = repr(sorted((k, v) for k, v in setting.items() if k != "algo" and not k.startswith("algo.")))
+        row["_fedavg"] = figures_family(run) == "fedavg"
         rows.append(row)
     table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=keys + ["status"])
     return table, runs, keys, targets
+
+
+def algo_name(run: Run) -> str:
+    """What names the run's algorithm for its label and colour: the target's class when fedrun knows it
+    (a preset feddyn_alpha0.1 is FedDyn), else the option's name (exact: ``fedavgm`` is not FedAvg)."""
+    from fedrun import figures
+
+    target = str(run.config.get("algo._target_", ""))
+    return target if figures.algo_family(target) in figures.ALGO_STYLE else str(run.config.get("algo", target))
+
+
+def figures_family(run: Run) -> str:
+    from fedrun import figures
+
+    return figures.algo_family(algo_name(run))
 
 
 def _cell(value: Any) -> Any:
@@ -274,74 +378,109 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--group-by", nargs="*", default=None, help="keys to group curves and the target table by (default: the varying keys except seed)")
     p.add_argument("--metric", default="test_acc", help="accuracy column of metrics.csv (test_acc, test_acc_active, test_acc_all)")
     p.add_argument("--published", type=Path, default=None, help="CSV of published numbers to put beside ours: with a target_acc column in targets.csv, without one in accuracy.csv")
-    p.add_argument("--facet", nargs="*", default=None, help="also one figure per value of these keys (convergence_<key>=<value>....png)")
+    p.add_argument("--facet", nargs="*", default=None, help="also facets.png: a grid of panels, rows by the first key's values, columns by the second's (e.g. --facet partition participation)")
+    p.add_argument("--smooth", type=int, default=1, help="moving average over this many evaluations, drawn over the raw curve (drawn faintly)")
+    p.add_argument("--panels", action="store_true", help="also panels.png: the 2x2 panel of server loss, accuracy, all-clients loss and local train loss")
     p.add_argument("--x", choices=["round", "comm"], default="round", help="x axis of the figures: rounds, or communication (comm_fedavg_rounds)")
     p.add_argument("--no-figures", action="store_true", help="skip convergence.png")
     return p.parse_args(argv)
 
 
+def caption_of(runs: Sequence[Run], keys: Sequence[str]) -> str:
+    """What every run shares, for a table's caption line: ``synthetic, Dir(0.3), m=100, p=0.1, 50 rounds; 3 seeds``."""
+    from fedrun import figures
+
+    configs = [r.config for r in runs if r.config]
+    if not configs:
+        return ""
+    shared = {k: v for k, v in configs[0].items() if all(c.get(k) == v for c in configs)}
+    parts = []
+    if "data" not in keys and "data" in shared:
+        parts.append(str(shared["data"]))
+    if "partition" not in keys and not any(k.startswith("partition.") for k in keys) and "partition" in shared:
+        own = {k.split(".", 1)[1]: v for k, v in shared.items() if k.startswith("partition.") and k.count(".") == 1
+               and not k.endswith(("._target_", ".label", ".color"))}
+        parts.append(figures.partition_label(shared.get("partition._target_", shared["partition"]), own))
+    if "model" not in keys and "model" in shared:
+        parts.append(str(shared["model"]))
+    parts += [figures.key_label(k, shared[k]) for k in ("num_clients", "participation") if k in shared and k not in keys]
+    if "rounds" in shared and "rounds" not in keys:
+        parts.append(f"{shared['rounds']} rounds")
+    seeds = {}
+    for r in runs:
+        if r.config:
+            seeds.setdefault(repr(setting_of(r, keys)), set()).add(r.config.get("seed"))
+    counts = sorted({len(v) for v in seeds.values()})
+    text = ", ".join(parts)
+    if counts:
+        text += ("; " if text else "") + (f"{counts[0]} seed{'s' if counts[0] > 1 else ''} per row" if len(counts) == 1
+                                          else f"{counts[0]}-{counts[-1]} seeds per row")
+    return text
+
+
 def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[Sequence[float]] = None,
            group_by: Optional[Sequence[str]] = None, metric: str = "test_acc", published: Optional[Path] = None,
-           figures: bool = True, facet: Optional[Sequence[str]] = None, x: str = "round") -> dict[str, Any]:
-    """Write runs.csv, runs.md, final.csv, final.md, targets.* (with targets), paper_table.md and
-    convergence.png/.pdf/.svg; returns what was made."""
-    from fedrun.report_figures import convergence_figure
+           figures: bool = True, facet: Optional[Sequence[str]] = None, x: str = "round", smooth: int = 1,
+           panels: bool = False) -> dict[str, Any]:
+    """Write runs.csv/.md, final.csv/.md/.tex, accuracy.*, targets.* and paper_table.md/.csv/.tex (with
+    targets), convergence.png/.pdf/.svg (and facets.*, panels.* when asked); returns what was made."""
+    from fedrun.report_figures import convergence_figure, facet_figure, panel_figure
 
     out = Path(out) if out is not None else Path(dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     table, runs, keys, used_targets = collect(dirs, targets, metric)
-    table.to_csv(out / "runs.csv", index=False)
-    (out / "runs.md").write_text(to_markdown(table.drop(columns=["path"], errors="ignore")))
-    made: dict[str, Any] = {"runs": len(table), "keys": keys, "targets": used_targets, "files": ["runs.csv", "runs.md"]}
+    caption = caption_of(runs, keys)
+    table.drop(columns=list(HIDDEN), errors="ignore").to_csv(out / "runs.csv", index=False)
+    (out / "runs.md").write_text(to_markdown(table.drop(columns=["path", *HIDDEN], errors="ignore")))
+    made: dict[str, Any] = {"runs": len(table), "keys": keys, "targets": used_targets, "files": ["runs.csv", "runs.md"],
+                            "caption": caption}
     if len(table):
         final = final_table(table, keys, metric)
-        final.to_csv(out / "final.csv", index=False)
-        (out / "final.md").write_text(final_markdown(final, metric))
+        final.drop(columns=list(HIDDEN), errors="ignore").to_csv(out / "final.csv", index=False)
+        (out / "final.md").write_text(final_markdown(final, metric, caption))
+        if not final.empty:
+            shown, constant = constant_caption(final_display(final, metric), keep=("method",))
+            (out / "final.tex").write_text(to_latex(shown, "; ".join(t for t in (caption, constant) if t)))
+            made["files"].append("final.tex")
         made["final_table"] = final
         made["files"] += ["final.csv", "final.md"]
-    if group_by is None:
-        group_by = [k for k in keys if k not in SEED_KEYS]
-    unknown = [k for k in group_by if k not in table.columns]
-    if unknown:
-        for k in unknown:  # a key that does not vary: one value for all runs, still groupable
+    for k in list(group_by or []) + list(facet or []):
+        if k not in table.columns:  # a key that does not vary: one value for all runs, still groupable
             table[k] = [_cell(r.config.get(k)) for r in runs]
     pub = pd.read_csv(published) if published is not None and Path(published).is_file() else None
     if len(table) and higher_is_better(metric):  # final accuracy per setting; published accuracies (a CSV without target_acc) beside it
         acc = accuracy_table(table, keys)
         if pub is not None and "target_acc" not in pub.columns:
             acc = add_published(_shared_keys(acc, pub, runs), pub)
+        acc = acc.drop(columns=list(HIDDEN), errors="ignore")
         acc.to_csv(out / "accuracy.csv", index=False)
         (out / "accuracy.md").write_text(to_markdown(acc))
         made["files"] += ["accuracy.csv", "accuracy.md"]
     if used_targets and len(table):
-        tt = target_table(table, keys, used_targets, metric=metric)  # per setting: every varying key but the seed
+        tt = target_table(table, keys, used_targets, metric=metric)  # per setting: its config but the seed
         if pub is not None and "target_acc" in pub.columns:
             tt = add_published(_shared_keys(tt, pub, runs), pub)
-        tt.to_csv(out / "targets.csv", index=False)
-        (out / "targets.md").write_text(to_markdown(tt))
+        tt.drop(columns=list(HIDDEN), errors="ignore").to_csv(out / "targets.csv", index=False)
+        (out / "targets.md").write_text(to_markdown(tt.drop(columns=list(HIDDEN), errors="ignore")))
         made["files"] += ["targets.csv", "targets.md"]
         wide = paper_table(tt)
         if not wide.empty:
-            (out / "paper_table.md").write_text(
-                "Communication (FedAvg rounds; = rounds except SCAFFOLD, which counts 2 a round) to reach each target "
-                "accuracy, mean over seeds, (speed-up over FedAvg), [published rounds, where given]\n\n" + to_markdown(wide))
-            made["files"].append("paper_table.md")
+            title = ("Rounds to reach each target accuracy: mean ± sample std over the seeds that reached it (k/n seeds when "
+                     "some did not), (speed-up over FedAvg: its rounds / the method's), [communication in FedAvg rounds where "
+                     "it differs: a SCAFFOLD round counts 2], [published numbers, where given].")
+            made["files"] += write_table(wide, out / "paper_table", caption, title)
         made["target_table"] = tt
-    if figures:
-        made["curves"] = convergence_figure(runs, table, list(group_by), out / "convergence.png", metric, x=x)
+        made["paper_table"] = wide
+    if figures and len(table):
+        kw = dict(metric=metric, x=x, smooth=smooth, targets=used_targets if higher_is_better(metric) else [])
+        made["curves"] = convergence_figure(runs, table, group_by, out / "convergence.png", keys=keys, title=caption, **kw)
         made["files"] += ["convergence.png", "convergence.pdf", "convergence.svg"]
-        for k in facet or []:
-            if k not in table.columns:
-                table[k] = [_cell(r.config.get(k)) for r in runs]
         if facet:
-            inner = [k for k in group_by if k not in facet]
-            keyed = table[list(facet)].map(_fmt).apply(tuple, axis=1)
-            for values in sorted(set(keyed)):
-                idx = [i for i, v in enumerate(keyed) if v == values]
-                name = "convergence_" + "_".join(f"{k}={v}" for k, v in zip(facet, values)) + ".png"
-                title = ", ".join(f"{k}={v}" for k, v in zip(facet, values))
-                convergence_figure([runs[i] for i in idx], table.iloc[idx], inner, out / name, metric, title, x=x)
-                made["files"].append(name)
+            facet_figure(runs, table, list(facet), group_by, out / "facets.png", keys=keys, title=caption, **kw)
+            made["files"] += ["facets.png", "facets.pdf", "facets.svg"]
+        if panels:
+            panel_figure(runs, table, group_by, out / "panels.png", keys=keys, title=caption, smooth=max(smooth, 1))
+            made["files"] += ["panels.png", "panels.pdf", "panels.svg"]
     made["table"] = table
     return made
 
@@ -352,14 +491,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if missing:
         print(f"fedrun-report: error: {missing[0]} does not exist: give directories that hold run directories.", file=sys.stderr)
         return 2
-    made = report(args.dirs, args.out, args.targets, args.group_by, args.metric, args.published, not args.no_figures, args.facet, args.x)
+    made = report(args.dirs, args.out, args.targets, args.group_by, args.metric, args.published, not args.no_figures, args.facet, args.x,
+                  args.smooth, args.panels)
     out = args.out or args.dirs[0]
     counts = made["table"]["status"].value_counts().to_dict() if made["runs"] else {}
-    print(to_markdown(made["table"].drop(columns=["path", "problems"], errors="ignore")) if made["runs"] else "no runs found")
+    print(to_markdown(made["table"].drop(columns=["path", "problems", *HIDDEN], errors="ignore")) if made["runs"] else "no runs found")
     if "final_table" in made:
-        print(final_markdown(made["final_table"], args.metric))
-    if "target_table" in made:
-        print(to_markdown(made["target_table"]))
+        print(final_markdown(made["final_table"], args.metric, made["caption"]))
+    if made.get("paper_table") is not None and not made["paper_table"].empty:
+        print(to_markdown(made["paper_table"]))
     print(f"{made['runs']} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}) -> {out}: {', '.join(made['files'])}")
     return 0
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # fedrun.engines imports torch: keep `fedrun --help` fast
 NOT_RESULT_KEYS = (
     "experiment", "resume", "progress", "checkpoint_every", "targets", "skip_finished", "state_placement",
     "device", "data.root", "threads", "quiet", "logger", "keep_checkpoint",
+    # fedrun-report's display keys of every group option (fedrun.config.DISPLAY_KEYS): label, color
+    *(f"{group}.{key}" for group in ("algo", "data", "partition", "model", "engine") for key in ("label", "color")),
 )
 # Algorithm hyperparameters whose lowering typically calms a diverging run.
 LOWERABLE = ("alpha", "mu", "server_lr", "tau")

@@ -81,7 +81,8 @@ def test_report_table_columns_values_and_files(sweep: Path):
     made = report.report([sweep])
     table = pd.read_csv(sweep / "runs.csv")
     assert len(table) == 4 and made["runs"] == 4
-    assert list(table.columns[:3]) == ["algo", "algo.alpha", "seed"]  # only the varying keys, seed last
+    assert list(table.columns[:2]) == ["algo", "seed"]  # only the varying keys, seed last; algo.alpha is FedDyn's only and constant
+    assert table["method"].tolist() == ["FedAvg", "FedAvg", "FedDyn", "FedDyn"]  # display labels, FedAvg first, seeds in order
     assert "lr" not in table.columns and "data" not in table.columns
     by = table.set_index(["algo", "seed"])
     assert by.loc[("fedavg", 0), "rounds_to_50"] == 4
@@ -91,7 +92,8 @@ def test_report_table_columns_values_and_files(sweep: Path):
     assert by.loc[("feddyn", 0), "final_acc"] == pytest.approx(90.0) and by.loc[("fedavg", 1), "best_acc"] == pytest.approx(55.0)  # percent
     assert (table["status"] == "finished").all()
     assert made["targets"] == [0.5, 0.8]  # taken from the runs' `targets` config
-    for name in ["runs.md", "final.csv", "final.md", "targets.csv", "targets.md", "convergence.png", "convergence.pdf", "convergence.svg"]:
+    for name in ["runs.md", "final.csv", "final.md", "final.tex", "targets.csv", "targets.md", "paper_table.md", "paper_table.csv",
+                 "paper_table.tex", "convergence.png", "convergence.pdf", "convergence.svg"]:
         assert (sweep / name).stat().st_size > 0
     assert made["curves"] == 2  # one mean ± std curve per algorithm, seeds pooled
 
@@ -104,7 +106,8 @@ def test_target_table_means_over_seeds_and_speedup_over_fedavg(sweep: Path):
     assert tt.loc[("feddyn", 50.0), "speedup"] == pytest.approx(2.5)
     assert math.isnan(tt.loc[("fedavg", 80.0), "rounds"]) and tt.loc[("fedavg", 80.0), "reached"] == 0
     assert tt.loc[("feddyn", 80.0), "rounds"] == 4.0  # rounds 4 and 4
-    assert math.isnan(tt.loc[("feddyn", 80.0), "speedup"])  # FedAvg never got there: no number invented
+    assert math.isnan(tt.loc[("feddyn", 80.0), "speedup"])  # FedAvg never got there: no number invented...
+    assert tt.loc[("feddyn", 80.0), "speedup_above"] == pytest.approx(6 / 4)  # ...but "more than" its 6 rounds / FedDyn's 4
 
 
 def test_communication_counts_scaffold_double(tmp_path: Path):
@@ -112,7 +115,8 @@ def test_communication_counts_scaffold_double(tmp_path: Path):
     write_run(tmp_path / "b", "scaffold", 0, [0.6, 0.7], comm_per_round=2.0)
     tt = report.report([tmp_path], targets=[0.6], figures=False)["target_table"].set_index("algo")
     assert tt.loc["scaffold", "rounds"] == 1 and tt.loc["scaffold", "comm_fedavg_rounds"] == 2
-    assert tt.loc["scaffold", "speedup"] == pytest.approx(1.0)  # half the rounds, same communication
+    assert tt.loc["scaffold", "speedup"] == pytest.approx(2.0)  # FedAvg's 2 rounds / SCAFFOLD's 1 (its communication: the same 2)
+    assert report.paper_table(tt.reset_index()).iloc[0]["SCAFFOLD"] == "1 (2×) [comm. 2]"
 
 
 def test_report_marks_failed_unfinished_diverged_and_broken_runs_without_crashing(sweep: Path):
@@ -162,12 +166,13 @@ def test_published_numbers_join_on_shared_keys(sweep: Path, tmp_path: Path):
     assert got[("feddyn", 50.0)] == 67 and got[("fedavg", 50.0)] == 754
     assert math.isnan(got[("feddyn", 80.0)])  # nothing published for that target: empty, not invented
     assert (tmp_path / "out" / "runs.csv").exists() and not (sweep / "runs.csv").exists()
-    wide = report.paper_table(tt).set_index("target_acc")
-    assert wide.loc[50.0, "feddyn"] == "2 (2.5x) [published 67]"  # FedDyn: rounds 2 and 2; FedAvg: 4 and 6
-    assert wide.loc[50.0, "fedavg"] == "5 (1x) [published 754]"
-    assert wide.loc[80.0, "fedavg"] == "not in 6 rounds"
+    wide = report.paper_table(tt).set_index("target (%)")
+    assert wide.loc["50", "FedDyn"] == "2 ± 0 (2.5×) [published 67]"  # FedDyn: rounds 2 and 2; FedAvg: 4 and 6
+    assert wide.loc["50", "FedAvg"] == "5 ± 1.4 (1×) [published 754]"
+    assert wide.loc["80", "FedAvg"] == "not in 6"
+    assert wide.loc["80", "FedDyn"] == "4 ± 0 (>1.5×)"
     header = next(line for line in (tmp_path / "out" / "paper_table.md").read_text().splitlines() if line.startswith("|"))
-    assert [c.strip() for c in header.strip("|").split("|")] == ["target_acc (%)", "fedavg", "feddyn"]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["target (%)", "FedAvg", "FedDyn"]
 
 
 def test_cli_exit_codes(sweep: Path, tmp_path: Path, capsys):
@@ -194,10 +199,14 @@ def test_published_numbers_of_another_dataset_are_not_attached(sweep: Path, tmp_
     assert tt.loc[("feddyn", 50.0), "published_rounds"] == 3 and math.isnan(tt.loc[("fedavg", 50.0), "published_rounds"])
 
 
-def test_facet_writes_one_figure_per_value(sweep: Path):
+def test_facet_draws_one_grid_with_a_panel_per_value(sweep: Path):
     made = report.report([sweep], group_by=["algo"], facet=["seed"])
-    assert {"convergence_seed=0.png", "convergence_seed=1.png"} <= set(made["files"])
+    assert {"facets.png", "facets.pdf", "facets.svg"} <= set(made["files"])
     assert all((sweep / f).stat().st_size > 0 for f in made["files"])
+    from fedrun.report_figures import facet_figure
+
+    table, runs, keys, _ = report.collect([sweep])
+    assert facet_figure(runs, table, ["seed", "algo"], None, sweep / "grid.png", keys=keys) == (2, 2)  # seeds x algorithms
 
 
 # --- loss metrics, the final table, labels --------------------------------------------------------
@@ -231,14 +240,15 @@ def test_final_table_is_mean_and_sample_std_per_setting_sorted(sweep: Path):
     assert "89.00 ± 1.41" in text and "62.50 ± 10.61" in text and "final_acc (%)" in text
 
 
-def test_labels_colours_and_presets():
+def test_labels_colours_and_no_prefix_matching():
     from fedrun import figures
-    from fedrun.report_figures import curve_label
 
-    assert curve_label(["algo", "algo.alpha"], ["feddyn_alpha0.1", 0.1]) == "FedDyn α=0.1"
-    assert curve_label(["algo", "partition"], ["fedavg", "iid"]) == "FedAvg, partition=iid"
-    assert figures.algo_colour("feddyn_alpha0.1") == figures.algo_colour("FedDynPaper") == figures.algo_colour("feddyn") != figures.algo_colour("fedavg")
+    assert figures.algo_colour("fedrun.algorithms.feddyn.FedDyn") == figures.algo_colour("feddyn") != figures.algo_colour("fedavg")
+    assert figures.algo_family("fedavgm") == "fedavgm" and figures.algo_label("fedavgm") == "fedavgm"  # not FedAvg
+    assert figures.algo_family("FedDynPaper") == figures.algo_family("feddyn_paper") == "feddynpaper"
     colours = [figures.algo_colour(a) for a in ["feddyn", "fedavg", "fedprox", "scaffold", "fedadam", "feddc", "fedspeed", "fedsmoo", "fednova"]]
     assert len(set(colours)) == len(colours)
+    assert figures.partition_label("fedrun.partition.dirichlet", {"alpha": 0.3}) == "Dir(0.3)"
+    assert figures.key_label("participation", 0.1) == "p=0.1"
     assert figures.setting_title({"data": "synthetic", "partition": "dirichlet", "partition.alpha": 0.3, "num_clients": 100,
                                   "participation": 0.1}) == "synthetic, dirichlet α=0.3, 100 clients, participation 0.1"
