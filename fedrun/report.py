@@ -317,8 +317,10 @@ def sort_key(run: Run, keys: Sequence[str]) -> tuple:
 
 
 def _order(keys: list[str]) -> list[str]:
-    """Groups first (data, partition, model, algo, engine), then the other keys, seed last."""
-    first = [k for k in ("data", "partition", "model", "algo", "engine") if k in keys]
+    """Groups first (data, partition, model, algo, engine), each followed by its own keys, then the
+    other keys, seed last."""
+    groups = ("data", "partition", "model", "algo", "engine")
+    first = [k for g in groups for k in keys if k == g or k.startswith(g + ".")]
     last = [k for k in keys if k in SEED_KEYS]
     return first + [k for k in keys if k not in first and k not in last] + last
 
