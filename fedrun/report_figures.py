@@ -105,7 +105,8 @@ def draw(ax: Any, curve: Curve, column: str, scale: float = 1.0, smooth: int = 1
     else:
         xs = mean.index.astype(float).values
     if smooth > 1:
-        ax.plot(xs, raw.mean(axis=1).values, color=curve.colour, linestyle=curve.linestyle, linewidth=0.7, alpha=0.25)
+        # faint, and left out of the y range: the raw spikes must not squash the smoothed curves
+        ax.plot(xs, raw.mean(axis=1).values, color=curve.colour, linestyle=curve.linestyle, linewidth=0.7, alpha=0.25, scaley=False)
     name = curve.label + (f" (n={len(frames)})" if len(frames) > 1 else "")
     ax.plot(xs, mean.values, label=name if label else None, color=curve.colour, linestyle=curve.linestyle,
             marker=curve.marker, markersize=3.5, markevery=figures.markevery(index, count, len(xs)), linewidth=1.4)
@@ -122,10 +123,10 @@ def _axes(ax: Any, metric: str, x: str, targets: Sequence[float]) -> None:
     if not higher_is_better(metric):
         ax.set_yscale("log")
         figures.plain_log_ticks(ax)
-    for t in targets:  # accuracy targets (fractions) as dotted lines, labelled at the right end
+    for t in targets:  # accuracy targets (fractions) as dotted lines, labelled inside at the left end
         ax.axhline(100 * t, color="0.45", linestyle=(0, (1, 2)), linewidth=0.9)
-        ax.annotate(f"{100 * t:g}%", xy=(1.0, 100 * t), xycoords=("axes fraction", "data"), xytext=(2, 0),
-                    textcoords="offset points", fontsize=7, color="0.35", va="center")
+        ax.annotate(f"target {100 * t:g}%", xy=(0.0, 100 * t), xycoords=("axes fraction", "data"), xytext=(3, 2),
+                    textcoords="offset points", fontsize=7, color="0.35", va="bottom")
     ax.grid(alpha=0.3)
 
 
