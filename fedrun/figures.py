@@ -127,6 +127,16 @@ def setting_title(config: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def faint(ax: Any, x: Any, y: Any, **kwargs: Any) -> Any:
+    """A faint line (the raw values under a moving average) that does not widen the axes' data range:
+    added as an artist, not plotted, so its spikes cannot squash the curves that matter."""
+    from matplotlib.lines import Line2D
+
+    line = Line2D(x, y, alpha=0.25, linewidth=0.7, **kwargs)
+    ax.add_artist(line)
+    return line
+
+
 def integer_rounds(ax: Any) -> None:
     """Round (or communication) ticks on whole numbers."""
     from matplotlib.ticker import MaxNLocator

@@ -105,8 +105,7 @@ def draw(ax: Any, curve: Curve, column: str, scale: float = 1.0, smooth: int = 1
     else:
         xs = mean.index.astype(float).values
     if smooth > 1:
-        # faint, and left out of the y range: the raw spikes must not squash the smoothed curves
-        ax.plot(xs, raw.mean(axis=1).values, color=curve.colour, linestyle=curve.linestyle, linewidth=0.7, alpha=0.25, scaley=False)
+        figures.faint(ax, xs, raw.mean(axis=1).values, color=curve.colour, linestyle=curve.linestyle)
     name = curve.label + (f" (n={len(frames)})" if len(frames) > 1 else "")
     ax.plot(xs, mean.values, label=name if label else None, color=curve.colour, linestyle=curve.linestyle,
             marker=curve.marker, markersize=3.5, markevery=figures.markevery(index, count, len(xs)), linewidth=1.4)

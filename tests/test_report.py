@@ -401,3 +401,22 @@ def test_every_shipped_algorithm_and_preset_gets_its_own_colour_linestyle_and_la
     curves = {c.label: c for c in curves_of(runs, None, keys)}
     assert curves["FedAvgM (ours), natural"].colour == "#123456"
     assert curves["FedAvg, IID"].colour == "#0072B2" and curves["FedAvg, IID"].marker != curves["FedAvgM (ours), natural"].marker
+
+
+def test_per_run_plot_tells_the_three_accuracies_apart_and_raw_spikes_do_not_set_the_loss_range(monkeypatch, tmp_path: Path):
+    """Server, active-mean and all-mean accuracy: three colours; a train-loss spike of 50 (raw) stays
+    out of the y range (the 10-evaluation moving average peaks at 0.5 + 49.5/10 < 6); per-client and
+    validation accuracy are drawn when the rows have them."""
+    from fedrun import figures, plots
+
+    saved = []
+    monkeypatch.setattr(figures, "save", lambda fig, path, dpi=150: saved.append(fig) or [])
+    rows = [{"round": r, "test_acc": 0.5, "test_acc_active": 0.5, "test_acc_all": 0.4, "test_loss": 1.0, "val_acc": 0.45,
+             "client_acc_worst10": 0.3, "train_loss": 50.0 if r == 20 else 0.5} for r in range(1, 101)]
+    plots.convergence_plot(rows, tmp_path / "c.png", "t", algo="FedDyn")
+    ax_acc, ax_loss = saved[0].axes
+    colours = {line.get_label(): line.get_color() for line in ax_acc.get_lines()}
+    assert len({colours[k] for k in ("server model", "mean of active clients' models", "mean of all clients' models")}) == 3
+    assert colours["server model"] == figures.algo_colour("FedDyn")
+    assert {"validation accuracy (server model)", "per-client accuracy, worst 10%"} <= set(colours)
+    assert ax_loss.get_ylim()[1] < 10
