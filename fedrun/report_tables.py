@@ -176,7 +176,7 @@ def constant_caption(df: pd.DataFrame, keep: Sequence[str] = ()) -> tuple[pd.Dat
     if len(df) < 2:
         return df, ""
     constant = [c for c in df.columns if c not in keep and df[c].astype(str).nunique() == 1]
-    caption = "; ".join(f"{c}: {_fmt(df[c].iloc[0])}" for c in constant if _fmt(df[c].iloc[0]))
+    caption = "; ".join(f"{c}: {_fmt(df[c].iloc[0])}" for c in constant if _fmt(df[c].iloc[0]) and c != "runs")  # the seeds per row: in the report's caption
     return df.drop(columns=constant), caption
 
 
