@@ -22,7 +22,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from fedrun import rundir, specs
-from fedrun.config import CONF_DIR, Config, option_names, validate
+from fedrun.config import CONF_DIR, DISPLAY_KEYS, Config, option_names, validate
 from fedrun.errors import FedrunError
 
 # Hydra flags after which fedrun does not interfere (help, printing the config, completion, ...).
@@ -83,7 +83,7 @@ def _group_keys(overrides: list[str], node: str, skip_key: str) -> tuple[str, li
         option = cfg.hydra.runtime.choices.get(top) if top in GROUPS and node == top else None
         where = f"{node}={option}" if option else node
         value = OmegaConf.select(cfg, node)
-        keys = sorted(k for k in value.keys() if k != "_target_") if isinstance(value, DictConfig) else []
+        keys = sorted(k for k in value.keys() if k != "_target_" and k not in DISPLAY_KEYS) if isinstance(value, DictConfig) else []
         return where, keys
     except Exception:  # noqa: BLE001 - best effort: the message still names the key
         return node, []
@@ -171,7 +171,7 @@ def check_extra_keys(cfg: DictConfig) -> None:
         unknown = [k for k in node.keys() if k not in fields]
         if unknown:
             option = cfg.hydra.runtime.choices.get(group, "?")
-            raise FedrunError(f"{group}.{unknown[0]} is not a key of {group}={option}: its keys are {', '.join(sorted(fields - {'_target_'}))}.")
+            raise FedrunError(f"{group}.{unknown[0]} is not a key of {group}={option}: its keys are {', '.join(sorted(fields - {'_target_', *DISPLAY_KEYS}))}.")
 
 
 def sweep_variants(overrides: list[str]) -> list[list[str]]:
