@@ -23,7 +23,6 @@ objective; ``train_loss`` is the mean cross-entropy of the active clients over t
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+import compare_common  # noqa: E402  (the options both compare scripts take)
 from fedrun import figures  # noqa: E402  (labels: the same as every fedrun figure)
 from fedrun.report_figures import algo_curves, draw_panels  # noqa: E402  (the 2x2 panel of fedrun-report --panels)
 
@@ -116,14 +117,9 @@ def table(frames: dict[str, pd.DataFrame], last: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algos", nargs="+", default=["feddyn", "fedavg", "fedprox", "scaffold"])
-    parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "compare" / "synthetic")
-    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "figures" / "synthetic_compare.png")
-    parser.add_argument("--reuse", action="store_true", help="only read the run directories already under --runs")
+    parser = compare_common.parser(__doc__)
     parser.add_argument("--multirun", action="store_true", help="all algorithms as one `fedrun -m` sweep (--algos nine: all nine methods)")
     parser.add_argument("--last", type=int, default=20, help="rounds averaged in the table's smoothed column")
-    parser.add_argument("overrides", nargs="*", help="extra fedrun overrides for every run (e.g. rounds=50)")
     args = parser.parse_args(argv)
     if args.algos == ["nine"]:
         args.algos = NINE

@@ -19,7 +19,6 @@ objective; ``train_loss`` is the mean cross-entropy of the active clients over t
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -33,6 +32,8 @@ SETTING = [
     "partition=natural", "num_clients=100", "participation=0.1", "rounds=200",
 ]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+import compare_common  # noqa: E402  (the options both compare scripts take)
 from fedrun import figures  # noqa: E402  (colours, labels, saving: the same as every fedrun figure)
 from fedrun.report_figures import algo_curves, draw_panels  # noqa: E402  (the 2x2 panel of fedrun-report --panels)
 
@@ -80,13 +81,8 @@ def table(frames: dict[str, list[pd.DataFrame]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algos", nargs="+", default=["feddyn", "fedavg", "fedprox", "scaffold"])
-    parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "compare" / "synthetic")
-    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "figures" / "synthetic_compare.png")
-    parser.add_argument("--reuse", action="store_true", help="only read the run directories already under --runs")
+    parser = compare_common.parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("overrides", nargs="*", help="extra fedrun overrides for every run (e.g. rounds=50)")
     args = parser.parse_args(argv)
     if not args.reuse:
         for algo in args.algos:
