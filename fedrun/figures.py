@@ -1,8 +1,9 @@
-"""What every fedrun figure shares: one colour and marker per algorithm, short labels, the setting
-as a title, integer round ticks, the legend outside the axes, PNG + PDF + SVG.
+"""What every fedrun figure shares: a colour family and marker per algorithm (a shade per hyperparameter
+value: :func:`shade`), short labels (``FedDyn α=0.01``, ``Dir(0.3)``, ``p=0.1``), integer round ticks,
+the legend outside the axes, PNG + PDF + SVG.
 
-The per-run plot (:mod:`fedrun.plots`) and the report's curves (:mod:`fedrun.report_figures`) use
-these, so FedDyn has the same colour in every figure a paper takes from fedrun.
+The per-run plot (:mod:`fedrun.plots`), the report's curves (:mod:`fedrun.report_figures`) and the
+compare scripts use these, so FedDyn has the same colour in every figure a paper takes from fedrun.
 """
 
 from __future__ import annotations

@@ -5,19 +5,29 @@ fedrun.report``) finds every run directory below the given directories (a direct
 ``.hydra/config.yaml`` and/or ``summary.json``), reads its config, ``summary.json`` and
 ``metrics.csv`` and writes into ``--out`` (default: the first DIR):
 
-- ``runs.csv`` / ``runs.md``: one row per run: the config keys that vary across runs, final and best
+A run's setting is its resolved config minus the seed and the keys that change no result
+(:data:`~fedrun.specs.NOT_RESULT_KEYS`), a group by its option's target and values, and a key the
+run's option lacks absent (:func:`varying_keys`): two sweeps merged give one row per setting, a
+preset and the same values given on the command line are one setting. Rows carry display labels
+(``method``: ``FedDyn α=0.03``; ``setting``: ``Dir(0.3), p=0.1``; an option's ``label:`` first) and
+come in numeric order; what every run shares is the tables' caption line.
+
+- ``runs.csv`` / ``runs.md``: one row per run: the keys that tell settings apart, final and best
   value of ``--metric``, rounds and communication (FedAvg-round equivalents, ``comm_fedavg_rounds``) to
-  reach each target, seconds, status (finished, unfinished, diverged, failed, broken);
-- ``final.csv`` / ``final.md``: per setting (every varying key but the seed, rows sorted), the final
-  and best value as mean ± std over the seeds; no targets needed;
+  reach each target, seconds, status (finished, unfinished, diverged, failed, broken), the labels;
+- ``final.csv`` / ``final.md`` / ``final.tex``: per setting, the final and best value as
+  ``mean ± std`` over the seeds (and the final per-client and validation accuracy when the runs have
+  them); no targets needed;
 - ``convergence.png`` (+ ``.pdf``, ``.svg``): the metric against rounds (or ``--x comm``), one curve
-  per group (``--group-by``; by default the varying keys except the seed) with a mean ± std band;
+  per setting (or per ``--group-by`` group) with a mean ± std band (:mod:`fedrun.report_figures`:
+  ``--smooth``, target lines; ``--facet`` adds ``facets.*``, ``--panels`` ``panels.*``);
 - ``accuracy.csv`` / ``accuracy.md``: final and best accuracy (%) per setting, mean over seeds, and with
   ``--published`` a CSV without a ``target_acc`` column (e.g. ``scripts/fl_simulator_published.csv``),
   the published accuracies beside ours;
-- ``targets.csv`` / ``targets.md``: the paper-style table of rounds and communication to reach each
-  target, with the speed-up over FedAvg in the same setting and, with ``--published`` (a CSV with
-  ``target_acc``), the published numbers beside ours.
+- ``targets.csv`` / ``targets.md`` and ``paper_table.md`` / ``.csv`` / ``.tex``: rounds to each target
+  over the seeds that reached it (k/n), the speed-up over FedAvg in the same setting, communication
+  and, with ``--published`` (a CSV with ``target_acc``), the published numbers beside ours; the
+  paper table has a row per setting and target and a column per method.
 
 A broken run (missing, empty or corrupt files) becomes a row with its status; it never stops the
 report. Accuracies are percentages in every table and figure (``metrics.csv`` holds fractions); a
@@ -41,7 +51,8 @@ import pandas as pd
 import yaml
 
 from fedrun.report_tables import (  # noqa: F401  (the tables, also as fedrun.report.*)
-    EXTRA_METRICS, HIDDEN, SEED_KEYS, constant_caption, final_display, to_latex, write_table, TARGET_VALUE_COLUMNS, UNITS, _fmt, _key, _shared_keys, accuracy_table, add_published, final_markdown,
+    EXTRA_METRICS, HIDDEN, SEED_KEYS, TARGET_VALUE_COLUMNS, UNITS, _fmt, _key, _shared_keys, accuracy_table, add_published,
+    constant_caption, final_display, final_markdown, to_latex, write_table,
     final_table, higher_is_better, normalize_target, paper_table, target_label, target_table, to_markdown, value_columns,
 )
 from fedrun.specs import NOT_RESULT_KEYS

@@ -1,5 +1,9 @@
-"""fedrun-report's tables: markdown, final/best per setting, rounds to target, the paper's pivot,
-published numbers beside ours.
+"""fedrun-report's tables: markdown, CSV and booktabs LaTeX (:func:`to_latex`, pandas' Styler); final/best
+per setting, rounds to target (k/n seeds, speed-up over FedAvg), the paper's table (a row per setting
+and target, a column per method), constant columns as a caption line, published numbers beside ours.
+
+Every table groups runs by their setting (the hidden ``_setting`` column :mod:`fedrun.report` gives
+each run: its resolved config minus the seed), in the run table's numeric order.
 
 Units: accuracies in percent (the run table holds them so), losses as they are; every std is the
 sample standard deviation over seeds (ddof=1).
