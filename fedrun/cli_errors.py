@@ -206,9 +206,10 @@ def _groups() -> list[str]:
 def sweep_jobs(argv: list[str], overrides: list[str]) -> tuple[list[str], list[str], list[list[str]]]:
     """(argv, overrides, variants to compose) of a ``-m`` sweep under fedrun's sweeper (:mod:`fedrun.sweeper`).
 
-    A single value of a key of a swept group (``algo=feddyn,fedavg algo.alpha=0.1``) becomes a
-    one-value sweep (``algo.alpha=choice(0.1)``), so that Hydra's first composition (sweeps left out)
-    does not apply it to an option without it, and the sweeper drops it where it does not apply.
+    A single value of a key of a swept group that the group's default option lacks
+    (``algo=fedprox,fedavg algo.mu=0.1``, default FedDyn) becomes a one-value sweep
+    (``algo.mu=choice(0.1)``), so that Hydra's first composition (sweeps left out) does not apply it
+    to an option without it; the sweeper then drops it where it does not apply.
     The variants are jobs of the sweeper's own list that together hold every value; a key that
     applies to no chosen option raises the sweeper's sentence here, before Hydra starts.
     """
@@ -222,19 +223,17 @@ def sweep_jobs(argv: list[str], overrides: list[str]) -> tuple[list[str], list[s
     except Exception as err:  # noqa: BLE001 - every parse error gets one sentence
         raise translate(err, overrides) from None
     swept = {o.get_key_element() for o in parsed if o.is_sweep_override() and o.get_key_element() in groups}
-    rewritten: dict[str, str] = {}
-    for text, o in zip(overrides, parsed):
-        group = sweeper.group_of(text.split("=", 1)[0], groups)
-        if group in swept and not o.is_sweep_override() and "=" in text:
-            key, value = text.split("=", 1)
-            rewritten[text] = f"{key}=choice({value})"
-    argv = [rewritten.get(a, a) for a in argv]
-    overrides = [rewritten.get(o, o) for o in overrides]
-    base = [o for o, p in zip(overrides, OverridesParser.create().parse_overrides(overrides)) if not p.is_sweep_override()]
+    single = {text: text.split("=", 1)[0] for text, o in zip(overrides, parsed)
+              if sweeper.group_of(text.split("=", 1)[0], groups) in swept and not o.is_sweep_override() and "=" in text}
+    base = [o for o, p in zip(overrides, parsed) if not p.is_sweep_override() and o not in single]
     try:
         cfg = compose(base)
     except Exception as err:  # noqa: BLE001 - every composition error gets one sentence
         raise translate(err, base) from None
+    # only where the default option lacks the key: Hydra re-reads a one-value sweep's value unquoted
+    rewritten = {text: f"{key}=choice({text.split('=', 1)[1]})" for text, key in single.items() if not sweeper.has_key(cfg, key)}
+    argv = [rewritten.get(a, a) for a in argv]
+    overrides = [rewritten.get(o, o) for o in overrides]
     if not str(OmegaConf.select(cfg, "hydra.sweeper._target_") or "").endswith("FedrunSweeper"):
         return argv, overrides, sweep_variants(overrides)  # another sweeper (Optuna): its own rules
     params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]

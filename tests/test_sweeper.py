@@ -89,8 +89,10 @@ def test_precheck_composes_the_sweepers_jobs_and_refuses_before_any_job(tmp_path
 
     monkeypatch.chdir(tmp_path)
     register_configs()
+    prepared = precheck(["-m", "algo=fedprox,fedavg", "algo.mu=0.1", "seed=0", f"hydra.sweep.dir={tmp_path / 's'}"])
+    assert "algo.mu=choice(0.1)" in prepared.argv  # a key the default option (FedDyn) lacks: a one-value sweep
     prepared = precheck(["-m", "algo=feddyn,fedavg", "algo.alpha=0.1", "seed=0", f"hydra.sweep.dir={tmp_path / 's'}"])
-    assert "algo.alpha=choice(0.1)" in prepared.argv  # a single value of a swept group's key: a one-value sweep
+    assert "algo.alpha=0.1" in prepared.argv  # the default option has it: left as it is
     with pytest.raises(FedrunError, match="algo.mu is a key of none"):
         precheck(["-m", "algo=fedavg,feddyn", "algo.mu=0.1,0.2", f"hydra.sweep.dir={tmp_path / 's'}"])
 
