@@ -37,7 +37,7 @@ LINESTYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8
 PARAM_SYMBOLS = {"alpha": "α", "mu": "μ", "server_lr": "η_g", "beta1": "β₁", "beta2": "β₂", "tau": "τ", "lamb": "λ",
                  "rho": "ρ", "gmf": "β", "sigma": "σ", "shards_per_client": "shards"}
 # Short names of the top-level keys in labels (p=0.1, m=100).
-KEY_SYMBOLS = {"participation": "p", "num_clients": "m", "local_epochs": "E", "batch_size": "B", "lr": "lr"}
+KEY_SYMBOLS = {"participation": "p", "num_clients": "m", "local_epochs": "E", "batch_size": "B", "lr": "lr", "weight_decay": "wd"}
 FORMATS = ("png", "pdf", "svg")
 
 

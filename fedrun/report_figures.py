@@ -183,7 +183,7 @@ def facet_figure(runs: Sequence[Any], table: pd.DataFrame, facet: Sequence[str],
                 c.colour, c.linestyle, c.marker = s.colour, s.linestyle, s.marker
                 draw(ax, c, metric, scale, smooth, x, n, len(styles), label=False)
             _axes(ax, metric, x, targets)
-            ax.set_title(", ".join(f"{figures.KEY_SYMBOLS.get(k, k)}={eval_value(v)}" for k, v in zip(facet, (rv, cv))), fontsize=9)
+            ax.set_title(", ".join(facet_label(part, k, eval_value(v)) for k, v in zip(facet, (rv, cv))), fontsize=9)
             if i < len(rows) - 1:
                 ax.set_xlabel("")
             if j:
@@ -195,6 +195,16 @@ def facet_figure(runs: Sequence[Any], table: pd.DataFrame, facet: Sequence[str],
     figures.save(fig, Path(path))
     plt.close(fig)
     return len(rows), len(cols)
+
+
+def facet_label(runs: Sequence[Any], key: str, value: Any) -> str:
+    """A panel's title part: a group by its display label (``FedDyn``, ``Dir(0.3)``), a key as ``p=0.1``."""
+    from fedrun.report import labels_of
+
+    if runs and f"{key}._target_" in runs[0].config:
+        method, setting = labels_of(runs[0], [key])
+        return method if key == "algo" else setting
+    return figures.key_label(key, value)
 
 
 def eval_value(text: str) -> Any:
