@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 import compare_common  # noqa: E402  (the options both compare scripts take)
-from fedrun import figures  # noqa: E402  (labels: the same as every fedrun figure)
-from fedrun.report_figures import algo_curves, draw_panels  # noqa: E402  (the 2x2 panel of fedrun-report --panels)
+from fedrun.report import style as figures  # noqa: E402  (labels: the same as every fedrun figure)
+from fedrun.report.figures import algo_curves, draw_panels  # noqa: E402  (the 2x2 panel of fedrun-report --panels)
 
 SETTING = [
     "data=synthetic", "data.alpha=1", "data.beta=1", "data.iid_solution=false", "data.iid_data=false",

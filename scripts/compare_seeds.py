@@ -34,8 +34,8 @@ SETTING = [
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 import compare_common  # noqa: E402  (the options both compare scripts take)
-from fedrun import figures  # noqa: E402  (colours, labels, saving: the same as every fedrun figure)
-from fedrun.report_figures import algo_curves, draw_panels  # noqa: E402  (the 2x2 panel of fedrun-report --panels)
+from fedrun.report import style as figures  # noqa: E402  (colours, labels, saving: the same as every fedrun figure)
+from fedrun.report.figures import algo_curves, draw_panels  # noqa: E402  (the 2x2 panel of fedrun-report --panels)
 
 
 def run_algorithm(algo: str, seed: int, run_dir: Path, overrides: list[str]) -> None:
@@ -63,7 +63,7 @@ def figure(frames: dict[str, list[pd.DataFrame]], path: Path, title: str, smooth
     print(f"figure: {path} (+ .pdf, .svg)")
 
 
-# The hyper-parameters shown in the labels (the values of fedrun/conf/algo/*.yaml).
+# The hyper-parameters shown in the labels (the values of conf/algo/*.yaml).
 PARAMS = {"feddyn": {"alpha": 0.01}, "fedprox": {"mu": 1e-4}}
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedrun import report
-from fedrun.report import comm_to_target, rounds_to_target
+from fedrun.report import cli as report
+from fedrun.report.runs import comm_to_target, find_runs, rounds_to_target
 
 TARGET_ALGOS = {"fedavg": "fedrun.algorithms.fedavg.FedAvg", "feddyn": "fedrun.algorithms.feddyn.FedDyn", "scaffold": "fedrun.algorithms.scaffold.Scaffold"}
 
@@ -155,7 +155,7 @@ def test_find_runs_recurses_and_ignores_non_runs(tmp_path: Path):
     write_run(tmp_path / "c" / "run2", "fedavg", 1, [0.5])
     (tmp_path / "c" / "notes").mkdir()
     (tmp_path / "c" / "multirun.yaml").write_text("x: 1\n")
-    found = report.find_runs([tmp_path / "a", tmp_path])
+    found = find_runs([tmp_path / "a", tmp_path])
     assert [p.name for p in found] == ["run1", "run2"]
 
 
@@ -204,7 +204,7 @@ def test_facet_draws_one_grid_with_a_panel_per_value(sweep: Path):
     made = report.report([sweep], group_by=["algo"], facet=["seed"])
     assert {"facets.png", "facets.pdf", "facets.svg"} <= set(made["files"])
     assert all((sweep / f).stat().st_size > 0 for f in made["files"])
-    from fedrun.report_figures import facet_figure
+    from fedrun.report.figures import facet_figure
 
     table, runs, keys, _ = report.collect([sweep])
     assert facet_figure(runs, table, ["seed", "algo"], None, sweep / "grid.png", keys=keys) == (2, 2)  # seeds x algorithms
@@ -242,14 +242,14 @@ def test_final_table_is_mean_and_sample_std_per_setting_sorted(sweep: Path):
 
 
 def test_labels_colours_and_no_prefix_matching():
-    from fedrun import figures
+    from fedrun.report import style as figures
 
     assert figures.algo_colour("fedrun.algorithms.feddyn.FedDyn") == figures.algo_colour("feddyn") != figures.algo_colour("fedavg")
     assert figures.algo_family("fedavgm") == "fedavgm" and figures.algo_label("fedavgm") == "fedavgm"  # not FedAvg
     assert figures.algo_family("FedDynPaper") == figures.algo_family("feddyn_paper") == "feddynpaper"
     colours = [figures.algo_colour(a) for a in ["feddyn", "fedavg", "fedprox", "scaffold", "fedadam", "feddc", "fedspeed", "fedsmoo", "fednova"]]
     assert len(set(colours)) == len(colours)
-    assert figures.partition_label("fedrun.partition.dirichlet", {"alpha": 0.3}) == "Dir(0.3)"
+    assert figures.partition_label("fedrun.data.partition.dirichlet", {"alpha": 0.3}) == "Dir(0.3)"
     assert figures.key_label("participation", 0.1) == "p=0.1"
     assert figures.setting_title({"data": "synthetic", "partition": "dirichlet", "partition.alpha": 0.3, "num_clients": 100,
                                   "participation": 0.1}) == "synthetic, dirichlet α=0.3, 100 clients, participation 0.1"
@@ -270,7 +270,7 @@ def write_config_run(path: Path, config: dict, accs: list[float], choices: dict 
 
 
 def cfg(algo: dict, seed: int, partition: dict | None = None, **top) -> dict:
-    return {"algo": algo, "partition": partition or {"_target_": "fedrun.partition.natural"},
+    return {"algo": algo, "partition": partition or {"_target_": "fedrun.data.partition.natural"},
             "data": {"_target_": "fedrun.data.synthetic.make_synthetic"}, "seed": seed, "rounds": 6, **top}
 
 
@@ -318,9 +318,9 @@ def test_two_merged_sweeps_keep_feddyn_alphas_apart(tmp_path: Path):
 
 def test_a_partition_sweep_gives_one_row_per_setting_and_no_empty_rows(tmp_path: Path):
     """iid, Dir(0.3), Dir(0.6) and lognormal σ=0.3 at two participations: 8 settings, 8 rows, none empty."""
-    parts = {"iid": {"_target_": "fedrun.partition.iid"}, "d3": {"_target_": "fedrun.partition.dirichlet", "alpha": 0.3},
-             "d6": {"_target_": "fedrun.partition.dirichlet", "alpha": 0.6},
-             "u": {"_target_": "fedrun.partition.unbalanced", "sigma": 0.3, "alpha": None}}
+    parts = {"iid": {"_target_": "fedrun.data.partition.iid"}, "d3": {"_target_": "fedrun.data.partition.dirichlet", "alpha": 0.3},
+             "d6": {"_target_": "fedrun.data.partition.dirichlet", "alpha": 0.6},
+             "u": {"_target_": "fedrun.data.partition.unbalanced", "sigma": 0.3, "alpha": None}}
     for name, part in parts.items():
         for p in (0.1, 1.0):
             for algo, node in (("fedavg", FEDAVG), ("feddyn", {"_target_": FEDDYN, "alpha": 0.01})):
@@ -370,13 +370,13 @@ def test_per_client_and_validation_metrics_in_the_report(tmp_path: Path):
 
 
 def test_every_shipped_algorithm_and_preset_gets_its_own_colour_linestyle_and_label(tmp_path: Path):
-    """One run per option of fedrun/conf/algo/ (resolved as Hydra composes it), in two partitions: every
+    """One run per option of conf/algo/ (resolved as Hydra composes it), in two partitions: every
     curve has a distinct (colour, linestyle) pair and a distinct label; a yaml's label/color win."""
     from omegaconf import OmegaConf
 
-    from fedrun.cli_errors import compose
-    from fedrun.config import CONF_DIR, option_names, register_configs
-    from fedrun.report_figures import curves_of
+    from fedrun.cli.sentences import compose
+    from fedrun.config.schema import option_names, register_configs
+    from fedrun.report.figures import curves_of
 
     register_configs()
     options = option_names("algo")
@@ -384,7 +384,7 @@ def test_every_shipped_algorithm_and_preset_gets_its_own_colour_linestyle_and_la
     for name in options:
         node = OmegaConf.to_container(compose([f"algo={name}"]).algo, resolve=True)
         for part in ("iid", "natural"):
-            write_config_run(tmp_path / f"{name}_{part}", cfg(node, 0, {"_target_": f"fedrun.partition.{part}"}), [0.2, 0.6], {"algo": name})
+            write_config_run(tmp_path / f"{name}_{part}", cfg(node, 0, {"_target_": f"fedrun.data.partition.{part}"}), [0.2, 0.6], {"algo": name})
     table, runs, keys, _ = report.collect([tmp_path])
     curves = curves_of(runs, None, keys)
     assert len(curves) == 2 * len(options)
@@ -407,7 +407,8 @@ def test_per_run_plot_tells_the_three_accuracies_apart_and_raw_spikes_do_not_set
     """Server, active-mean and all-mean accuracy: three colours; a train-loss spike of 50 (raw) stays
     out of the y range (the 10-evaluation moving average peaks at 0.5 + 49.5/10 < 6); per-client and
     validation accuracy are drawn when the rows have them."""
-    from fedrun import figures, plots
+    from fedrun.observers import plot as plots
+    from fedrun.report import style as figures
 
     saved = []
     monkeypatch.setattr(figures, "save", lambda fig, path, dpi=150: saved.append(fig) or [])

@@ -1,4 +1,4 @@
-"""fedrun's default sweeper (fedrun/sweeper.py): a key of an option's own hyperparameters applies
+"""fedrun's default sweeper (fedrun/cli/sweeper.py): a key of an option's own hyperparameters applies
 only to the jobs whose chosen option has it; the job lists of the issue's commands, exactly."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedrun.config import CONF_DIR, register_configs
+from fedrun.config.schema import CONF_DIR, register_configs
 from fedrun.errors import FedrunError
-from fedrun.sweeper import FedrunSweeper, plan
+from fedrun.cli.sweeper import FedrunSweeper, plan
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ def test_plan_merges_duplicates_keeps_first_order_and_reports_what_it_dropped():
 
 
 def test_precheck_composes_the_sweepers_jobs_and_refuses_before_any_job(tmp_path, monkeypatch):
-    from fedrun.cli_errors import precheck
+    from fedrun.cli.precheck import precheck
 
     monkeypatch.chdir(tmp_path)
     register_configs()
