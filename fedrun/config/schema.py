@@ -25,7 +25,7 @@ from typing import Any, List, Optional
 
 import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from fedrun.config import CONF_DIR
 from fedrun.errors import FedrunError
