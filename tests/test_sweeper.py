@@ -125,3 +125,19 @@ def test_joblib_launches_the_sweepers_job_list(tmp_path):
             for d in sweep.iterdir() if (d / ".hydra").is_dir()}
     assert jobs == {frozenset({"algo=feddyn", "algo.alpha=0.1", "seed=0"}), frozenset({"algo=feddyn", "algo.alpha=0.01", "seed=0"}),
                     frozenset({"algo=fedavg", "seed=0"})}
+
+
+def test_an_install_without_the_sweepers_plugin_gets_one_sentence(tmp_path, monkeypatch):
+    """An editable install made before hydra_plugins/fedrun_sweeper existed cannot load the default
+    sweeper: the pre-check says what to do instead of Hydra's 'Unknown plugin class'."""
+    import importlib.util
+
+    from fedrun.cli.precheck import precheck
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "hydra_plugins.fedrun_sweeper" else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    register_configs()
+    with pytest.raises(FedrunError, match=r"not installed: run `pip install -e \.` again"):
+        precheck(["-m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"])
+    precheck(["-m", "seed=0,1", "hydra/sweeper=basic", f"hydra.sweep.dir={tmp_path / 's'}"])  # Hydra's own still works

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -134,6 +135,9 @@ def sweep_jobs(argv: list[str], overrides: list[str]) -> tuple[list[str], list[s
     overrides = [rewritten.get(o, o) for o in overrides]
     if not str(OmegaConf.select(cfg, "hydra.sweeper._target_") or "").endswith("FedrunSweeper"):
         return argv, overrides, sweep_variants(overrides)  # another sweeper (Optuna): its own rules
+    if importlib.util.find_spec("hydra_plugins.fedrun_sweeper") is None:  # an install from before the sweeper
+        raise FedrunError("fedrun's sweeper (hydra_plugins.fedrun_sweeper) is not installed: run `pip install -e .` "
+                          "again in the checkout, or sweep with Hydra's own (hydra/sweeper=basic).")
     params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]
     try:
         combos = sweeper.product(params + overrides)
