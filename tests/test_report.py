@@ -421,3 +421,18 @@ def test_per_run_plot_tells_the_three_accuracies_apart_and_raw_spikes_do_not_set
     assert colours["server model"] == figures.algo_colour("FedDyn")
     assert {"validation accuracy (server model)", "per-client accuracy, worst 10%"} <= set(colours)
     assert ax_loss.get_ylim()[1] < 10
+
+
+def test_a_fixed_data_seed_is_part_of_the_setting_and_seed_is_not(tmp_path: Path):
+    """seed=0,1 at data_seed=0 and at data_seed=1: two settings (data_seed 0 and 1) of two runs each,
+    the mean over training seeds: (0.9 + 0.7) / 2 = 80.00 and (0.6 + 0.8) / 2 = 70.00."""
+    finals = {(0, 0): 0.9, (0, 1): 0.7, (1, 0): 0.6, (1, 1): 0.8}
+    for (data_seed, seed), acc in finals.items():
+        run = write_run(tmp_path / "sweep" / f"d{data_seed}_s{seed}", "feddyn", seed, [0.1, acc])
+        for name in (".hydra/config.yaml", "summary.json"):
+            doc = json.loads((run / name).read_text())
+            (doc["config"] if name == "summary.json" else doc)["data_seed"] = data_seed
+            (run / name).write_text(json.dumps(doc))
+    final = report.report([tmp_path / "sweep"], figures=False)["final_table"].set_index("data_seed")
+    assert final["runs"].tolist() == [2, 2]
+    assert final["final_acc_mean"].tolist() == pytest.approx([80.0, 70.0])
