@@ -14,7 +14,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedrun.config.schema import CONF_DIR, Config, option_names
+from fedrun.config.schema import CONF_DIR, DISPLAY_KEYS, Config, option_names
 from fedrun.errors import FedrunError
 
 GROUPS = ("algo", "data", "partition", "model", "engine")
@@ -55,7 +55,7 @@ def _group_keys(overrides: list[str], node: str, skip_key: str) -> tuple[str, li
         option = cfg.hydra.runtime.choices.get(top) if top in GROUPS and node == top else None
         where = f"{node}={option}" if option else node
         value = OmegaConf.select(cfg, node)
-        keys = sorted(k for k in value.keys() if k != "_target_") if isinstance(value, DictConfig) else []
+        keys = sorted(k for k in value.keys() if k != "_target_" and k not in DISPLAY_KEYS) if isinstance(value, DictConfig) else []
         return where, keys
     except Exception:  # noqa: BLE001 - best effort: the message still names the key
         return node, []
