@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib
-import inspect
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -159,25 +156,6 @@ class Config:
 def choice(value: Any) -> str:
     """The name of an enum-typed config value (``Device.cpu`` or ``"cpu"`` -> ``"cpu"``)."""
     return str(getattr(value, "value", value))
-
-
-def _annotation(tp: Any) -> Any:
-    """Map a target's type hint onto one OmegaConf understands."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Annotated:  # a Bound (fedrun/config/bounds.py) is checked by validate, not by the schema
-        return _annotation(args[0])
-    if origin is typing.Union:
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return Optional[_annotation(inner[0])]
-        return Any
-    if origin in (list, tuple, typing.Sequence, List) or tp in (list, tuple):
-        item = args[0] if args and args[0] is not Ellipsis else Any
-        return List[_annotation(item)] if item in (int, float, str, bool) else List[Any]
-    if tp in (int, float, str, bool) or (inspect.isclass(tp) and issubclass(tp, enum.Enum)):
-        return tp
-    return Any
 
 
 def schema_for(target: str, group: str) -> type:
