@@ -154,7 +154,7 @@ def metric_columns(spec: RunSpec) -> list[str]:
 def run_round(exp: Experiment, round_idx: int) -> RoundRecord:
     """One communication round; updates ``exp.theta``, ``exp.server`` and the store in place."""
     spec = exp.spec
-    clients = spec.sampling.clients(exp.ctx.num_clients, round_idx)  # CPU: the engines read the ids on the host, no sync
+    clients = spec.sampling.clients(exp.ctx.num_clients, round_idx)  # CPU: the engines read the ids on the host
     lr = spec.schedule.lr_at(round_idx)
     rnd = rounds.open_round(
         exp.algorithm, exp.ctx, exp.const, exp.store, round_idx, lr, spec.schedule.lr, exp.theta, clients.to(exp.device)

@@ -263,6 +263,26 @@ def test_build_places_a_run_on_fake_cuda(fake, monkeypatch) -> None:
     assert exp.ctx.client_sizes.device.type == "cpu" and not isinstance(exp.ctx.client_sizes, FakeTensor)
 
 
+def test_client_evaluation_on_fake_cuda(fake, setups, tmp_path) -> None:
+    """Per-client evaluation with fine-tuning (client_test_fraction, finetune_steps): the held-out
+    indices (made on the CPU before the partition moves) go to the device, every client's sums stay there."""
+    from types import SimpleNamespace
+
+    from fedrun.client_eval import ClientEvalSpec, ClientEvaluator, split_partition
+
+    s = setups["cnn"]
+    cpu_partition = [p.cpu() for p in torch.arange(sum(SIZES)).split(SIZES)]
+    train, held = split_partition(cpu_partition, 0.4, 0.0, torch.Generator().manual_seed(0))
+    with_test = sum(1 for t in held.tests if len(t))
+    spec = ClientEvalSpec(test_fraction=0.4, finetune_steps=2, lr=0.1, batch_size=2)
+    with fake:
+        exp = SimpleNamespace(data=s.data, model=s.model, partition=[t.to(CUDA) for t in train])
+        evaluator = ClientEvaluator(spec, exp, held, tmp_path)
+        sums = evaluator.client_sums(1, s.theta)
+    assert all(on_cuda(t) for t in evaluator.held.tests)
+    assert on_cuda(sums) and sums.shape == (with_test, 3) and sums.dtype == torch.float64
+
+
 @pytest.mark.parametrize("placement", ["device", "pinned", "mmap"])
 def test_state_placements_gather_and_scatter_on_fake_cuda(fake, setups, placement: str) -> None:
     """FedDyn's rows through each store: tables on the device or in host memory (pinned needs CUDA:
