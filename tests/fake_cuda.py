@@ -17,7 +17,7 @@ CUDA random op given none (it would draw from CUDA's global stream, whose state 
 drawn before; fedrun draws each stream from its own generator, :func:`fedrun.seeding.generator`).
 
 Autograd's engine cannot run on a fake CUDA device without a CUDA context, so while the mode is
-entered ``torch.autograd.grad`` checks that every input reaches the outputs through the recorded graph
+entered ``torch.autograd.grad`` checks that every input is in the outputs' recorded graph
 and returns fake gradients shaped and placed as the inputs (:func:`_graph_checked_grad`): the forward
 passes and everything fedrun does with the gradients run on the fake device, autograd's backward
 kernels do not. ``torch.allclose`` of fake tensors compares devices and shapes only (there are no values): the
@@ -52,9 +52,8 @@ def _is_cuda(device: Any) -> bool:
 
 
 class FakeCuda(TorchDispatchMode):
-    """``with FakeCuda() as fake:`` tensors made on ``cuda`` are fake; ``fake.to_cuda(t)`` moves a real
-    CPU tensor there. Enter the same instance for every step of one test (fake tensors of two modes
-    cannot meet)."""
+    """``with FakeCuda():`` tensors made on ``cuda`` or moved there (``t.to("cuda")``) are fake. Enter
+    the same instance for every step of one test (fake tensors of two modes cannot meet)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -103,10 +102,6 @@ class FakeCuda(TorchDispatchMode):
          torch.autocast.__init__) = self._saved
         return super().__exit__(*exc)
 
-    def to_cuda(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A real tensor's fake copy on ``cuda`` (call inside the mode)."""
-        return tensor.to(CUDA)
-
 
 def _swap_unless_moved(t1: torch.Tensor, t2: torch.Tensor) -> None:
     """``Module.to`` swaps a fake parameter with its moved copy, which a fake tensor refuses: a parameter
@@ -121,9 +116,9 @@ _real_swap = torch.utils.swap_tensors
 
 def _graph_checked_grad(outputs, inputs, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
     """``torch.autograd.grad`` without autograd's engine, which on a CUDA device guards onto the
-    device's stream and needs a CUDA context (``hasPrimaryContext``): every input must reach every
-    output through the recorded graph, and the gradients are fake tensors of the inputs' shapes on
-    their devices (values unknown, as everything on the fake device)."""
+    device's stream and needs a CUDA context (``hasPrimaryContext``): every input must be in the
+    recorded graph of the outputs, and the gradients are fake tensors of the inputs' shapes on their
+    devices (values unknown, as everything on the fake device)."""
     outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
     inputs = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
     reached = _leaves(outputs)

@@ -109,20 +109,33 @@ def fake() -> FakeCuda:
     return FakeCuda()
 
 
+class Setups(dict):
+    """Each model's setup, made on first use (a test module run with -k, or an xdist worker, builds
+    only the models its tests use)."""
+
+    def __init__(self, fake: FakeCuda):
+        super().__init__()
+        self.fake = fake
+
+    def __missing__(self, name: str) -> Setup:
+        torch.manual_seed(0)
+        n, g = sum(SIZES), torch.Generator().manual_seed(1)
+        images = lambda: torch.randn(n, 3, 32, 32, generator=g)  # noqa: E731
+        made = {
+            "logreg": lambda: make_setup(self.fake, LogisticRegression((30,), 5), torch.randn(n, 30, generator=g), 5),
+            "mlp": lambda: make_setup(self.fake, MLP((1, 28, 28), 10), torch.randn(n, 1, 28, 28, generator=g), 10),
+            "cnn": lambda: make_setup(self.fake, CNN((3, 32, 32), 10), images(), 10, augment=FlipCrop()),
+            # width 16 instead of 64: the same layers, a sixteenth of the weights to initialise on the CPU
+            "resnet18_gn": lambda: make_setup(self.fake, ResNet18GN((3, 32, 32), 10, width=16), images(), 10, augment=FlipCrop()),
+            "lstm": lambda: make_setup(self.fake, CharLSTM((5,), 80), torch.randint(0, 80, (n, 5), generator=g), 80),
+        }[name]()
+        self[name] = made
+        return made
+
+
 @pytest.fixture(scope="module")
-def setups(fake: FakeCuda) -> dict[str, Setup]:
-    torch.manual_seed(0)
-    n = sum(SIZES)
-    g = torch.Generator().manual_seed(1)
-    images = torch.randn(n, 3, 32, 32, generator=g)
-    return {
-        "logreg": make_setup(fake, LogisticRegression((30,), 5), torch.randn(n, 30, generator=g), 5),
-        "mlp": make_setup(fake, MLP((1, 28, 28), 10), torch.randn(n, 1, 28, 28, generator=g), 10),
-        "cnn": make_setup(fake, CNN((3, 32, 32), 10), images, 10, augment=FlipCrop()),
-        # width 16 instead of 64: the same layers, a quarter of the channels to initialise on the CPU
-        "resnet18_gn": make_setup(fake, ResNet18GN((3, 32, 32), 10, width=16), images, 10, augment=FlipCrop()),
-        "lstm": make_setup(fake, CharLSTM((5,), 80), torch.randint(0, 80, (n, 5), generator=g), 80),
-    }
+def setups(fake: FakeCuda) -> Setups:
+    return Setups(fake)
 
 
 ENGINES = {"sequential": SequentialEngine, "vectorized": VectorizedEngine}
@@ -194,18 +207,21 @@ def test_every_algorithm_on_fake_cuda(fake, setups, engines, algo: str, engine: 
     check_round(one_round(fake, s, algorithm, engines[engine]), s.model.num_params, algorithm)
 
 
-@pytest.mark.parametrize("engine", ["sequential", "vectorized"])
 @pytest.mark.parametrize(
-    "model, algos",
+    "model, engine, algos",
     [
-        ("logreg", ("fedavg",)),  # every algorithm: test_every_algorithm_on_fake_cuda
-        ("mlp", ("fedavg", "fedsmoo")),  # the explicit chain with ReLUs; with a hook
-        ("cnn", ("fedavg", "feddc", "fedsmoo")),  # autograd: no extra terms, linear + prox terms, a hook
-        ("resnet18_gn", ("fedavg",)),  # its own stacked forward
-        ("lstm", ("fedavg",)),  # the vectorised engine hands it to the sequential one
+        ("logreg", "sequential", ("fedavg",)),  # every algorithm: test_every_algorithm_on_fake_cuda
+        ("logreg", "vectorized", ("fedavg",)),
+        ("mlp", "sequential", ("fedavg", "fedsmoo")),
+        ("mlp", "vectorized", ("fedavg", "fedsmoo")),  # the explicit chain with ReLUs; its gradient under a hook
+        ("cnn", "sequential", ("fedsmoo",)),
+        ("cnn", "vectorized", ("feddc", "fedsmoo")),  # autograd through the grouped convolution: linear + prox terms, a hook
+        ("resnet18_gn", "vectorized", ("fedavg",)),  # its own stacked forward (the sequential engine is the same for every model)
+        ("lstm", "sequential", ("fedavg",)),
+        ("lstm", "vectorized", ("fedavg",)),  # handed to the sequential engine
     ],
 )
-def test_every_model_on_fake_cuda(fake, setups, engines, model: str, algos: tuple, engine: str) -> None:
+def test_every_model_on_fake_cuda(fake, setups, engines, model: str, engine: str, algos: tuple) -> None:
     s = setups[model]
     for algo in algos:
         check_round(one_round(fake, s, ALGORITHMS[algo], engines[engine]), s.model.num_params, ALGORITHMS[algo])
@@ -322,6 +338,11 @@ def test_fake_device_raises_on_cpu_cuda_mixes(fake) -> None:
         assert not isinstance(local, FakeTensor)
         with pytest.raises(DataDependentOutputException):
             float(w.sum())  # a host read of a device value: a synchronisation on a GPU
+        v = torch.zeros(5, device=CUDA, requires_grad=True)
+        (grad,) = torch.autograd.grad((w @ v).sum(), v)  # autograd: the graph checked, the gradient fake
+        assert on_cuda(grad) and grad.shape == v.shape
+        with pytest.raises(RuntimeError, match="not in the graph"):
+            torch.autograd.grad((w @ v).sum(), torch.zeros(5, device=CUDA, requires_grad=True))
 
 
 @pytest.mark.parametrize("engine", ["sequential", "vectorized"])
