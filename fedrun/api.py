@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Union
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from fedrun.config import CONF_DIR, register_configs
+from fedrun.config.schema import CONF_DIR, register_configs
 
 _REGISTERED = False
 
@@ -35,7 +35,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from fedrun.config import validate
+    from fedrun.config.checks import validate
 
     if not _REGISTERED:
         register_configs()
@@ -46,7 +46,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name, list(overrides))
     except Exception as err:  # noqa: BLE001 - an unknown key or option, a wrong type: the command's sentence
-        from fedrun.cli_errors import translate
+        from fedrun.cli.precheck import translate
 
         raise translate(err, list(overrides)) from None
     validate(cfg)
@@ -63,7 +63,7 @@ def default_run_dir(cfg: DictConfig) -> Path:
 def run(config: Union[Sequence[str], DictConfig] = (), run_dir: Optional[Union[str, Path]] = None) -> pd.DataFrame:
     """Run ``config`` (overrides or a composed :class:`DictConfig`) and return its metrics, one row per
     evaluated round; ``.attrs["summary"]`` is ``summary.json`` and ``.attrs["run_dir"]`` the run dir."""
-    from fedrun.rundir import RunFinished
+    from fedrun.rundir.resume import RunFinished
     from fedrun.runner import run as run_rounds
 
     if isinstance(config, (str, bytes)):

@@ -25,7 +25,7 @@ vectorised engine's check of a stacked forward against the module itself
 (:func:`fedrun.engines.stacked.agrees`) still runs both on the device.
 
 While the mode is entered, ``torch.cuda._lazy_init`` is a no-op (factories on ``cuda`` would look for
-a driver first), so is the device switch of ``torch.cuda.device_of`` (``nn.LSTM`` flattening its weights), :func:`fedrun.memory.free_bytes` reports :data:`FREE_BYTES` for a CUDA device
+a driver first), so is the device switch of ``torch.cuda.device_of`` (``nn.LSTM`` flattening its weights), :func:`fedrun.state.memory.free_bytes` reports :data:`FREE_BYTES` for a CUDA device
 (``torch.cuda.mem_get_info`` needs a driver) and ``Module.to`` leaves a fake parameter already on the
 device alone (:func:`_swap_unless_moved`). cuDNN is off: planning its kernels needs a driver, so the
 fused ``nn.LSTM`` runs through torch's own CUDA LSTM kernels instead of ``_cudnn_rnn``.
@@ -41,7 +41,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fedrun import memory
+from fedrun.state import memory
 
 FREE_BYTES = 80 * 2**30  # an 80 GiB GPU, for the engine's chunk sizing and the store's placement
 CUDA = torch.device("cuda")

@@ -2,7 +2,7 @@
 
 Data, partition, model parameters, client state and the server model sit on a fake ``cuda`` device;
 CPU-side code (batch schedules, augmentation draws, step counts) runs for real. Each test runs the
-steps of :func:`fedrun.runner.run_round` between its host reads: the store's gather of the active
+steps of :func:`fedrun.simulation.round.run_round` between its host reads: the store's gather of the active
 rows, the algorithm's local objective, one ``train`` call of each engine (every algorithm, SAM
 hooks of FedSpeed/FedSMOO included; every model: logreg and mlp through the explicit chain, cnn as
 one grouped convolution over all clients as on a GPU, resnet18_gn through its stacked forward, lstm
@@ -38,21 +38,20 @@ import torch
 import yaml
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor, FakeTensorDeviceMismatchError
 
-from fedrun import evaluation, rounds
 from fedrun.algorithms.base import FedContext
-from fedrun.all_models import AllModelsMean
-from fedrun.config import CONF_DIR
+from fedrun.config.schema import CONF_DIR
+from fedrun.config.specs import LocalTraining
 from fedrun.data import FederatedData
 from fedrun.data.augment import FlipCrop
-from fedrun.engines.base import LocalTraining
 from fedrun.engines.sequential import SequentialEngine
 from fedrun.engines.stacked import LayerChain
 from fedrun.engines.vectorized import VectorizedEngine
-from fedrun.models import CNN, MLP, CharLSTM, LogisticRegression
-from fedrun.models_resnet import ResNet18GN
-from fedrun.params import FlatModel
-from fedrun.state import MmapStore, TensorStore
-from tests.fake_cuda import CUDA, FakeCuda
+from fedrun.models import CNN, MLP, CharLSTM, LogisticRegression, ResNet18GN
+from fedrun.models.params import FlatModel
+from fedrun.simulation import evaluation, rounds
+from fedrun.simulation.all_models import AllModelsMean
+from fedrun.state.store import MmapStore, TensorStore
+from fake_cuda import CUDA, FakeCuda  # tests/fake_cuda.py
 
 pytestmark = pytest.mark.filterwarnings("ignore:Accessing the data pointer of FakeTensor")  # nn.LSTM's weight check
 
@@ -89,7 +88,7 @@ class Setup:
 
 
 def make_setup(fake: FakeCuda, module: torch.nn.Module, x: torch.Tensor, classes: int, augment=None) -> Setup:
-    """Real CPU tensors moved onto the fake device as fedrun.runner.build moves them."""
+    """Real CPU tensors moved onto the fake device as fedrun.simulation.build.build moves them."""
     g = torch.Generator().manual_seed(0)
     n = sum(SIZES)
     y = torch.randint(0, classes, (n,), generator=g)
@@ -261,15 +260,15 @@ def test_bf16_autocast_on_fake_cuda(fake, setups, engines, model: str, engine: s
 
 
 def test_build_places_a_run_on_fake_cuda(fake, monkeypatch) -> None:
-    """fedrun.runner.build with device=cuda: data, partition, model, server model and state, client
-    state (FedSMOO's two tables and eval_all's) on the device."""
-    import fedrun.runner as runner
-    from tests.conftest import compose_config
+    """fedrun.simulation.build.build with device=cuda: data, partition, model, server model and state,
+    client state (FedSMOO's two tables and eval_all's) on the device."""
+    import fedrun.simulation.build as build
+    from conftest import build as build_config, compose_config
 
-    monkeypatch.setattr(runner, "resolve_device", torch.device)  # torch sees no GPU
+    monkeypatch.setattr(build, "resolve_device", torch.device)  # torch sees no GPU
     cfg = compose_config("device=cuda", "data=synthetic", "model=mlp", "num_clients=6", "algo=fedsmoo", "eval_all=true")
     with fake:
-        exp = runner.build(cfg)
+        exp = build_config(cfg)
     d = exp.data
     for t in (d.x_train, d.y_train, d.x_test, d.y_test, exp.theta, *exp.partition, *exp.server.values(), exp.all_models.mean):
         assert on_cuda(t)
@@ -284,7 +283,9 @@ def test_client_evaluation_on_fake_cuda(fake, setups, tmp_path) -> None:
     indices (made on the CPU before the partition moves) go to the device, every client's sums stay there."""
     from types import SimpleNamespace
 
-    from fedrun.client_eval import ClientEvalSpec, ClientEvaluator, split_partition
+    from fedrun.config.specs import ClientEvalSpec
+    from fedrun.observers.client_eval import ClientEvaluator
+    from fedrun.simulation.client_eval import client_sums, split_partition
 
     s = setups["cnn"]
     cpu_partition = [p.cpu() for p in torch.arange(sum(SIZES)).split(SIZES)]
@@ -294,7 +295,7 @@ def test_client_evaluation_on_fake_cuda(fake, setups, tmp_path) -> None:
     with fake:
         exp = SimpleNamespace(data=s.data, model=s.model, partition=[t.to(CUDA) for t in train])
         evaluator = ClientEvaluator(spec, exp, held, tmp_path)
-        sums = evaluator.client_sums(1, s.theta)
+        sums = client_sums(spec, exp, evaluator.held, 1, s.theta)
     assert all(on_cuda(t) for t in evaluator.held.tests)
     assert on_cuda(sums) and sums.shape == (with_test, 3) and sums.dtype == torch.float64
 
