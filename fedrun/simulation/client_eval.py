@@ -146,7 +146,7 @@ def evaluate_clients(spec: ClientEvalSpec, exp: Any, held: HeldOut, round_idx: i
     synchronisation per evaluated round instead of a few per client."""
     out: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
-    steps = spec.finetune_steps
+    d, model, steps = exp.data, exp.model, spec.finetune_steps
     if spec.test_fraction > 0:
         accs, ft_accs = [], []
         sums = iter(client_sums(spec, exp, held, round_idx, theta).tolist())
