@@ -243,3 +243,18 @@ def test_labels_colours_and_presets():
     assert len(set(colours)) == len(colours)
     assert figures.setting_title({"data": "synthetic", "partition": "dirichlet", "partition.alpha": 0.3, "num_clients": 100,
                                   "participation": 0.1}) == "synthetic, dirichlet α=0.3, 100 clients, participation 0.1"
+
+
+def test_a_fixed_data_seed_is_part_of_the_setting_and_seed_is_not(tmp_path: Path):
+    """seed=0,1 at data_seed=0 and at data_seed=1: two settings (data_seed 0 and 1) of two runs each,
+    the mean over training seeds: (0.9 + 0.7) / 2 = 80.00 and (0.6 + 0.8) / 2 = 70.00."""
+    finals = {(0, 0): 0.9, (0, 1): 0.7, (1, 0): 0.6, (1, 1): 0.8}
+    for (data_seed, seed), acc in finals.items():
+        run = write_run(tmp_path / "sweep" / f"d{data_seed}_s{seed}", "feddyn", seed, [0.1, acc])
+        for name in (".hydra/config.yaml", "summary.json"):
+            doc = json.loads((run / name).read_text())
+            (doc["config"] if name == "summary.json" else doc)["data_seed"] = data_seed
+            (run / name).write_text(json.dumps(doc))
+    final = report.report([tmp_path / "sweep"], figures=False)["final_table"].set_index("data_seed")
+    assert final["runs"].tolist() == [2, 2]
+    assert final["final_acc_mean"].tolist() == pytest.approx([80.0, 70.0])

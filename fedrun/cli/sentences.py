@@ -65,6 +65,16 @@ def _choices(group: str) -> str:
     return ", ".join(option_names(group)) or "(none found)"
 
 
+# Hydra options that only exist once a plugin is installed -> the fedrun extra that installs it (pyproject.toml)
+PLUGIN_EXTRAS = {
+    "hydra/sweeper/optuna": "optuna",
+    "hydra/launcher/joblib": "launchers",
+    "hydra/launcher/submitit_local": "launchers",
+    "hydra/launcher/submitit_slurm": "launchers",
+    "hydra/launcher/ray": "ray",
+}
+
+
 def translate(err: BaseException, overrides: list[str]) -> FedrunError:
     """One sentence for a Hydra/OmegaConf composition error."""
     from hydra.errors import MissingConfigException, OverrideParseException
@@ -83,6 +93,10 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
         missing = err.missing_cfg_file or ""
         group, _, name = missing.rpartition("/")
         if group:
+            extra = PLUGIN_EXTRAS.get(f"{group}/{name}")
+            if extra is not None:  # a Hydra plugin's option, whose package is not installed
+                asked = "".join(f" ({o} asks for it)" for o in overrides if o.lstrip("+").startswith("hparams_search="))
+                return FedrunError(f"{group}={name} needs a Hydra plugin that is not installed{asked}: pip install \"fedrun[{extra}]\".")
             options = list(err.options or []) or option_names(group)
             return FedrunError(f"{group}={name} is not an option of {group}: use one of {', '.join(options)}.")
         return FedrunError(f"config '{missing}' was not found: check the names given on the command line.")

@@ -87,6 +87,12 @@ class StatePlacement(str, enum.Enum):
     mmap = "mmap"
 
 
+class LrSchedule(str, enum.Enum):
+    exponential = "exponential"  # lr * lr_decay^(round-1)
+    multistep = "multistep"  # lr * lr_factor^(milestones passed)
+    cosine = "cosine"  # cosine annealing over the rounds
+
+
 class Precision(str, enum.Enum):
     fp32 = "fp32"
     tf32 = "tf32"
@@ -139,6 +145,13 @@ class Config:
     client_test_fraction: float = 0.0
     val_fraction: float = 0.0
     finetune_steps: int = 0
+    # issue 24: seeds of the data and of the partition (None: seed)
+    data_seed: Optional[int] = None
+    partition_seed: Optional[int] = None
+    # issue 24: learning-rate schedules
+    lr_schedule: LrSchedule = LrSchedule.exponential
+    lr_milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
+    lr_factor: float = 0.1
 
 
 def choice(value: Any) -> str:
@@ -166,25 +179,13 @@ def _annotation(tp: Any) -> Any:
 
 
 def schema_for(target: str, group: str) -> type:
-    """A dataclass with ``_target_`` and one field per config argument of ``target``."""
-    module_name, _, attr = target.rpartition(".")
-    obj = getattr(importlib.import_module(module_name), attr)
-    func = obj.__init__ if inspect.isclass(obj) else obj
-    hints = typing.get_type_hints(func, include_extras=True)
+    """A dataclass with ``_target_`` and one field per config argument of ``target`` (its signature,
+    cached without torch by :mod:`fedrun.config.signatures`)."""
+    from fedrun.config import signatures
+
     fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=target))]
-    for name, param in inspect.signature(obj).parameters.items():
-        if name in RUNTIME_ARGS[group] or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        tp = _annotation(hints.get(name, Any))
-        default = param.default
-        if default is inspect.Parameter.empty:
-            spec = field(default=MISSING)
-        elif isinstance(default, (list, tuple)):
-            spec = field(default_factory=lambda d=default: list(d))
-        else:
-            spec = field(default=default)
-        fields.append((name, tp, spec))
-    return dataclasses.make_dataclass(f"{attr}Schema", fields)
+    fields += signatures.fields(signatures.signature(target), RUNTIME_ARGS[group])
+    return dataclasses.make_dataclass(f"{target.rpartition('.')[2]}Schema", fields)
 
 
 def register_configs(conf_dir: Path = CONF_DIR) -> None:
@@ -192,14 +193,16 @@ def register_configs(conf_dir: Path = CONF_DIR) -> None:
     resolver ``${fedrun_not_result_keys:}`` (:data:`NOT_RESULT_KEYS`) the YAML uses."""
     if not OmegaConf.has_resolver("fedrun_not_result_keys"):
         OmegaConf.register_new_resolver("fedrun_not_result_keys", lambda: list(NOT_RESULT_KEYS))
+    from fedrun.config import signatures
+
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for group in RUNTIME_ARGS:
-        for path in sorted((conf_dir / group).glob("*.yaml")):
-            content = yaml.safe_load(path.read_text()) or {}
-            target = content.get("_target_")
-            if target:
-                cs.store(group=f"schema/{group}", name=path.stem, node=schema_for(target, group))
+    options = [(group, path.stem, (yaml.safe_load(path.read_text()) or {}).get("_target_"))
+               for group in RUNTIME_ARGS for path in sorted((conf_dir / group).glob("*.yaml"))]
+    signatures.warm([t for _, _, t in options if t])  # a stale or missing cache: every target read in one go
+    for group, name, target in options:
+        if target:
+            cs.store(group=f"schema/{group}", name=name, node=schema_for(target, group))
 
 
 def build_object(node: Any, **kwargs: Any) -> Any:
@@ -220,20 +223,12 @@ def build_object(node: Any, **kwargs: Any) -> Any:
 
 def bounds_for(target: str) -> dict[str, Any]:
     """``{argument: Bound}`` that ``target``'s signature declares (``Annotated[..., Bound(...)]``)."""
-    from fedrun.config.bounds import Bound
+    from fedrun.config import signatures
 
-    module_name, _, attr = str(target).rpartition(".")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
-        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj, include_extras=True)
+        return signatures.bounds(signatures.signature(str(target)))
     except Exception:  # noqa: BLE001 - an unknown target fails later with its own sentence
         return {}
-    out = {}
-    for name, tp in hints.items():
-        found = [m for m in getattr(tp, "__metadata__", ()) if isinstance(m, Bound)]
-        if found:
-            out[name] = found[0]
-    return out
 
 
 def option_names(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
