@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib
-import inspect
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
 import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from fedrun.config import CONF_DIR
 from fedrun.errors import FedrunError
@@ -38,6 +35,8 @@ from fedrun.errors import FedrunError
 NOT_RESULT_KEYS = (
     "experiment", "resume", "progress", "checkpoint_every", "targets", "skip_finished", "state_placement",
     "device", "data.root", "threads", "quiet", "logger", "keep_checkpoint",
+    # fedrun-report's display keys of every group option (DISPLAY_KEYS below): label, color
+    *(f"{group}.{key}" for group in ("algo", "data", "partition", "model", "engine") for key in ("label", "color")),
 )
 # Algorithm hyperparameters whose lowering typically calms a diverging run.
 LOWERABLE = ("alpha", "mu", "server_lr", "tau")
@@ -163,25 +162,6 @@ def choice(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def _annotation(tp: Any) -> Any:
-    """Map a target's type hint onto one OmegaConf understands."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Annotated:  # a Bound (fedrun/config/bounds.py) is checked by validate, not by the schema
-        return _annotation(args[0])
-    if origin is typing.Union:
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return Optional[_annotation(inner[0])]
-        return Any
-    if origin in (list, tuple, typing.Sequence, List) or tp in (list, tuple):
-        item = args[0] if args and args[0] is not Ellipsis else Any
-        return List[_annotation(item)] if item in (int, float, str, bool) else List[Any]
-    if tp in (int, float, str, bool) or (inspect.isclass(tp) and issubclass(tp, enum.Enum)):
-        return tp
-    return Any
-
-
 def schema_for(target: str, group: str) -> type:
     """A dataclass with ``_target_`` and one field per config argument of ``target`` (its signature,
     cached without torch by :mod:`fedrun.config.signatures`)."""
@@ -189,7 +169,13 @@ def schema_for(target: str, group: str) -> type:
 
     fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=target))]
     fields += signatures.fields(signatures.signature(target), RUNTIME_ARGS[group])
+    fields += [(k, Optional[str], field(default=None)) for k in DISPLAY_KEYS if k not in {f[0] for f in fields}]
     return dataclasses.make_dataclass(f"{target.rpartition('.')[2]}Schema", fields)
+
+
+# Keys every group option may set for fedrun-report's tables and figures only (label: "FedDyn (ours)",
+# color: "#D55E00"); never given to the target (build_object leaves them out).
+DISPLAY_KEYS = ("label", "color")
 
 
 def register_configs(conf_dir: Path = CONF_DIR) -> None:
@@ -216,6 +202,8 @@ def build_object(node: Any, **kwargs: Any) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    if isinstance(node, DictConfig) and any(k in node for k in DISPLAY_KEYS):
+        node = OmegaConf.masked_copy(node, [k for k in node.keys() if k not in DISPLAY_KEYS])
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:

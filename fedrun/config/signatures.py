@@ -54,11 +54,28 @@ def cache_path() -> Path:
     return Path(os.environ.get("FEDRUN_CACHE") or Path.home() / ".cache" / "fedrun") / FILE
 
 
-def _type_code(tp: Any) -> str:
-    """The schema type of a hint, as :func:`fedrun.config.schema._annotation` maps it, as text."""
-    from fedrun.config.schema import _annotation
+def annotation(tp: Any) -> Any:
+    """Map a target's type hint onto one OmegaConf understands."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Annotated:  # a Bound (fedrun/config/bounds.py) is checked by validate, not by the schema
+        return annotation(args[0])
+    if origin is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return Optional[annotation(inner[0])]
+        return Any
+    if origin in (list, tuple, typing.Sequence, List) or tp in (list, tuple):
+        item = args[0] if args and args[0] is not Ellipsis else Any
+        return List[annotation(item)] if item in (int, float, str, bool) else List[Any]
+    if tp in (int, float, str, bool) or (inspect.isclass(tp) and issubclass(tp, enum.Enum)):
+        return tp
+    return Any
 
-    tp = _annotation(tp)
+
+def _type_code(tp: Any) -> str:
+    """The schema type of a hint, as :func:`annotation` maps it, as text."""
+    tp = annotation(tp)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Union:
         return "opt:" + _type_code(next(a for a in args if a is not type(None)))
