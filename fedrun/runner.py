@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -33,10 +34,10 @@ from fedrun.rundir.files import MetricsWriter, summarize, write_json_atomic
 from fedrun.rundir.provenance import provenance
 from fedrun.rundir.signals import Interrupted, StopSignals
 from fedrun.simulation import client_eval, guard
-from fedrun.simulation.build import Experiment, build
+from fedrun.simulation.build import Experiment, build, resolve_device
 from fedrun.simulation.determinism import configure_determinism
 from fedrun.simulation.round import RoundRecord, evaluate_round, metric_columns, run_round  # noqa: F401
-from fedrun.simulation.threads import apply_threads
+from fedrun.simulation.threads import apply_threads, setup_threads
 
 log = logging.getLogger("fedrun")
 
@@ -53,15 +54,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    exp, writer, counters = start(cfg, run_dir)
+    threads = torch.get_num_threads()  # start() applies the threads rule from the set-up on (fedrun/simulation/threads.py)
+    try:
+        exp, writer, counters = start(cfg, run_dir)
+    except BaseException:
+        torch.set_num_threads(threads)
+        raise
     spec, tally = exp.spec, Tally(exp.spec, counters)
-    with StopSignals() as signals, Ending(exp, run_dir, writer, tally, counters.round) as end:  # a first signal waits for the last outputs
+    with StopSignals() as signals, Ending(exp, run_dir, writer, tally, counters.round, threads) as end:  # a first signal waits for the last outputs
         watchers = end.observers + [Checkpoints(exp, run_dir, writer, tally.counters, signals, distributed.current())]
         for r in range(counters.round + 1, spec.rounds + 1):
             record = run_round(exp, r)
             tally.add(r, record)  # the loss guard, communication and the totals since the last row
             if spec.evaluation.due(r, spec.rounds):
-                row = tally.row(r, record, {**evaluate_round(exp, record.active_model), **watchers.metrics(r, exp)})
+                row = tally.row(r, record, {**evaluate_round(exp, record.active_model, r), **watchers.metrics(r, exp)})
                 watchers.row(r, row)  # metrics.csv, trackers, progress
             watchers.round_done(r)  # checkpoints; a stop signal ends the run here
     return end.summary
@@ -94,6 +100,8 @@ class Tally:
             "train_loss": self.pending.mean_train_loss(),
             **evaluated,
             "dropped_clients": self.pending.dropped_clients,
+            **({} if math.isnan(record.mean_local_steps) else  # hetero= on: the row's round's work (fedrun/engines/hetero.py)
+               {"mean_local_steps": record.mean_local_steps, "straggler_drops": record.straggler_drops}),
             "uplink_mb": self.pending.uplink_mb,
             "downlink_mb": self.pending.downlink_mb,
             "comm_fedavg_rounds": self.comm,
@@ -117,10 +125,12 @@ class Ending:
     summary and the threads restored. A run already failing reports its own error, not the outputs'.
     """
 
-    def __init__(self, exp: Experiment, run_dir: Path, writer: MetricsWriter, tally: Tally, resumed_round: int):
+    def __init__(self, exp: Experiment, run_dir: Path, writer: MetricsWriter, tally: Tally, resumed_round: int,
+                 threads_before: Optional[int] = None):
         spec = exp.spec
         self.exp, self.run_dir, self.writer, self.tally = exp, run_dir, writer, tally
-        self.threads_before, threads_choice = apply_threads(spec.threads, exp)
+        before, threads_choice = apply_threads(spec.threads, exp, default=threads_before)
+        self.threads_before = before if threads_before is None else threads_before  # the count before start()
         log.info("fedrun: %d torch thread(s) (%s)", threads_choice["threads"], threads_choice["rule"])
         self.made_by = provenance(exp.device)
         ranks = distributed.current()  # several processes: rank 0 writes the run dir
@@ -190,6 +200,7 @@ def start(cfg: DictConfig, run_dir: Path) -> tuple[Experiment, MetricsWriter, ch
             finish.complete_finished(run_dir, done.summary, run_plot())  # a missing plot, a leftover checkpoint or state/
         raise
     configure_determinism(spec.numerics)
+    setup_threads(spec.threads, resolve_device(spec.device))  # building a run follows the threads rule too
     placement, reuse = None, False
     if resumed is not None:
         checkpoint.roll_back_files(run_dir, resumed)  # mmap client state: the files as of the checkpoint

@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 import torch
 
-_PURPOSES = {"data": 1, "partition": 2, "model": 3, "sample": 4, "local": 5, "augment": 6, "held_out": 7, "finetune": 8}
+_PURPOSES = {"data": 1, "partition": 2, "model": 3, "sample": 4, "local": 5, "augment": 6, "held_out": 7, "finetune": 8, "hetero": 9}
 
 
 def derive_seed(seed: int, purpose: str, *keys: int) -> int:

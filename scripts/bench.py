@@ -47,6 +47,14 @@ bench options:
   :mod:`fedrun.distributed`; gloo on CPU, NCCL with one GPU per rank) and reports rank 0's time and
   the scaling efficiency ``s_per_round(1) / (N * s_per_round(N))``.
 
+- ``bench.setup=1000,100000,1000000`` the many-devices mode instead of the engine timings: for each
+  number of synthetic clients (``data.mean_samples=20``, ``data.sigma=0``, ``data.generator=vectorized``,
+  ``data.test_samples=10000``, exactly 10 active clients a round under ``sampling=fixed_sparse``; other
+  overrides apply on top), in a process of its own, the set-up seconds (``fedrun.runner.start``: data,
+  partition, model, state, the guard's reference losses, from the threads rule of ``threads=null``
+  on), the process's peak RSS, and seconds per round (best and median of ``bench.rounds`` timed
+  rounds after ``bench.warmup``, each with the evaluation ``fedrun`` runs: ``eval_every=1``).
+
 Precision is fedrun's own ``precision`` key (``precision=tf32`` to allow TF32 on CUDA; the default
 ``fp32`` is exact IEEE float32 for matmuls, convolutions and RNNs alike), applied in every worker
 as ``fedrun`` applies it, together with ``deterministic``.
@@ -90,6 +98,7 @@ BENCH_DEFAULTS = {
     "ranks": "1",
     "startup": "false",
     "matmul": "true",
+    "setup": "",
 }
 # Real shapes of the image datasets: (train images, test images, channels, side, classes).
 FAKE_SHAPES = {
@@ -324,10 +333,74 @@ def time_ceiling(overrides: list[str], bench: dict[str, str]) -> dict[str, Any]:
     return {"batch_size": batch, "samples_per_s": rate, "tflop_per_s": rate * train_flops_per_sample(exp, 50) / 1e12, "device": str(exp.device)}
 
 
+SETUP_OVERRIDES = ["data=synthetic", "partition=natural", "data.mean_samples=20", "data.sigma=0", "data.generator=vectorized",
+                   "data.test_samples=10000", "sampling=fixed_sparse", "eval_every=1", "quiet=true", "checkpoint_every=0"]
+
+
+def setup_overrides(clients: int, overrides: list[str]) -> list[str]:
+    """bench.setup's settings for ``clients`` synthetic clients, 10 of them active a round."""
+    return [*SETUP_OVERRIDES, f"num_clients={clients}", f"participation={10 / clients!r}", *overrides]
+
+
+def time_setup(overrides: list[str], bench: dict[str, str], clients: int) -> dict[str, Any]:
+    """One process: fedrun's set-up of ``clients`` clients, its peak RSS, then its rounds."""
+    from fedrun.runner import evaluate_round, run_round, start
+
+    began = time.perf_counter()
+    cfg = compose_cfg(setup_overrides(clients, overrides))
+    with tempfile.TemporaryDirectory() as tmp:
+        exp, _, _ = start(cfg, Path(tmp) / "run")
+        setup_s = time.perf_counter() - began
+        setup_rss = peak_memory(exp.device)["peak_memory_bytes"]
+        from fedrun.simulation.threads import apply_threads
+
+        apply_threads(exp.spec.threads, exp)
+        times = []
+        warmup, rounds = int(bench["warmup"]), int(bench["rounds"])
+        for r in range(1, warmup + rounds + 1):
+            start_round = time.perf_counter()
+            record = run_round(exp, r)
+            evaluate_round(exp, record.active_model)
+            if r > warmup:
+                times.append(time.perf_counter() - start_round)
+    return {
+        "clients": clients, "samples": int(len(exp.data.y_train)), "setup_s": setup_s, "setup_peak_rss_bytes": setup_rss,
+        "s_per_round": min(times), "s_per_round_median": statistics.median(times), "active_clients": int(record.active_clients),
+        "test_samples": int(len(exp.data.y_test)), "torch_threads": torch.get_num_threads(), **peak_memory(exp.device),
+    }
+
+
+def setup_markdown(result: dict[str, Any]) -> str:
+    lines = ["| clients | samples | set-up s | peak RSS after set-up | peak RSS | s / round (best) | s / round (median) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["setup"]:
+        lines.append(f"| {r['clients']:,} | {r['samples']:,} | {r['setup_s']:.1f} | {r['setup_peak_rss_bytes'] / 2**30:.2f} GiB "
+                     f"| {r['peak_memory_bytes'] / 2**30:.2f} GiB | {r['s_per_round']:.4f} | {r['s_per_round_median']:.4f} |")
+    return "\n".join(lines)
+
+
+def main_setup(overrides: list[str], bench: dict[str, str], worker_args: list[str], out: str | None) -> None:
+    """bench.setup: one process per number of clients."""
+    result: dict[str, Any] = {"overrides": overrides, "bench": bench, "machine": machine(), "setup": []}
+    for clients in [int(c) for c in bench["setup"].split(",") if c]:
+        print(f"bench: set-up of {clients:,} clients ...", file=sys.stderr)
+        result["setup"].append(run_worker(f"setup:{clients}", worker_args))
+    result["load_average_after"] = os.getloadavg()
+    result["markdown"] = setup_markdown(result)
+    print(result["markdown"])
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"bench: wrote {out}", file=sys.stderr)
+
+
 def worker(argv: list[str]) -> None:
     what = argv[0]
     overrides, bench, _ = parse(argv[1:])
-    result = time_ceiling(overrides, bench) if what == "ceiling" else time_engine(overrides, bench, what)
+    if what.startswith("setup:"):
+        result = time_setup(overrides, bench, int(what.split(":", 1)[1]))
+    else:
+        result = time_ceiling(overrides, bench) if what == "ceiling" else time_engine(overrides, bench, what)
     if int(os.environ.get("RANK", "0")) == 0:
         print("BENCH-RESULT " + json.dumps(result))
 
@@ -475,6 +548,9 @@ def main(argv: list[str]) -> None:
         extra = [f"data={name}", f"data.root={root}", "data.download=false"]
         overrides += extra
         worker_args = [a for a in worker_args if not a.startswith(("bench.fake_data", "out="))] + extra
+    if bench["setup"]:
+        main_setup(overrides, bench, worker_args, out)
+        return
     result: dict[str, Any] = {"overrides": overrides, "bench": bench, "machine": machine(), "engines": {}}
     counts = [int(n) for n in bench["ranks"].split(",") if n]
     for engine in [e for e in bench["engines"].split(",") if e]:

@@ -10,7 +10,7 @@ from fedrun.config.checks import validate
 from fedrun.errors import FedrunError
 from conftest import compose_config
 
-GROUPS = ["algo", "data", "partition", "model", "engine"]
+GROUPS = ["algo", "data", "partition", "model", "engine", "hetero"]
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in option_names(g)])

@@ -38,9 +38,32 @@ def test_paper_experiment_composes_with_every_value_of_its_grid(name: str) -> No
         assert list(base.targets) == [0.814, 0.85]
 
 
+ROBUSTNESS = [name for name in EXPERIMENTS if name.startswith("robustness_")]
+
+
+def test_robustness_axes_are_the_papers_claims() -> None:
+    assert ROBUSTNESS == ["robustness_balance", "robustness_devices", "robustness_hetero", "robustness_participation"]
+
+
+@pytest.mark.parametrize("name", ROBUSTNESS)
+def test_robustness_experiment_composes_with_every_value_of_its_grid(name: str) -> None:
+    """Each axis compares FedDyn, FedAvg, SCAFFOLD and FedNova over three values of one knob, the rest as
+    robustness/base.yaml; the devices axis keeps exactly 10 active clients at every number of devices."""
+    base = compose_config(f"experiment={name}", hydra=True)
+    grid = {k: str(v).split(",") for k, v in base.hydra.sweeper.params.items()}
+    assert grid["algo"] == ["feddyn", "fedavg", "scaffold", "fednova"] and grid["seed"] == ["0", "1", "2"] and len(grid) == 3
+    (axis, values), = [(k, v) for k, v in grid.items() if k not in ("algo", "seed")]
+    assert len(values) == 3 and base.hydra.sweep.dir == f"outputs/robustness/{name.split('_', 1)[1]}"
+    for value in values:
+        cfg = compose_config(f"experiment={name}", f"{axis}={value}")
+        assert cfg.data.generator == "vectorized" and cfg.data.test_samples == 5000 and cfg.sampling == "fixed_sparse"
+        if axis == "num_clients":
+            assert round(cfg.participation * cfg.num_clients) == 10
+
+
 def small_data(name: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Overrides that point experiment ``name`` at small local data."""
-    if name in ("paper_synthetic", "fednova_authors"):  # the synthetic data (fednova_authors sets no dataset)
+    if name in ("paper_synthetic", "fednova_authors") or name.startswith("robustness_"):  # the synthetic data (fednova_authors sets no dataset)
         return []
     name = {"fl_simulator_cifar10": "paper_cifar10"}.get(name, name)  # the same data
     if name == "paper_shakespeare":

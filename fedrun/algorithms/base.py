@@ -22,6 +22,7 @@ algorithm beyond the :class:`LocalObjective`. A new method is one file here and 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Mapping, Optional
 
@@ -143,9 +144,9 @@ class FedContext:
     local_epochs: int
     device: torch.device
 
-    @property
+    @functools.cached_property
     def weights(self) -> torch.Tensor:
-        """w_k = n_k · m / N (mean 1), the reference code's per-client weight."""
+        """w_k = n_k · m / N (mean 1), the reference code's per-client weight (computed once: [m])."""
         sizes = self.client_sizes.double()
         return (sizes * self.num_clients / sizes.sum()).float().to(self.device)
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from fedrun.config import CONF_DIR
 
 CONF = CONF_DIR
-GROUPS = ("data", "partition", "model", "algo", "engine", "experiment", "debug")
+GROUPS = ("data", "partition", "model", "algo", "engine", "hetero", "experiment", "debug")
 _KEY = re.compile(r"^([a-z_]+):\s*(.*?)\s*(?:#\s*(.*))?$")
 
 

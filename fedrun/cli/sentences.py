@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedrun.config.schema import CONF_DIR, DISPLAY_KEYS, Config, option_names
 from fedrun.errors import FedrunError
 
-GROUPS = ("algo", "data", "partition", "model", "engine")
+GROUPS = ("algo", "data", "partition", "model", "engine", "hetero")
 
 
 def compose(overrides: list[str]) -> DictConfig:

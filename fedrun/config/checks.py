@@ -74,6 +74,7 @@ def validate(cfg: DictConfig) -> None:
     _check(math.isfinite(cfg.clip_norm), f"clip_norm={cfg.clip_norm} is not finite: use a positive norm, or 0 to turn clipping off.")
     _check(cfg.clip_norm >= 0, f"clip_norm={cfg.clip_norm} is negative: use a positive norm, or 0 to turn clipping off.")
     _check(cfg.eval_every >= 1, f"eval_every={cfg.eval_every} is impossible: evaluate every 1 or more rounds.")
+    _check(cfg.get("eval_all_every", 1) >= 1, f"eval_all_every={cfg.get('eval_all_every')} is impossible: evaluate the mean of all models every 1 or more rounds.")
     _check(cfg.seed >= 0, f"seed={cfg.seed} is negative: use a seed >= 0.")
     kind = str(getattr(cfg.get("lr_schedule", "exponential"), "value", cfg.get("lr_schedule", "exponential")))
     _check(kind == "exponential" or cfg.lr_decay == 1, f"lr_decay={cfg.lr_decay} only applies to lr_schedule=exponential: drop lr_decay, or use lr_schedule=exponential.")
@@ -98,7 +99,7 @@ def validate(cfg: DictConfig) -> None:
                 None if data is None else dict(data))
 
 
-GROUPS = ("algo", "data", "partition", "model", "engine")
+GROUPS = ("algo", "data", "partition", "model", "engine", "hetero")
 
 
 def _walk(node: Any, prefix: str = ""):

@@ -64,6 +64,7 @@ RUNTIME_ARGS = {
     "partition": {"labels", "num_clients", "generator", "groups"},
     "model": {"input_shape", "num_classes"},
     "engine": set(),
+    "hetero": set(),  # device heterogeneity (issue 22)
 }
 
 
@@ -77,6 +78,7 @@ class Sampling(str, enum.Enum):
     bernoulli = "bernoulli"  # default: an empty draw is redrawn from an independent stream
     fixed = "fixed"
     bernoulli_reference = "bernoulli_reference"  # the reference code: an empty draw takes the next round's
+    fixed_sparse = "fixed_sparse"  # fixed's distribution drawn in O(active clients): very many clients (issue 22)
 
 
 class StatePlacement(str, enum.Enum):
@@ -151,6 +153,8 @@ class Config:
     lr_schedule: LrSchedule = LrSchedule.exponential
     lr_milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
     lr_factor: float = 0.1
+    hetero: Any = MISSING  # issue 22: device heterogeneity group (fedrun/engines/hetero.py)
+    eval_all_every: int = 1  # issue 22: the mean of all models in the rows of every k-th round
 
 
 def choice(value: Any) -> str:
@@ -179,6 +183,8 @@ def register_configs(conf_dir: Path = CONF_DIR) -> None:
     resolver ``${fedrun_not_result_keys:}`` (:data:`NOT_RESULT_KEYS`) the YAML uses."""
     if not OmegaConf.has_resolver("fedrun_not_result_keys"):
         OmegaConf.register_new_resolver("fedrun_not_result_keys", lambda: list(NOT_RESULT_KEYS))
+    if not OmegaConf.has_resolver("fedrun_ratio"):  # ${fedrun_ratio:10,${num_clients}}: 10 active clients at any m (issue 22)
+        OmegaConf.register_new_resolver("fedrun_ratio", lambda a, b: float(a) / float(b))
     from fedrun.config import signatures
 
     cs = ConfigStore.instance()

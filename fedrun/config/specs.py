@@ -105,9 +105,13 @@ class Evaluation:
     every: int  # a metrics row every this many rounds, and at the last
     active: bool  # also the mean of the active clients' models
     all: bool  # also the mean of every client's latest model
+    all_every: int = 1  # ... in the rows of rounds divisible by this, and the last (eval_all_every)
 
     def due(self, round_idx: int, rounds: int) -> bool:
         return round_idx % self.every == 0 or round_idx == rounds
+
+    def all_due(self, round_idx: int, rounds: int) -> bool:
+        return self.all and (round_idx % self.all_every == 0 or round_idx == rounds)
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ class RunSpec:
     resume: ResumeSpec
     numerics: Numerics
     placement: PlacementSpec
-    groups: dict[str, DictConfig] = field(compare=False)  # data, partition, model, algo, engine nodes
+    groups: dict[str, DictConfig] = field(compare=False)  # data, partition, model, algo, engine, hetero nodes
     options: dict[str, str] = field(compare=False)  # the chosen option of each group (``model``: ``mlp``), for sentences
     config: dict[str, Any] = field(compare=False)  # resolved, for summary.json and checkpoints
     client_eval: Optional[ClientEvalSpec] = None  # each client's held-out split, validation, fine-tuning
@@ -232,7 +236,7 @@ def read(cfg: DictConfig) -> RunSpec:
         schedule=Schedule(float(cfg.lr), float(cfg.lr_decay), choice(cfg.get("lr_schedule", "exponential")), int(cfg.rounds),
                           tuple(float(f) for f in cfg.get("lr_milestones", ())), float(cfg.get("lr_factor", 0.1))),
         sampling=Sampling(choice(cfg.sampling), float(cfg.participation), int(cfg.seed)),
-        evaluation=Evaluation(int(cfg.eval_every), bool(cfg.eval_active), bool(cfg.eval_all)),
+        evaluation=Evaluation(int(cfg.eval_every), bool(cfg.eval_active), bool(cfg.eval_all), int(cfg.get("eval_all_every", 1))),
         guard=GuardSpec(
             choice(cfg.on_nonfinite), float(cfg.divergence_factor or 0.0), str(algo._target_).rsplit(".", 1)[-1],
             float(cfg.lr), lowerable,

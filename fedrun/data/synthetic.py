@@ -10,8 +10,19 @@ For m devices (docs/paper.md, "Synthetic"):
 * x ~ N(v_k, Σ) with Σ = diag(j^-1.2), j = 1..d; y = argmax(xW + b).
 
 Everything is drawn from one torch generator derived from the seed, so the data is a function
-of the config. ``test_fraction = 0`` tests on the training data (the reference code's choice);
-``test_fraction > 0`` holds out that fraction of every device's samples instead.
+of the config. ``test_fraction = 0`` tests on the training data (the reference code's choice, kept
+by the paper settings); ``test_fraction > 0`` holds out that fraction of every device's samples
+instead; ``test_samples = T > 0`` draws a test set of its own: T samples, each from the device of a
+training sample picked uniformly (device k with probability n_k/N), with that device's feature
+distribution and solution, from a second stream (the training data stays as without it). A test
+set of fixed size keeps evaluation's cost independent of the number of devices.
+
+``generator``: ``loop`` (the default, the stream every existing setting was made with: per device,
+its solution and then its samples) or ``vectorized`` (the same sizes, u_k, B_k and v_k, the same
+distributions, but the solutions and samples of many devices drawn at once, in chunks of about
+:data:`CHUNK_ROWS` samples, and the held-out split drawn for all devices at once): a million
+devices in seconds instead of hours, but other numbers than ``loop``, so it is its own option
+(``tests/test_synthetic.py`` checks the two agree in distribution).
 """
 
 from __future__ import annotations
@@ -23,6 +34,9 @@ import torch
 from fedrun.data import FederatedData
 from fedrun.errors import FedrunError
 from fedrun.seeding import generator
+
+GENERATORS = ("loop", "vectorized")
+CHUNK_ROWS = 2**19  # samples (padded) drawn at once by generator=vectorized: ~125 MB of float64 features at d=30
 
 
 def make_synthetic(
@@ -37,6 +51,8 @@ def make_synthetic(
     num_classes: int = 5,
     mean_samples: int = 200,
     test_fraction: float = 0.0,
+    test_samples: int = 0,
+    generator: str = "loop",
 ) -> FederatedData:
     for key, value in (("data.alpha", alpha), ("data.beta", beta), ("data.sigma", sigma)):
         if value < 0:
@@ -48,7 +64,14 @@ def make_synthetic(
         )
     if not 0.0 <= test_fraction < 1.0:
         raise FedrunError(f"data.test_fraction={test_fraction} is out of range: use a fraction in [0, 1).")
-    g = generator(seed, "data")
+    if generator not in GENERATORS:
+        raise FedrunError(f"data.generator={generator} is unknown: use data.generator=loop (the default) or data.generator=vectorized.")
+    if test_samples < 0 or (test_samples > 0 and test_fraction > 0):
+        raise FedrunError(
+            f"data.test_samples={test_samples} with data.test_fraction={test_fraction}: use test_samples >= 0, and at most one "
+            "of the two (test_samples: a test set of its own; test_fraction: held out of every device)."
+        )
+    g = _generator(seed, "data")
     m = num_clients
     sizes = torch.exp(math.log(mean_samples) + sigma * torch.randn(m, generator=g, dtype=torch.float64))
     sizes = (sizes + 1e-6).floor().long().clamp(min=2 if test_fraction > 0 else 1)  # exp(log(n)) may be n - ulp
@@ -59,10 +82,16 @@ def make_synthetic(
     else:
         v = b_mean[:, None] + torch.randn(m, dim, generator=g, dtype=torch.float64)
     std = torch.arange(1, dim + 1, dtype=torch.float64).pow(-1.2).sqrt()
+    w_shared = b_shared = None
     if iid_solution:
         w_shared = torch.randn(dim, num_classes, generator=g, dtype=torch.float64)
         b_shared = torch.randn(num_classes, generator=g, dtype=torch.float64)
-    xs, ys, gs = [], [], []
+    tests = _test_devices(sizes, test_samples, seed)  # [T] sorted devices of the own test set (empty: none)
+    if generator == "vectorized":
+        return _vectorized(g, sizes, u, v, std, w_shared, b_shared, num_classes, test_fraction, tests, seed)
+    xs, ys, gs, txs, tys = [], [], [], [], []
+    t_first = torch.searchsorted(tests, torch.arange(m + 1))  # device k's test samples: tests[t_first[k]:t_first[k+1]]
+    g_test = _generator(seed, "data", 1)
     for k in range(m):
         if iid_solution:
             w, b = w_shared, b_shared
@@ -74,7 +103,14 @@ def make_synthetic(
         xs.append(x)
         ys.append(torch.argmax(x @ w + b, dim=1))
         gs.append(torch.full((n,), k, dtype=torch.long))
+        n_t = int(t_first[k + 1] - t_first[k])
+        if n_t:
+            xt = v[k] + std * torch.randn(n_t, dim, generator=g_test, dtype=torch.float64)
+            txs.append(xt)
+            tys.append(torch.argmax(xt @ w + b, dim=1))
     x_all, y_all, g_all = torch.cat(xs).float(), torch.cat(ys), torch.cat(gs)
+    if len(tests):
+        return FederatedData("synthetic", x_all, y_all, torch.cat(txs).float(), torch.cat(tys), num_classes, g_all)
     if test_fraction > 0:
         is_test = torch.zeros(len(y_all), dtype=torch.bool)
         start = 0
@@ -87,3 +123,76 @@ def make_synthetic(
             "synthetic", x_all[train], y_all[train], x_all[is_test], y_all[is_test], num_classes, g_all[train]
         )
     return FederatedData("synthetic", x_all, y_all, x_all, y_all, num_classes, g_all)
+
+
+def _generator(seed: int, purpose: str, *keys: int) -> torch.Generator:
+    return generator(seed, purpose, *keys)
+
+
+def _test_devices(sizes: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """[count] sorted devices of the own test set: the devices of ``count`` training samples drawn
+    uniformly with replacement (device k with probability n_k/N), from the stream (seed, data, 2)."""
+    if count == 0:
+        return torch.zeros(0, dtype=torch.long)
+    picks = torch.randint(int(sizes.sum()), (count,), generator=_generator(seed, "data", 2))
+    return torch.sort(torch.searchsorted(torch.cumsum(sizes, 0), picks, right=True)).values
+
+
+def _vectorized(g, sizes, u, v, std, w_shared, b_shared, num_classes, test_fraction, tests, seed) -> FederatedData:
+    """generator=vectorized: the samples and solutions of chunks of devices at once, in float32.
+
+    Each chunk's devices draw their solutions [c, d, C] and [c, C], then features for a padded block
+    [c, n_max, d] (n_max the chunk's largest device; padding rows are drawn and dropped; a chunk of
+    equal devices is drawn straight into the output), labels by one batched matmul; the devices' own
+    test samples draw from the stream (seed, data, 1) chunk by chunk. Sizes, u_k, B_k and v_k are
+    the ``loop`` generator's (drawn before, in float64)."""
+    m, dim = v.shape
+    total = int(sizes.sum())
+    x_out = torch.empty(total, dim, dtype=torch.float32)
+    y_out = torch.empty(total, dtype=torch.long)
+    xt_out = torch.empty(len(tests), dim, dtype=torch.float32)
+    yt_out = torch.empty(len(tests), dtype=torch.long)
+    g_test = _generator(seed, "data", 1)
+    u32, v32, std32 = u.float(), v.float(), std.float()
+    per_device = max(1, CHUNK_ROWS // max(1, int(sizes.max())))
+    offsets = torch.cumsum(sizes, 0) - sizes
+    t_first = torch.searchsorted(tests, torch.arange(0, m + per_device, per_device).clamp(max=m))
+    for i, lo in enumerate(range(0, m, per_device)):
+        hi = min(m, lo + per_device)
+        c, n = sizes[lo:hi], int(sizes[lo:hi].max())
+        if w_shared is None:
+            w = u32[lo:hi, None, None] + torch.randn(hi - lo, dim, num_classes, generator=g)
+            b = u32[lo:hi, None] + torch.randn(hi - lo, num_classes, generator=g)
+        else:
+            w, b = w_shared.float().expand(hi - lo, dim, num_classes), b_shared.float().expand(hi - lo, num_classes)
+        start, stop = int(offsets[lo]), int(offsets[hi - 1] + sizes[hi - 1])
+        full = bool((c == n).all())
+        x = x_out[start:stop].view(hi - lo, n, dim) if full else torch.empty(hi - lo, n, dim)
+        torch.randn(x.shape, generator=g, out=x)
+        x.mul_(std32).add_(v32[lo:hi, None, :])
+        y = torch.argmax(torch.baddbmm(b[:, None, :], x, w), dim=2)
+        if full:
+            y_out[start:stop] = y.reshape(-1)
+        else:
+            real = torch.arange(n)[None, :] < c[:, None]  # row-major: device by device, its samples in order
+            x_out[start:stop] = x[real]
+            y_out[start:stop] = y[real]
+        t_lo, t_hi = int(t_first[i]), int(t_first[i + 1])
+        if t_hi > t_lo:
+            dev = tests[t_lo:t_hi] - lo
+            xt = v32[tests[t_lo:t_hi]] + std32 * torch.randn(t_hi - t_lo, dim, generator=g_test)
+            xt_out[t_lo:t_hi] = xt
+            yt_out[t_lo:t_hi] = torch.argmax(torch.einsum("td,tdc->tc", xt, w[dev]) + b[dev], dim=1)
+    groups = torch.repeat_interleave(torch.arange(m), sizes)
+    if len(tests):
+        return FederatedData("synthetic", x_out, y_out, xt_out, yt_out, num_classes, groups)
+    if test_fraction > 0:  # n_test = max(1, min(n - 1, round(f n))) of each device, chosen uniformly: for all at once
+        n_test = (test_fraction * sizes.double()).round().long().clamp(max=sizes - 1).clamp(min=1)
+        key = torch.rand(total, generator=g, dtype=torch.float64)
+        order = torch.argsort(groups.double() * 2 + key, stable=True)  # by device, then by the random key (key < 1 < 2)
+        rank = torch.empty(total, dtype=torch.long)
+        rank[order] = torch.arange(total) - torch.repeat_interleave(offsets, sizes)
+        is_test = rank < n_test[groups]
+        train = ~is_test
+        return FederatedData("synthetic", x_out[train], y_out[train], x_out[is_test], y_out[is_test], num_classes, groups[train])
+    return FederatedData("synthetic", x_out, y_out, x_out, y_out, num_classes, groups)

@@ -68,6 +68,7 @@ class CNN(nn.Module):
         channels: Annotated[Sequence[int], WIDTHS] = (64, 64),
         hidden: Annotated[Sequence[int], WIDTHS] = (384, 192),
         kernel_size: Annotated[int, AT_LEAST_1] = 5,
+        padding: int = 0,  # zero padding of each conv (2 with 5x5 kernels: LEAF's "same" FEMNIST CNN)
     ):
         super().__init__()
         if len(input_shape) != 3:
@@ -75,8 +76,8 @@ class CNN(nn.Module):
         c, h, w = input_shape
         layers: list[nn.Module] = []
         for out in channels:
-            layers += [nn.Conv2d(c, out, kernel_size), nn.ReLU(), nn.MaxPool2d(2)]
-            c, h, w = out, (h - kernel_size + 1) // 2, (w - kernel_size + 1) // 2
+            layers += [nn.Conv2d(c, out, kernel_size, padding=padding), nn.ReLU(), nn.MaxPool2d(2)]
+            c, h, w = out, (h + 2 * padding - kernel_size + 1) // 2, (w + 2 * padding - kernel_size + 1) // 2
         if h < 1 or w < 1:
             raise ValueError(f"model=cnn: input {tuple(input_shape)} is too small for {len(channels)} conv+pool stages")
         self.net = nn.Sequential(*layers, nn.Flatten(), *dense_layers([c * h * w, *hidden, num_classes]))

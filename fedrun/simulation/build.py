@@ -18,8 +18,9 @@ from fedrun.algorithms.base import Algorithm, FedContext, ServerState
 from fedrun.config.schema import build_object
 from fedrun.config.specs import RunSpec
 from fedrun.data import FederatedData
-from fedrun.data.partition import check_partition
+from fedrun.data.partition import check_partition, partition_sizes, partition_to
 from fedrun.distributed import sharded
+from fedrun.engines import hetero as hetero_mod
 from fedrun.engines.base import Engine
 from fedrun.errors import FedrunError
 from fedrun.models.fit import build_model
@@ -57,6 +58,7 @@ class Experiment:
     const: Any = None  # what algorithm.setup returned
     all_models: Optional[AllModelsMean] = None  # the evaluated mean of every client's latest model (eval_all)
     held_out: Optional[client_eval.HeldOut] = None  # each client's own test split and the validation split
+    hetero: Optional[hetero_mod.Heterogeneity] = None  # device heterogeneity (hetero=); None: every client's nominal steps
 
 
 def build(spec: RunSpec, state_dir: Optional[Path] = None, placement: Optional[str] = None,
@@ -78,14 +80,15 @@ def build(spec: RunSpec, state_dir: Optional[Path] = None, placement: Optional[s
     partition, held_out = client_eval.hold_out(spec.client_eval, partition)  # each client's own test / validation parts
     check_data_fits(data, device)  # one sentence instead of a CUDA out-of-memory traceback
     data = data.to(device)
-    partition = [p.to(device) for p in partition]
+    partition = partition_to(partition, device)
     torch.manual_seed(derive_seed(seed, "model"))
     module = build_model(groups["model"], spec.options.get("model", "?"), data)  # one sentence when the model cannot take the data's inputs
     model = FlatModel(module).to(device)
     theta = model.initial_vector().to(device)
     algorithm: Algorithm = build_object(groups["algo"], _convert_="all")
     engine: Engine = build_object(groups["engine"], _convert_="all")
-    sizes = torch.tensor([len(p) for p in partition], dtype=torch.long)
+    hetero = build_object(groups["hetero"]) if "hetero" in groups else None
+    sizes = partition_sizes(partition)
     ctx = FedContext(m, model.num_params, sizes, spec.local.batch_size, spec.local.epochs, device)
     ranks = distributed.current()  # several processes: this rank's rows of the state, its share of the training
     if ranks is None:
@@ -99,4 +102,5 @@ def build(spec: RunSpec, state_dir: Optional[Path] = None, placement: Optional[s
     rounds.add_tables(algorithm, store)
     server = algorithm.initial_server(theta, const)
     all_models = AllModelsMean(store, theta, algorithm.all_weights(ctx)) if spec.evaluation.all else None
-    return Experiment(spec, device, data, partition, model, theta, algorithm, engine, store, ctx, server, const, all_models, held_out)
+    return Experiment(spec, device, data, partition, model, theta, algorithm, engine, store, ctx, server, const, all_models, held_out,
+                      hetero if hetero is not None and hetero.active else None)

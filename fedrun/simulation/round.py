@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 
 from fedrun.config.specs import RunSpec
+from fedrun.engines import hetero as hetero_mod
 from fedrun.simulation import guard, rounds, sampling
 from fedrun.simulation.build import Experiment
 from fedrun.simulation.client_eval import columns as client_columns
@@ -35,6 +37,8 @@ class RoundRecord:
     client_thetas: torch.Tensor  # the kept clients' models (the server model when none was kept)
     active_model: torch.Tensor  # their mean, averaged as the algorithm averages
     dropped_clients: int
+    mean_local_steps: float = math.nan  # mean local steps the round's active clients took (hetero= on; else nan)
+    straggler_drops: int = 0  # stragglers' updates discarded (hetero=stragglers hetero.drop=true)
 
 
 def metric_columns(spec: RunSpec) -> list[str]:
@@ -45,6 +49,7 @@ def metric_columns(spec: RunSpec) -> list[str]:
         cols += ["test_loss_all", "test_acc_all"]
     if spec.guard.on_nonfinite == "drop":
         cols += ["dropped_clients"]
+    cols += hetero_mod.columns(spec.groups.get("hetero"))  # mean_local_steps (and straggler_drops) under hetero
     return cols + client_columns(spec.client_eval) + ["uplink_mb", "downlink_mb", "comm_fedavg_rounds", "wall_s"]
 
 
@@ -58,8 +63,14 @@ def run_round(exp: Experiment, round_idx: int) -> RoundRecord:
     )
     objective = exp.algorithm.local_objective(rnd, exp.server)
     hp = spec.local if lr == spec.local.lr else replace(spec.local, lr=lr)
+    work = None
+    if exp.hetero is not None:  # this round's local steps per client (fedrun/engines/hetero.py)
+        nominal = hetero_mod.nominal_steps(objective.steps, rnd.sizes, hp.epochs, hp.batch_size)
+        work = exp.hetero.work(nominal, clients.cpu(), hp.epochs, spec.seed, round_idx)
+        objective = replace(objective, steps=work.steps)
     result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, spec.seed, round_idx)
     kept = guard.screen_clients(exp.spec.guard, round_idx, clients, result)  # stop on, or drop, non-finite clients
+    kept, discarded = hetero_mod.discard(kept, clients, work)  # hetero.drop: the stragglers' updates never arrive
     rnd = rnd.finished(kept.clients, kept.steps, objective.hook.result() if objective.hook else {})
     train_loss = float(kept.loss.mean()) if len(kept.clients) else math.nan
     if len(kept.clients):  # every client dropped: the round changes nothing
@@ -81,17 +92,22 @@ def run_round(exp: Experiment, round_idx: int) -> RoundRecord:
         client_thetas=kept.thetas if len(kept.clients) else exp.theta[None, :],
         active_model=exp.algorithm.average(kept.thetas, rnd.sizes) if len(kept.clients) else exp.theta,
         dropped_clients=kept.dropped,
+        mean_local_steps=float(result.steps.double().mean()) if exp.hetero is not None and len(clients) else math.nan,
+        straggler_drops=discarded,
     )
 
 
-def evaluate_round(exp: Experiment, active_model: torch.Tensor) -> dict[str, float]:
+def evaluate_round(exp: Experiment, active_model: torch.Tensor, round_idx: Optional[int] = None) -> dict[str, float]:
     """Test loss and accuracy of the server model, the mean of the active clients' models
-    (``active_model``, averaged as the algorithm averages) and the mean of every client's latest model."""
+    (``active_model``, averaged as the algorithm averages) and the mean of every client's latest model
+    (with ``round_idx``: only in the rounds ``eval_all_every`` names, nan in the others)."""
     d, e = exp.data, exp.spec.evaluation
     out: dict[str, float] = {}
     out["test_loss"], out["test_acc"] = evaluate(exp.model, exp.theta, d.x_test, d.y_test)
     if e.active:
         out["test_loss_active"], out["test_acc_active"] = evaluate(exp.model, active_model, d.x_test, d.y_test)
-    if e.all:
+    if e.all and (round_idx is None or e.all_due(round_idx, exp.spec.rounds)):
         out["test_loss_all"], out["test_acc_all"] = evaluate(exp.model, exp.all_models.mean, d.x_test, d.y_test)
+    elif e.all:  # not one of eval_all_every's rounds
+        out["test_loss_all"] = out["test_acc_all"] = math.nan
     return out

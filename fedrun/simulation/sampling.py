@@ -13,6 +13,11 @@ is the same under both rules; only the repeats differ.
 
 ``fixed`` takes exactly max(1, round(p·m)) clients uniformly without replacement.
 
+``fixed_sparse`` has ``fixed``'s distribution (a uniform subset of max(1, round(p·m)) clients) but
+draws it in time and memory proportional to the subset, not to m: the first that many distinct
+values of a stream of uniform client ids (by symmetry a uniform subset). Other draws than
+``fixed``'s, so its own option: for runs with very many clients (``fixed`` permutes all m every round).
+
 All return sorted client ids and depend only on (seed, round), so every algorithm sees the same
 active sets. A draw that stays empty for :data:`MAX_ATTEMPTS` tries is one sentence
 (:func:`fedrun.config.checks.validate` refuses such participation values before a run starts).
@@ -65,7 +70,20 @@ def fixed(num_clients: int, p: float, seed: int, round_idx: int) -> torch.Tensor
     return torch.sort(torch.randperm(num_clients, generator=g)[:count]).values
 
 
-SAMPLERS = {"bernoulli": bernoulli, "bernoulli_reference": bernoulli_reference, "fixed": fixed}
+def fixed_sparse(num_clients: int, p: float, seed: int, round_idx: int) -> torch.Tensor:
+    count = max(1, min(num_clients, round(p * num_clients)))
+    g = generator(seed, "sample", round_idx, 0)
+    draws = torch.empty(0, dtype=torch.long)
+    while True:  # more uniform ids until count of them are distinct (one batch, almost always)
+        draws = torch.cat([draws, torch.randint(num_clients, (count + count // 2 + 16,), generator=g)])
+        values, inverse = torch.unique(draws, return_inverse=True)
+        if len(values) >= count:
+            break
+    first = torch.full((len(values),), len(draws), dtype=torch.long).scatter_reduce(0, inverse, torch.arange(len(draws)), "amin")
+    return torch.sort(values[torch.argsort(first)[:count]]).values
+
+
+SAMPLERS = {"bernoulli": bernoulli, "bernoulli_reference": bernoulli_reference, "fixed": fixed, "fixed_sparse": fixed_sparse}
 
 
 def clients(spec: Sampling, num_clients: int, round_idx: int) -> torch.Tensor:
