@@ -34,6 +34,30 @@ class MetricsWriter:
             os.fsync(f.fileno())
         self.rows.append(row)
 
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
+        """Make the file hold exactly ``rows`` (a resumed run: the checkpoint's rows, whatever a crash or
+        a full disk left in the file after them or in them): a temporary file, fsynced, renamed over it.
+        No rows: no file (a fresh run writes the header with its first row)."""
+        from fedrun.journal import fsync_dir
+
+        self.rows = list(rows)
+        if not self.rows:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+                writer.writeheader()
+                for row in self.rows:
+                    writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(self.path.parent)
+
 
 def _fmt(value: Any) -> Any:
     if value is None:

@@ -215,8 +215,22 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     loss_guard = guard.LossGuard(spec.guard, counters.guard_reference, counters.dropped_streak)
     comm, pending = counters.comm, counters.pending
     threads_before = apply_threads(spec.threads, exp.model.num_params, exp.device)
+    threads = torch.get_num_threads()
     made_by = provenance(exp.device)
     ranks = distributed.current()  # several processes: collective checkpoints, rank 0 writes the run dir
+    try:  # a resumed run's rounds must run with its checkpoint's thread count (the numbers depend on it)
+        refused: Optional[FedrunError] = None
+        try:
+            checkpoint.check_threads(counters, threads, exp.device, run_dir / checkpoint.CHECKPOINT)
+        except FedrunError as err:
+            refused = err
+        if ranks is not None:
+            distributed.agree(ranks, refused)  # every rank stops, not only the one that refuses
+        elif refused is not None:
+            raise refused
+    except BaseException:
+        torch.set_num_threads(threads_before)
+        raise
     writes = ranks is None or ranks.writer
     per_client = client_eval.ClientEvaluator(spec.client_eval, exp, exp.held_out, run_dir, counters.round) if exp.held_out and writes else None
     trackers = open_loggers(spec.loggers if writes else (), run_dir, spec.config)
@@ -256,7 +270,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 stop = ranked_checkpoint.stop_requested(signals, ranks) and r < rounds  # a signal during the last round: just finish
                 if stop or spec.checkpoint.due(r, rounds) or (keep and r == rounds):  # keep: the final state, to continue later
                     counters = checkpoint.Counters(
-                        r, comm, pending, time.perf_counter() - began, loss_guard.reference, loss_guard.dropped_streak
+                        r, comm, pending, time.perf_counter() - began, loss_guard.reference, loss_guard.dropped_streak, threads
                     )
                     ranked_checkpoint.save(run_dir, exp, counters, writer.rows, ranks)
                 if stop:
@@ -308,10 +322,10 @@ def start(cfg: DictConfig, run_dir: Path) -> tuple[Experiment, MetricsWriter, ch
         if ranks is None or ranks.writer:
             finish.write_started(run_dir, spec.config)  # says which config writes metrics.csv before any checkpoint does
     else:
-        counters = ranked_checkpoint.restore(resumed, exp, writer.path, run_dir, ranks)
+        counters = ranked_checkpoint.restore(resumed, exp, run_dir, ranks)
         if counters.guard_reference is None:
             counters = replace(counters, guard_reference=reference)
-        writer.rows = list(resumed["rows"])
+        writer.rewrite(resumed["rows"])  # metrics.csv from the checkpoint's rows, whatever the file holds now
         log.info("fedrun: resuming %s after round %d", run_dir, counters.round)
     log.info(
         "fedrun: %s on %s (%d clients, %d params, device %s) -> %s",

@@ -58,7 +58,7 @@ def resume(run_dir: Path, m: int, p: int, names=("a", "b")) -> MmapStore:
     """What a resumed run does: roll the files back, build its store, restore the checkpoint into it."""
     ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
     store = new_store(run_dir, m, p, checkpoint.roll_back_files(run_dir, ckpt), names)
-    checkpoint.restore(ckpt, experiment(store), run_dir / "metrics.csv")
+    checkpoint.restore(ckpt, experiment(store))
     return store
 
 

@@ -1,0 +1,180 @@
+"""Issue 23: a resume never continues from damaged state; disk full or read-only at any write.
+
+A "kill" in process is an exception no ``except Exception`` stops (as SIGKILL is stopped by nothing),
+raised in round 3 of a run that checkpointed after round 2 (``checkpoint_every=2``); the re-run must
+give exactly the uninterrupted run's ``metrics.csv`` (``wall_s`` aside) or refuse in one sentence.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import compose_config
+from fedrun import checkpoint, runner
+from fedrun.errors import FedrunError
+from tests.test_errors import TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread", "restore_logging")
+
+RUN = [*TINY, "rounds=5", "checkpoint_every=2", "threads=1"]
+
+
+class Killed(BaseException):
+    pass
+
+
+def metrics(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns="wall_s")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> pd.DataFrame:
+    """The uninterrupted run's metrics (rounds=5)."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    runner.run(compose_config(*RUN), run_dir)
+    return metrics(run_dir)
+
+
+def killed_in_round(monkeypatch, run_dir: Path, at: int = 3, *overrides: str) -> None:
+    """Run until round ``at`` starts, then die (the checkpoint of round 2 stands)."""
+    real = runner.run_round
+
+    def run_round(exp, r):
+        if r == at:
+            raise Killed(r)
+        return real(exp, r)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(runner, "run_round", run_round)
+        with pytest.raises(Killed):
+            runner.run(compose_config(*RUN, *overrides), run_dir)
+    assert (run_dir / checkpoint.CHECKPOINT).exists()
+
+
+def cut(path: Path, n: int) -> None:
+    path.write_bytes(path.read_bytes()[:-n])
+
+
+METRICS_DAMAGE = {
+    "cut 7 bytes (mid-row)": lambda p: cut(p, 7),
+    "cut to the header": lambda p: p.write_text(p.read_text().splitlines(keepends=True)[0]),
+    "deleted": lambda p: p.unlink(),
+    "a junk line appended": lambda p: p.write_bytes(p.read_bytes() + b"1,2,x\x00y\n"),
+    "a digit changed": lambda p: p.write_text(p.read_text().replace("0.", "9.", 1)),
+    "junk": lambda p: p.write_bytes(b"\xff\xfe junk"),
+}
+
+
+@pytest.mark.parametrize("damage", list(METRICS_DAMAGE))
+def test_a_damaged_metrics_csv_is_rewritten_from_the_checkpoint(damage, straight, monkeypatch, tmp_path):
+    """The checkpoint holds every row: the resumed metrics.csv is the uninterrupted one whatever
+    a crash or a full disk did to the file (it used to keep a cut row and glue the next onto it)."""
+    killed_in_round(monkeypatch, tmp_path, at=4)  # rows 1-3 in the file, checkpoint of round 2
+    METRICS_DAMAGE[damage](tmp_path / "metrics.csv")
+    runner.run(compose_config(*RUN), tmp_path)
+    pd.testing.assert_frame_equal(metrics(tmp_path), straight)
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_every_flipped_byte_or_truncation_of_a_checkpoint_is_refused_or_harmless(monkeypatch, tmp_path):
+    """Flip single bytes of checkpoint.pt at 300 seeded offsets and cut it at 100 lengths: loading it
+    either raises the one "is damaged" sentence or gives content whose checksum is the original's
+    (a byte of the zip's own bookkeeping that changes nothing); never other content."""
+    killed_in_round(monkeypatch, tmp_path)
+    path = tmp_path / checkpoint.CHECKPOINT
+    original = path.read_bytes()
+    reference = checkpoint.digest(checkpoint.load(path))
+    rng = random.Random(23)
+    outcomes = {"refused": 0, "same": 0}
+    cases = [("flip", rng.randrange(len(original))) for _ in range(300)] + [("cut", rng.randrange(1, len(original))) for _ in range(100)]
+    for kind, at in cases:
+        path.write_bytes(original)
+        flip(path, at) if kind == "flip" else cut(path, at)
+        try:
+            ckpt = checkpoint.load(path)
+        except FedrunError as err:
+            assert "is damaged" in str(err) or "not a fedrun checkpoint" in str(err), str(err)
+            outcomes["refused"] += 1
+            continue
+        assert checkpoint.digest(ckpt) == reference, f"{kind} at {at} changed the content silently"
+        outcomes["same"] += 1
+    assert outcomes["refused"] > 200  # most bytes are content (tensors, the pickle)
+
+
+def test_a_flipped_tensor_byte_is_refused_end_to_end(monkeypatch, tmp_path):
+    """A flipped byte in the server model's data (memory-mapped, never unpickled) used to resume
+    silently and change the metrics from round 3 on: now the re-run is refused in one sentence."""
+    killed_in_round(monkeypatch, tmp_path)
+    path = tmp_path / checkpoint.CHECKPOINT
+    theta = checkpoint.load(path)["theta"]
+    needle = theta[:4].numpy().tobytes()
+    offset = path.read_bytes().index(needle)
+    flip(path, offset + 1)
+    with pytest.raises(FedrunError, match=r"checkpoint.pt in .* is damaged: its checksum does not match .* delete it to start over"):
+        runner.run(compose_config(*RUN), tmp_path)
+
+
+def hand_edit(path: Path, recompute: bool, **changes) -> None:
+    ckpt = torch.load(path, weights_only=False)
+    ckpt.update(changes)
+    ckpt.pop("digest")
+    torch.save(checkpoint.with_digest(ckpt) if recompute else ckpt, path)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("edit", [{"rows": []}, {"round": -1}, {"round": 0}, {"round": 2.5}, {"rows": [{"round": 9}]},
+                                  {"counters": {}}, {"config": None}, {"theta": None}])
+def test_a_hand_edited_checkpoint_is_refused(edit, recompute, monkeypatch, tmp_path):
+    """Hand edits (with the checksum dropped or recomputed to match) are refused with the same
+    sentence: no rows although rounds 1-2 were evaluated, a round that is not a round number, rows
+    past the checkpoint's round, counters of another round, no config or server model."""
+    killed_in_round(monkeypatch, tmp_path)
+    hand_edit(tmp_path / checkpoint.CHECKPOINT, recompute, **edit)
+    with pytest.raises(FedrunError, match=r"checkpoint.pt in .* is damaged: "):
+        checkpoint.load(tmp_path / checkpoint.CHECKPOINT)
+
+
+def test_a_checkpoint_without_checksum_is_refused(monkeypatch, tmp_path):
+    killed_in_round(monkeypatch, tmp_path)
+    hand_edit(tmp_path / checkpoint.CHECKPOINT, recompute=False)
+    with pytest.raises(FedrunError, match="holds no checksum"):
+        runner.run(compose_config(*RUN), tmp_path)
+
+
+def test_a_thread_change_on_resume_is_refused(monkeypatch, tmp_path, straight):
+    """The CPU kernels split their sums by thread: 1 and 2 threads round differently, so a resume
+    with another thread count is refused (naming the one to use); the same count resumes exactly,
+    however it was chosen (threads=null picks 1 for a model this small: fedrun/threads.py)."""
+    killed_in_round(monkeypatch, tmp_path)
+    with pytest.raises(FedrunError, match=r"ran with 1 torch thread\(s\) and this run would use 2.*resume with threads=1"):
+        runner.run(compose_config(*RUN, "threads=2"), tmp_path)
+    assert torch.get_num_threads() == 1  # put back after the refusal
+    runner.run(compose_config(*RUN, "threads=null"), tmp_path)
+    pd.testing.assert_frame_equal(metrics(tmp_path), straight)
+
+
+def test_an_unfinished_run_rerun_with_more_rounds_is_that_longer_run(monkeypatch, tmp_path):
+    """Nothing before the last round depends on rounds= (its row and checkpoint aside, which an
+    unfinished run has not reached): continued with rounds=7, the run is exactly a rounds=7 run."""
+    killed_in_round(monkeypatch, tmp_path)
+    runner.run(compose_config(*RUN, "rounds=7"), tmp_path)
+    longer = tmp_path / "longer"
+    runner.run(compose_config(*RUN, "rounds=7"), longer)
+    pd.testing.assert_frame_equal(metrics(tmp_path), metrics(longer))
+    assert len(metrics(longer)) == 7
+
+
+def test_fewer_rounds_than_the_checkpoint_has_are_refused(monkeypatch, tmp_path):
+    killed_in_round(monkeypatch, tmp_path, at=5)  # checkpoint of round 4
+    with pytest.raises(FedrunError, match=r"rounds \(5 there, 3 now\)"):
+        runner.run(compose_config(*RUN, "rounds=3"), tmp_path)
