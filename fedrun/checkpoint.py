@@ -227,6 +227,11 @@ def roll_back_files(run_dir: Path, ckpt: dict[str, Any]) -> bool:
         ) from None
     for _, mapped in maps.values():
         mapped.flush()  # the roll-back is on disk before the entries that made it go
+    for name, sums in files.get("sums", {}).items():  # the files as of the checkpoint, byte for byte
+        wrong = (journal.row_sums(maps[name][0]) != sums).nonzero().flatten().tolist()
+        if wrong:
+            raise damaged(journal.table_path(state_dir(run_dir), name),
+                          f"{len(wrong)} client row(s) (first: client {wrong[0]}) differ from what {CHECKPOINT} recorded")
     journal.discard(entries)
     if rows:
         log.info("fedrun: rolled %d client-state rows back to the checkpoint of round %d", rows, ckpt["round"])

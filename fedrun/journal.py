@@ -20,12 +20,19 @@ back to the last checkpoint after a crash at any moment:
    checkpoint's epoch newest first, msyncs the files, then deletes every entry. A crash during
    roll-back leaves the entries, and applying them again gives the same files (they hold absolute
    old values).
+
+**Checksums**: a checkpoint also holds a CRC-32 of every row of every table as of the checkpoint
+(:meth:`UndoJournal.sums_now`), kept up to date incrementally: only the rows written since the last
+checkpoint (those the journal saw) are summed again, so a checkpoint reads no more than the round
+wrote. Resuming compares every row with them after the roll-back (:func:`row_sums`, one read of the
+files), so a damaged file is refused instead of resumed from.
 """
 
 from __future__ import annotations
 
 import io
 import mmap
+import zlib
 import os
 import warnings
 from pathlib import Path
@@ -77,6 +84,16 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def row_sums(table: torch.Tensor, ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """CRC-32 of the bytes of rows ``ids`` (all rows when None) of a CPU float32 table, as int64."""
+    rows = range(table.shape[0]) if ids is None else ids.tolist()
+    return torch.tensor([zlib.crc32(table[i].numpy().data) for i in rows], dtype=torch.int64)
+
+
+def zero_row_sum(num_params: int) -> int:
+    return zlib.crc32(bytes(memory.BYTES * num_params))
+
+
 class UndoJournal:
     """Old values of durable table rows, written before the rows are overwritten (module docstring).
 
@@ -92,6 +109,27 @@ class UndoJournal:
         self.epoch = epoch
         self.seq = 0
         self.saved: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {}  # per table, every row's CRC-32 as of the last sums_now
+
+    def track(self, name: str, table: torch.Tensor, zeros: bool) -> None:
+        """Start keeping the row checksums of a new table (``zeros``: every row is still +0.0)."""
+        if zeros:
+            self.sums[name] = torch.full((table.shape[0],), zero_row_sum(table.shape[1]), dtype=torch.int64)
+        else:
+            self.sums[name] = row_sums(table)
+
+    def sums_now(self, tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every row's checksum now: those of the rows written since the last checkpoint recomputed."""
+        out = {}
+        for name, table in tables.items():
+            sums = self.sums.get(name)
+            if sums is None:
+                self.track(name, table, zeros=False)
+            elif name in self.saved:
+                ids = self.saved[name].nonzero().flatten()
+                sums[ids] = row_sums(table, ids)
+            out[name] = self.sums[name].clone()
+        return out
 
     def record(self, name: str, table: torch.Tensor, ids: torch.Tensor) -> None:
         """Journal the current rows ``ids`` of ``table`` that this epoch has not journaled yet."""

@@ -151,6 +151,8 @@ class MmapStore(ClientStateStore):
     def add(self, name: str, init: Optional[torch.Tensor] = None) -> None:
         """As :meth:`ClientStateStore.add`; with ``reuse`` the table is the file as it is (``init`` unused)."""
         super().add(name, None if self.reuse else init)
+        if self.journal is not None and not self.reuse:  # reused files: the checkpoint's checksums (restore)
+            self.journal.track(name, self.tables[name], zeros=init is None)
 
     def set(self, name: str, ids: torch.Tensor, rows: torch.Tensor) -> None:
         """Write rows (durable files: journal the old rows first)."""
@@ -170,7 +172,8 @@ class MmapStore(ClientStateStore):
         if self.journal is None:
             return super().snapshot()
         self.flush()  # the files now hold the state after this round
-        files = {"epoch": self.journal.epoch + 1, "shape": [self.num_clients, self.num_params], "tables": list(self.tables)}
+        files = {"epoch": self.journal.epoch + 1, "shape": [self.num_clients, self.num_params], "tables": list(self.tables),
+                 "sums": self.journal.sums_now(self.tables)}  # every row's CRC-32, verified on resume
         return {"placement": self.placement, "files": files}
 
     def committed(self, snapshot: dict[str, Any]) -> None:
@@ -185,6 +188,8 @@ class MmapStore(ClientStateStore):
         if not self.reuse or missing:
             raise ValueError(f"the store must reuse the checkpoint's files {files['tables']} (missing: {sorted(missing)})")
         self.journal.epoch = int(files["epoch"])  # rows written from now on lead back to this checkpoint
+        for name, sums in files.get("sums", {}).items():  # the files were verified against them (checkpoint.roll_back_files)
+            self.journal.sums[name] = sums.clone()
 
 
 def store_for_run(

@@ -178,3 +178,39 @@ def test_fewer_rounds_than_the_checkpoint_has_are_refused(monkeypatch, tmp_path)
     killed_in_round(monkeypatch, tmp_path, at=5)  # checkpoint of round 4
     with pytest.raises(FedrunError, match=r"rounds \(5 there, 3 now\)"):
         runner.run(compose_config(*RUN, "rounds=3"), tmp_path)
+
+
+def test_a_damaged_mmap_state_file_is_refused(monkeypatch, tmp_path):
+    """The checkpoint records every row's CRC-32 of the memory-mapped client-state files: a byte
+    flipped anywhere in them (60 seeded offsets, checked by the roll-back that resuming does) is
+    refused in one sentence, or lands in a row the undo journal puts back (then the files are the
+    checkpoint's exactly); a file cut short is refused; the intact files resume exactly."""
+    import shutil
+
+    killed_in_round(monkeypatch, tmp_path, 4, "state_placement=mmap")  # round 3 wrote rows after the checkpoint
+    state, saved = tmp_path / "state", tmp_path / "saved-state"
+    shutil.copytree(state, saved)
+    files = sorted(state.glob("state_*.bin"))
+    checkpoint.roll_back_files(tmp_path, checkpoint.load(tmp_path / checkpoint.CHECKPOINT))
+    rolled_back = {f.name: f.read_bytes() for f in files}
+    rng = random.Random(5)
+    outcomes = {"refused": 0, "put back": 0}
+    for _ in range(60):
+        shutil.rmtree(state)
+        shutil.copytree(saved, state)
+        target = rng.choice(files)
+        flip(target, rng.randrange(target.stat().st_size))
+        try:
+            checkpoint.roll_back_files(tmp_path, checkpoint.load(tmp_path / checkpoint.CHECKPOINT))
+        except FedrunError as err:
+            assert f"{target.name} in {state} is damaged: 1 client row(s)" in str(err), str(err)
+            outcomes["refused"] += 1
+            continue
+        assert {f.name: f.read_bytes() for f in files} == rolled_back
+        outcomes["put back"] += 1
+    assert outcomes["refused"] > 10 and outcomes["put back"] > 10  # round 3 rewrote 3 of the 5 rows
+    shutil.rmtree(state)
+    shutil.copytree(saved, state)
+    cut(files[0], 4)
+    with pytest.raises(FedrunError, match="has .* bytes instead of"):
+        runner.run(compose_config(*RUN, "state_placement=mmap"), tmp_path)
