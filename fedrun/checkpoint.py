@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fedrun.errors import FedrunError
+from fedrun.errors import FedrunError, writing
 
 log = logging.getLogger("fedrun")
 
@@ -301,19 +301,46 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
         "counters": asdict(counters),
         "config": exp.spec.config,
     })
-    try:
-        with tmp.open("wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:  # a full disk: no half-written .tmp left beside the previous checkpoint
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    write_file(path, lambda f: torch.save(payload, f), nbytes(payload))
     fsync_dir(Path(run_dir))
     store.committed(snapshot)
     log.debug("fedrun: checkpoint of round %d written to %s", counters.round, path)
     return path
+
+
+def nbytes(value: Any) -> int:
+    """About how many bytes ``torch.save(value)`` writes: its tensors' bytes and 64 KB for the rest."""
+    import torch
+
+    def tensors(v: Any) -> int:
+        if isinstance(v, torch.Tensor):
+            return v.nelement() * v.element_size()
+        if isinstance(v, dict):
+            return sum(tensors(x) for x in v.values())
+        if isinstance(v, (list, tuple)):
+            return sum(tensors(x) for x in v)
+        return 0
+
+    return tensors(value) + 65_536
+
+
+def write_file(path: Path, write: Any, needed: Optional[int] = None) -> None:
+    """Write ``path`` whole or not at all: ``write(f)`` into ``<path>.tmp``, fsync, rename over ``path``.
+
+    A full disk or an unwritable folder is :class:`~fedrun.errors.DiskFull` naming ``path`` and the
+    ``needed`` bytes; the ``.tmp`` is removed on any failure and ``path`` (the previous checkpoint)
+    stays as it was."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with writing(path, needed):
+            with tmp.open("wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def restore(ckpt: dict[str, Any], exp: Any) -> Counters:

@@ -32,15 +32,16 @@ from __future__ import annotations
 
 import io
 import mmap
-import zlib
 import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from fedrun import memory
+from fedrun.errors import writing
 
 JOURNAL_DIR = "journal"
 ENTRY_SUFFIX = ".undo"
@@ -88,6 +89,34 @@ def row_sums(table: torch.Tensor, ids: Optional[torch.Tensor] = None) -> torch.T
     """CRC-32 of the bytes of rows ``ids`` (all rows when None) of a CPU float32 table, as int64."""
     rows = range(table.shape[0]) if ids is None else ids.tolist()
     return torch.tensor([zlib.crc32(table[i].numpy().data) for i in rows], dtype=torch.int64)
+
+
+def reserve(path: Path, ids: torch.Tensor, num_params: int) -> None:
+    """Allocate the disk blocks of rows ``ids`` of the sparse table file ``path`` before they are
+    written through the map: a full disk is then :class:`~fedrun.errors.DiskFull` here, not a
+    SIGBUS in the middle of a write (already allocated blocks cost nothing)."""
+    row = memory.BYTES * num_params
+    ids = sorted(set(ids.tolist()))
+    if not ids:
+        return
+    with writing(path, row * len(ids)):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            start = prev = ids[0]
+            for i in ids[1:] + [None]:
+                if i is not None and i == prev + 1:
+                    prev = i
+                    continue
+                try:
+                    os.posix_fallocate(fd, start * row, (prev - start + 1) * row)
+                except OSError as err:
+                    if err.errno in (95, 22):  # EOPNOTSUPP, EINVAL: a filesystem without fallocate
+                        return
+                    raise OSError(err.errno, err.strerror, str(path)) from None
+                if i is not None:
+                    start = prev = i
+        finally:
+            os.close(fd)
 
 
 def zero_row_sum(num_params: int) -> int:
@@ -155,14 +184,18 @@ class UndoJournal:
         tmp = path.with_name(path.name + ".tmp")
         buffer = io.BytesIO()
         torch.save(header, buffer)
-        with tmp.open("wb") as f:
-            f.write(len(buffer.getbuffer()).to_bytes(8, "little"))
-            f.write(buffer.getbuffer())
-            for row in rows:
-                f.write(row.numpy().data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        needed = 8 + len(buffer.getbuffer()) + sum(memory.BYTES * len(row) for row in rows)
+        try:  # a full disk: the entry is not there, and the table was not touched
+            with writing(path, needed), tmp.open("wb") as f:
+                f.write(len(buffer.getbuffer()).to_bytes(8, "little"))
+                f.write(buffer.getbuffer())
+                for row in rows:
+                    f.write(row.numpy().data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         fsync_dir(self.directory)
         self.seq += 1
         return path

@@ -29,7 +29,7 @@ import torch
 
 from fedrun import checkpoint, distributed, rundir
 from fedrun.distributed import Ranks
-from fedrun.errors import FedrunError
+from fedrun.errors import FedrunError, writing
 from fedrun.journal import fsync_dir
 from fedrun.run_files import MetricsWriter
 from fedrun.signals import StopSignals
@@ -130,13 +130,9 @@ def stop_requested(signals: StopSignals, ranks: Optional[Ranks]) -> bool:
 
 
 def _write_shard(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_file(path, lambda f: torch.save(payload, f), checkpoint.nbytes(payload))
     fsync_dir(path.parent)
 
 

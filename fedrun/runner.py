@@ -25,7 +25,7 @@ from fedrun.config import build_object
 from fedrun.data import FederatedData
 from fedrun.determinism import configure_determinism
 from fedrun.engines.base import Engine
-from fedrun.errors import DivergenceError, FedrunError
+from fedrun.errors import DivergenceError, FedrunError, writing
 from fedrun.evaluation import evaluate
 from fedrun.fit import build_model
 from fedrun.memory import check_data_fits
@@ -233,7 +233,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise
     writes = ranks is None or ranks.writer
     per_client = client_eval.ClientEvaluator(spec.client_eval, exp, exp.held_out, run_dir, counters.round) if exp.held_out and writes else None
-    trackers = open_loggers(spec.loggers if writes else (), run_dir, spec.config)
+    with writing(run_dir):
+        trackers = open_loggers(spec.loggers if writes else (), run_dir, spec.config)
     keep = spec.keep_checkpoint
     progress = Progress(rounds, start=counters.round, enabled=spec.progress if writes else False,
                         quiet=spec.quiet)
@@ -264,7 +265,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     }
                     loss_guard.check_test(r, row)
                     writer.write(row)
-                    trackers.log(row)
+                    with writing(run_dir):  # a tracker's file on a full disk: the sentence names it
+                        trackers.log(row)
                     pending = checkpoint.Pending()
                     progress.update(r, rounds, row["test_acc"], row["test_loss"], row["wall_s"] / r)
                 stop = ranked_checkpoint.stop_requested(signals, ranks) and r < rounds  # a signal during the last round: just finish
@@ -297,8 +299,11 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     raise
                 log.error("fedrun: the outputs of the stopped run could not all be written (%s)", err)
             finally:
-                trackers.close(summary)
-                torch.set_num_threads(threads_before)
+                try:
+                    with writing(run_dir):
+                        trackers.close(summary)
+                finally:
+                    torch.set_num_threads(threads_before)
     return summary
 
 

@@ -158,6 +158,7 @@ class MmapStore(ClientStateStore):
         """Write rows (durable files: journal the old rows first)."""
         if self.journal is not None:
             self.journal.record(name, self.tables[name], ids)
+            journal.reserve(self.paths[name], ids, self.num_params)  # a full disk: one sentence, not a SIGBUS
         super().set(name, ids, rows)
 
     def flush(self) -> None:
