@@ -44,6 +44,12 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+def quiet_logging_errors() -> None:
+    """A log handler that cannot write (``cli.log`` on a full disk) drops the record instead of
+    printing logging's own traceback: the failure that matters reaches the boundary as one sentence."""
+    logging.raiseExceptions = False
+
+
 def _raise_stopped(signum: int, frame: Any) -> None:
     raise Stopped(signum)
 
@@ -84,8 +90,8 @@ def write_traceback(err: BaseException, run_dir: Optional[Path]) -> Optional[Pat
     return Path(name)
 
 
-def _disk(err: OSError) -> str:
-    where = err.filename or "a file"
+def _disk(err: OSError, run_dir: Optional[Path] = None) -> str:
+    where = err.filename or (f"a file in {run_dir}" if run_dir else "a file")
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return (
             f"the disk is full (no space left while writing {where}): free space there or pick another "
@@ -108,7 +114,7 @@ def describe(err: BaseException, run_dir: Optional[Path] = None, overrides: Opti
             128 + signum,
         )
     if isinstance(err, OSError) and (err.filename or err.errno in (errno.ENOSPC, errno.EDQUOT)):
-        return _disk(err), 2
+        return _disk(err, run_dir), 2
     found = os_error_in(err)  # a full disk behind another exception (torch's serializer: a RuntimeError)
     if found is not None:
         return str(disk_error(found.filename or (Path(run_dir) if run_dir else "a file"), found)), 2

@@ -309,7 +309,8 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
 
 
 def nbytes(value: Any) -> int:
-    """About how many bytes ``torch.save(value)`` writes: its tensors' bytes and 64 KB for the rest."""
+    """About how many bytes ``torch.save(value)`` writes: its tensors' bytes, 512 bytes a metrics row
+    and 16 KB for the rest (RNG states, config, the zip's own records)."""
     import torch
 
     def tensors(v: Any) -> int:
@@ -321,7 +322,8 @@ def nbytes(value: Any) -> int:
             return sum(tensors(x) for x in v)
         return 0
 
-    return tensors(value) + 65_536
+    rows = value.get("rows") if isinstance(value, dict) else None
+    return tensors(value) + 512 * len(rows or ()) + 16_384
 
 
 def write_file(path: Path, write: Any, needed: Optional[int] = None) -> None:

@@ -105,6 +105,7 @@ def _writes() -> bool:
 def main() -> None:
     global _PREPARED
     boundary.install_startup_signals()
+    boundary.quiet_logging_errors()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises its errors: the boundary below words them
     argv = sys.argv[1:]
     held = None

@@ -280,13 +280,13 @@ def precheck(argv: list[str]) -> Prepared:
         return Prepared(argv)
     explicit = any(_key_of(o) == "hydra.run.dir" for o in overrides)
     run_dir = _resolved(cfg, "hydra.run.dir")
-    ensure_writable(run_dir, "hydra.run.dir")
     resume = specs.read_resume(cfg)
+    if explicit and run_dir.is_dir() and resume.mode != "false":
+        # first: a finished run says "nothing to do" even where nothing can be written (a read-only copy)
+        rundir.decide(resume, run_dir, clear=False)
+    ensure_writable(run_dir, "hydra.run.dir")
     if explicit:
-        existed = run_dir.exists()
-        if existed and resume.mode != "false":
-            rundir.decide(resume, run_dir, clear=False)
-        return Prepared(argv, run_dir, existed)
+        return Prepared(argv, run_dir, run_dir.exists())
     if resume.mode == "true":
         found = rundir.find_resumable(resume, run_dir.parent)
         if found is None:

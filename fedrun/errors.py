@@ -51,7 +51,7 @@ def disk_error(path, err: OSError, needed=None) -> DiskFull:
         except OSError:
             free = None
         size = f", which needs about {_mb(needed)}" if needed else ""
-        have = "" if free is None else f"; {_mb(free)} free there"
+        have = "" if free is None else f"; {_mb(free)} free there" if free >= 1000 else "; nothing free there"
         return DiskFull(
             f"the disk is full (no space left while writing {path}{size}{have}): free space there or pick another "
             "hydra.run.dir, then rerun the same command (it continues from the last checkpoint)."

@@ -91,30 +91,19 @@ def row_sums(table: torch.Tensor, ids: Optional[torch.Tensor] = None) -> torch.T
     return torch.tensor([zlib.crc32(table[i].numpy().data) for i in rows], dtype=torch.int64)
 
 
-def reserve(path: Path, ids: torch.Tensor, num_params: int) -> None:
-    """Allocate the disk blocks of rows ``ids`` of the sparse table file ``path`` before they are
-    written through the map: a full disk is then :class:`~fedrun.errors.DiskFull` here, not a
-    SIGBUS in the middle of a write (already allocated blocks cost nothing)."""
-    row = memory.BYTES * num_params
-    ids = sorted(set(ids.tolist()))
-    if not ids:
-        return
-    with writing(path, row * len(ids)):
+def allocate(path: Path, nbytes: int) -> None:
+    """Allocate every disk block of the table file ``path`` (``posix_fallocate``; it reads as zeros,
+    and blocks already there cost nothing), so that no access through the map can meet a full disk:
+    that would be a SIGBUS in the middle of a round (on tmpfs even a read allocates), and is
+    :class:`~fedrun.errors.DiskFull` here, before the first round. The placement rule
+    (:func:`fedrun.memory.choose_placement`) asks for that much free disk anyway."""
+    with writing(path, nbytes):
         fd = os.open(path, os.O_RDWR)
         try:
-            start = prev = ids[0]
-            for i in ids[1:] + [None]:
-                if i is not None and i == prev + 1:
-                    prev = i
-                    continue
-                try:
-                    os.posix_fallocate(fd, start * row, (prev - start + 1) * row)
-                except OSError as err:
-                    if err.errno in (95, 22):  # EOPNOTSUPP, EINVAL: a filesystem without fallocate
-                        return
-                    raise OSError(err.errno, err.strerror, str(path)) from None
-                if i is not None:
-                    start = prev = i
+            os.posix_fallocate(fd, 0, nbytes)
+        except OSError as err:
+            if err.errno not in (95, 22):  # EOPNOTSUPP, EINVAL: a filesystem without fallocate stays sparse
+                raise OSError(err.errno, err.strerror, str(path)) from None
         finally:
             os.close(fd)
 
@@ -185,7 +174,7 @@ class UndoJournal:
         buffer = io.BytesIO()
         torch.save(header, buffer)
         needed = 8 + len(buffer.getbuffer()) + sum(memory.BYTES * len(row) for row in rows)
-        try:  # a full disk: the entry is not there, and the table was not touched
+        try:  # a full disk: no entry, and the table is not touched
             with writing(path, needed), tmp.open("wb") as f:
                 f.write(len(buffer.getbuffer()).to_bytes(8, "little"))
                 f.write(buffer.getbuffer())
@@ -194,8 +183,9 @@ class UndoJournal:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        finally:
+        except Exception:  # a full disk (a crash leaves the torn .tmp, which roll-back ignores)
             tmp.unlink(missing_ok=True)
+            raise
         fsync_dir(self.directory)
         self.seq += 1
         return path

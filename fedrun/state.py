@@ -29,6 +29,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from fedrun import journal, memory
+from fedrun.errors import writing
 
 log = logging.getLogger("fedrun")
 
@@ -110,7 +111,7 @@ class TensorStore(ClientStateStore):
 
 
 class MmapStore(ClientStateStore):
-    """Tables in sparse files ``state_<name>.bin``.
+    """Tables in files ``state_<name>.bin`` (sparse scratch files; durable ones allocated in full).
 
     ``directory=None``: scratch files in a temporary directory, deleted with the store. A directory
     (a run's ``state/``): durable files with an undo journal, which a checkpoint refers to instead of
@@ -139,13 +140,17 @@ class MmapStore(ClientStateStore):
     def _allocate(self, name: str) -> torch.Tensor:
         shape = (self.num_clients, self.num_params)
         path = journal.table_path(self.directory, name)
-        if not self.reuse:
-            with open(path, "wb") as f:  # a sparse file of zeros: nothing is written until rows are set
-                f.truncate(memory.BYTES * shape[0] * shape[1])
-        if not self.durable:
-            weakref.finalize(self, path.unlink, True)
-        self.paths[name] = path
-        table, self.maps[name] = journal.map_table(path, shape)
+        size = memory.BYTES * shape[0] * shape[1]
+        with writing(path, size):  # a full or read-only disk: one sentence naming the file
+            if not self.reuse:
+                with open(path, "wb") as f:  # a sparse file of zeros: nothing is written until rows are set
+                    f.truncate(size)
+            if self.durable:  # every block now: a full disk is one sentence here, not a SIGBUS in a round
+                journal.allocate(path, size)
+            else:
+                weakref.finalize(self, path.unlink, True)
+            self.paths[name] = path
+            table, self.maps[name] = journal.map_table(path, shape)
         return table
 
     def add(self, name: str, init: Optional[torch.Tensor] = None) -> None:
@@ -158,7 +163,6 @@ class MmapStore(ClientStateStore):
         """Write rows (durable files: journal the old rows first)."""
         if self.journal is not None:
             self.journal.record(name, self.tables[name], ids)
-            journal.reserve(self.paths[name], ids, self.num_params)  # a full disk: one sentence, not a SIGBUS
         super().set(name, ids, rows)
 
     def flush(self) -> None:

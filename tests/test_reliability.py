@@ -362,3 +362,86 @@ def test_disk_full_at_every_kind_of_write_then_resume_is_exact(placement, monkey
     """As above at every 8th of the run's writes (~150 per placement) and at every open for writing."""
     disk_full_cases(monkeypatch, tmp_path, placement, request,
                     lambda rng, n: range(1, n + 1, 8), lambda rng, n: range(1, n + 1))
+
+
+def can_mount() -> bool:
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        return False
+    probe = Path("/tmp") / f"fedrun-mount-probe-{os.getpid()}"
+    probe.mkdir(exist_ok=True)
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True).returncode == 0
+    if ok:
+        subprocess.run(["umount", str(probe)], check=True)
+    probe.rmdir()
+    return ok
+
+
+real_filesystems = pytest.mark.skipif(not can_mount(), reason="needs root to mount a small tmpfs")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a given size at tmp_path/disk (remount to resize or make read-only); unmounted after."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = []
+
+    def mount(options: str) -> Path:
+        verb = ["-o", f"remount,{options}"] if mounted else ["-t", "tmpfs", "-o", options, "tmpfs"]
+        subprocess.run(["mount", *verb, str(disk)], check=True)
+        mounted.append(options)
+        return disk
+
+    yield mount
+    if mounted:  # lazily: a failed run's memory maps may outlive the test until collected
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@real_filesystems
+@pytest.mark.parametrize("placement", ["device", "mmap"])
+@pytest.mark.parametrize("size_kb", [16, 28, 40, 56])
+def test_a_real_full_disk_then_more_space_resumes_exactly(size_kb, placement, small_disk, request):
+    """A real tmpfs of 16-56 KB fills up at the lock, summary, metrics rows, checkpoints or mmap
+    blocks (the run needs ~40 KB): one DiskFull sentence naming the file, the previous checkpoint
+    whole; grown to 10 MB, the same run resumes to the uninterrupted metrics."""
+    overrides = MMAP_RUN if placement == "mmap" else []
+    expected = request.getfixturevalue("straight_mmap" if placement == "mmap" else "straight")
+    disk = small_disk(f"size={size_kb}k")
+    run_dir = disk / "run"
+    with pytest.raises(FedrunError) as raised:
+        runner.run(compose_config(*RUN, *overrides), run_dir)
+    assert str(raised.value).startswith(f"the disk is full (no space left while writing {run_dir}/"), str(raised.value)
+    assert not list(run_dir.rglob("*.tmp"))
+    if (run_dir / checkpoint.CHECKPOINT).exists():
+        checkpoint.load(run_dir / checkpoint.CHECKPOINT)
+    small_disk("size=10m")
+    assert runner.run(compose_config(*RUN, *overrides), run_dir)["status"] == "finished"
+    pd.testing.assert_frame_equal(metrics(run_dir), expected)
+
+
+@real_filesystems
+def test_a_finished_run_on_a_read_only_filesystem_says_nothing_to_do(small_disk, monkeypatch, capsys, tmp_path):
+    """A finished run on a read-only filesystem (a copy of results, a read-only mount): the command
+    says "nothing to do" (exit 0; it used to say "not writable"), even with its plot missing, and
+    fedrun.run returns its metrics; an unfinished one there is one DiskFull sentence."""
+    import sys
+
+    import fedrun
+    from fedrun import cli
+
+    disk = small_disk("size=10m")
+    runner.run(compose_config(*RUN), disk / "run")
+    (disk / "run" / "convergence.png").unlink(missing_ok=True)
+    small_disk("ro")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["fedrun", *RUN, f"hydra.run.dir={disk / 'run'}"])
+    cli.main()  # returns: exit 0
+    assert "already holds a finished run of this config" in capsys.readouterr().err
+    assert len(fedrun.run(list(RUN), run_dir=disk / "run")) == 5
+    with pytest.raises(FedrunError, match="cannot be written .read-only file system"):
+        runner.run(compose_config(*RUN, "seed=1"), disk / "other")
