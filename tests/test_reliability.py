@@ -445,3 +445,45 @@ def test_a_finished_run_on_a_read_only_filesystem_says_nothing_to_do(small_disk,
     assert len(fedrun.run(list(RUN), run_dir=disk / "run")) == 5
     with pytest.raises(FedrunError, match="cannot be written .read-only file system"):
         runner.run(compose_config(*RUN, "seed=1"), disk / "other")
+
+
+def damage_every_file(monkeypatch, tmp_path, expected, per_file: int) -> dict[str, int]:
+    """Kill an mmap run in round 4 (checkpoint of round 2, round 3's rows journaled), then for every
+    file of its run dir, ``per_file`` seeded byte flips and as many truncations, each on a fresh copy
+    of the dir: the re-run is refused in one sentence or gives exactly the uninterrupted metrics."""
+    import shutil
+
+    pristine = tmp_path / "pristine"
+    killed_in_round(monkeypatch, pristine, 4, "state_placement=mmap")
+    files = sorted(p.relative_to(pristine) for p in pristine.rglob("*") if p.is_file() and p.stat().st_size)
+    assert {"checkpoint.pt", "metrics.csv", "summary.json"} <= {str(f) for f in files} and any("journal" in str(f) for f in files)
+    rng = random.Random(23)
+    outcomes = {"refused": 0, "repaired": 0}
+    for n, name in enumerate(files):
+        for kind in ["flip"] * per_file + ["cut"] * per_file:
+            run_dir = tmp_path / f"case{n}-{kind}-{rng.random():.6f}"
+            shutil.copytree(pristine, run_dir)
+            target = run_dir / name
+            size = target.stat().st_size
+            flip(target, rng.randrange(size)) if kind == "flip" else cut(target, rng.randrange(1, size + 1))
+            try:
+                runner.run(compose_config(*RUN, "state_placement=mmap"), run_dir)
+            except FedrunError as err:
+                sentence = str(err)
+                assert "\n" not in sentence and sentence.endswith(".") and str(run_dir) in sentence, sentence
+                outcomes["refused"] += 1
+                continue
+            pd.testing.assert_frame_equal(metrics(run_dir), expected, obj=f"{kind} of {name}")
+            outcomes["repaired"] += 1
+    return outcomes
+
+
+def test_a_flip_or_cut_in_any_run_dir_file_is_refused_or_repaired_exactly(monkeypatch, tmp_path, straight_mmap):
+    outcomes = damage_every_file(monkeypatch, tmp_path, straight_mmap, per_file=1)
+    assert outcomes["refused"] and outcomes["repaired"]
+
+
+@pytest.mark.slow
+def test_many_flips_and_cuts_in_every_run_dir_file(monkeypatch, tmp_path, straight_mmap):
+    outcomes = damage_every_file(monkeypatch, tmp_path, straight_mmap, per_file=6)
+    assert outcomes["refused"] and outcomes["repaired"]
