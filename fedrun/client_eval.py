@@ -62,6 +62,9 @@ class ClientEvalSpec:
         if not (0.0 <= test < 1.0 and 0.0 <= val < 1.0 and test + val < 1.0):
             raise FedrunError(f"client_test_fraction={test} and val_fraction={val} are out of range: use fractions >= 0 "
                               f"whose sum is below 1 (e.g. client_test_fraction=0.2 val_fraction=0.1).")
+        if self.finetune_steps > 0 and test == 0.0:  # a key that would do nothing here: refused (issue 23)
+            raise FedrunError(f"finetune_steps={self.finetune_steps} does nothing without client_test_fraction (the fine-tuned "
+                              "models are measured on each client's own test split): add client_test_fraction=0.2, or drop finetune_steps.")
 
 
 def split_partition(partition: list[torch.Tensor], test_fraction: float, val_fraction: float,

@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Optional, TextIO
 
@@ -78,7 +79,7 @@ class RunDirLock:
         self.release()
 
 
-# run dir (resolved) -> [open lock file holding the flock, number of holds in this process]
+# run dir (resolved) -> [open lock file holding the flock, number of holds in this process, the holding thread]
 _HELD: dict[Path, list] = {}
 
 
@@ -94,6 +95,11 @@ def lock_run_dir(run_dir: Path) -> RunDirLock:
         run_dir.mkdir(parents=True, exist_ok=True)
     key = run_dir.resolve()
     if key in _HELD:
+        if _HELD[key][2] != threading.get_ident():  # re-entrant within a thread, not across threads
+            raise RunDirLocked(
+                f"{run_dir} is in use by another fedrun run in this process (another thread): wait for it to end, "
+                "or pick another run dir."
+            )
         _HELD[key][1] += 1
         return RunDirLock(key)
     try:
@@ -125,5 +131,5 @@ def lock_run_dir(run_dir: Path) -> RunDirLock:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         handle.close()
         raise
-    _HELD[key] = [handle, 1]
+    _HELD[key] = [handle, 1, threading.get_ident()]
     return RunDirLock(key)

@@ -487,3 +487,80 @@ def test_a_flip_or_cut_in_any_run_dir_file_is_refused_or_repaired_exactly(monkey
 def test_many_flips_and_cuts_in_every_run_dir_file(monkeypatch, tmp_path, straight_mmap):
     outcomes = damage_every_file(monkeypatch, tmp_path, straight_mmap, per_file=6)
     assert outcomes["refused"] and outcomes["repaired"]
+
+
+# --- section 3: every input one sentence -------------------------------------------------------
+
+API_INPUTS = {
+    "an int": (123, None, "fedrun.run takes a list of overrides"),
+    "None": (None, None, "fedrun.run takes a list of overrides"),
+    "a string": ("algo=fedavg", None, "fedrun.run takes a list of overrides"),
+    "a list of ints": ([1, 2], None, "fedrun.run takes a list of overrides"),
+    "run_dir=5": (list(TINY), 5, "run_dir=5 is not a path"),
+    "run_dir=''": (list(TINY), "", "run_dir='' is empty"),
+    "run_dir='.'": (list(TINY), ".", "run_dir='' is empty"),
+    "a bad override": (["lrr=0.1"], None, "lrr is not a config key"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_INPUTS))
+def test_the_python_api_raises_fedrun_error_for_bad_input(case, monkeypatch, tmp_path):
+    import fedrun
+
+    monkeypatch.chdir(tmp_path)
+    config, run_dir, piece = API_INPUTS[case]
+    with pytest.raises(FedrunError, match=piece.replace("(", r"\(")):
+        fedrun.run(config, run_dir=run_dir)
+    assert list(tmp_path.iterdir()) == []  # nothing written (run_dir='' used to write into the current dir)
+
+
+def test_the_python_api_checks_a_dictconfig_given_to_it(tmp_path):
+    import fedrun
+    from omegaconf import OmegaConf
+
+    cfg = fedrun.compose(TINY)
+    no_algo = cfg.copy()
+    no_algo.algo = None
+    with pytest.raises(FedrunError, match=r"algo=None in the config given to fedrun.run is not an option of algo"):
+        fedrun.run(no_algo, run_dir=tmp_path / "a")
+    with pytest.raises(FedrunError, match=r"lacks the keys lr: build it with fedrun.compose"):
+        fedrun.run(OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "lr"]), run_dir=tmp_path / "b")
+    with pytest.raises(FedrunError, match=r"lacks the keys algo, batch_size, .* and \d+ more"):
+        fedrun.run(OmegaConf.create({"lr": 0.1}), run_dir=tmp_path / "c")
+
+
+def test_a_full_disk_under_the_python_api_is_a_fedrun_error(monkeypatch, tmp_path):
+    import errno
+
+    import fedrun
+
+    faults = Faults(tmp_path / "run", 3, errno.ENOSPC)
+    with monkeypatch.context() as mp:
+        faults.install(mp)
+        with pytest.raises(FedrunError, match="the disk is full"):
+            fedrun.run(RUN, run_dir=tmp_path / "run")
+
+
+def test_two_threads_on_one_run_dir_one_is_refused_in_one_sentence(tmp_path):
+    """The run-dir lock is re-entrant within a thread only: a second thread of the same process
+    gets the in-use sentence while the first holds it."""
+    import threading
+
+    from fedrun import lock
+
+    held = lock.lock_run_dir(tmp_path)
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(pytest.raises(FedrunError, lock.lock_run_dir, tmp_path).value))
+    thread.start()
+    thread.join()
+    assert "is in use by another fedrun run in this process (another thread)" in str(errors[0])
+    held.release()
+    lock.lock_run_dir(tmp_path).release()  # free again
+
+
+def test_finetune_steps_without_client_test_fraction_is_refused():
+    import fedrun
+
+    with pytest.raises(FedrunError, match=r"finetune_steps=3 does nothing without client_test_fraction.*add client_test_fraction=0.2"):
+        fedrun.compose([*TINY, "finetune_steps=3"])
+    fedrun.compose([*TINY, "finetune_steps=3", "client_test_fraction=0.2"])
