@@ -98,6 +98,36 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if ("--help" in args or "-h" in args) and "--hydra-help" not in args:
         print(help_text(), end="")
         return
-    from fedrun.cli import main as run_main  # torch, Hydra and the schemas only from here on
-
+    run_main = _import_cli()
     run_main()
+
+
+class _StoppedEarly(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _import_cli():
+    """``fedrun.cli.main``, imported (torch, Hydra and the schemas: a second or more) with Ctrl-C and
+    SIGTERM turned into one sentence meanwhile: nothing has been written yet."""
+    import signal
+
+    def stop(signum, frame):
+        raise _StoppedEarly(signum)
+
+    # a signal the parent made us ignore (SIGINT of a background job, nohup) stays ignored
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, handler in before.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, stop)
+    try:
+        from fedrun.cli import main as run_main  # torch, Hydra and the schemas only from here on
+    except _StoppedEarly as stopped:
+        name = signal.Signals(stopped.signum).name
+        print(f"fedrun: error: stopped by {name} before the run started; nothing was written.", file=sys.stderr)
+        sys.exit(128 + stopped.signum)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    return run_main

@@ -564,3 +564,31 @@ def test_finetune_steps_without_client_test_fraction_is_refused():
     with pytest.raises(FedrunError, match=r"finetune_steps=3 does nothing without client_test_fraction.*add client_test_fraction=0.2"):
         fedrun.compose([*TINY, "finetune_steps=3"])
     fedrun.compose([*TINY, "finetune_steps=3", "client_test_fraction=0.2"])
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_import_torch_is_one_sentence(signum, tmp_path):
+    """Ctrl-C or SIGTERM while fedrun imports torch (its first second): one sentence, exit
+    128+signal, nothing written (it used to be a KeyboardInterrupt traceback, or no word at all).
+    The signal is sent by the process itself at the moment ``import torch`` starts."""
+    import subprocess
+    import sys
+
+    code = f"""
+import builtins, os, signal, sys
+real = builtins.__import__
+def hook(name, *a, **k):
+    if name == "torch" and not getattr(hook, "sent", False):
+        hook.sent = True
+        os.kill(os.getpid(), signal.{signum})
+    return real(name, *a, **k)
+builtins.__import__ = hook
+sys.argv = ["fedrun", "hydra.run.dir={tmp_path / 'run'}"]
+from fedrun.cli_help import main
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    number = int(getattr(__import__("signal"), signum))
+    assert done.returncode == 128 + number, done.stderr
+    assert done.stderr == f"fedrun: error: stopped by {signum} before the run started; nothing was written.\n"
+    assert not (tmp_path / "run").exists()
