@@ -76,6 +76,7 @@ def _main(cfg: DictConfig) -> Optional[float]:
         if multirun:  # one failed job must not stop the sweep: its summary says failed, the report marks it
             log.error("fedrun: %s", message)
             _job_failed(cfg, run_dir, message)
+            _FAILED_JOBS[run_dir] = (message, code)
             return float("nan")
     if _writes():  # rank 0 of several
         boundary.clean_failed_start(run_dir, created)
@@ -84,6 +85,32 @@ def _main(cfg: DictConfig) -> Optional[float]:
 
 
 _PREPARED = Prepared([])
+_FAILED_JOBS: dict[Path, tuple[str, int]] = {}  # this process's sweep jobs that failed or diverged: sentence, exit code
+
+
+def _sweep_failures(sweep_dir: Optional[Path]) -> dict[Path, tuple[str, int]]:
+    """The sweep's jobs that failed or diverged: those of this process, and (jobs another launcher
+    ran in other processes) every job of the sweep dir whose summary says so."""
+    from fedrun.rundir import read_summary
+
+    found = dict(_FAILED_JOBS)
+    if sweep_dir is not None and Path(sweep_dir).is_dir():
+        for summary_path in sorted(Path(sweep_dir).rglob("summary.json")):
+            summary = read_summary(summary_path.parent) or {}
+            if summary.get("status") in ("failed", "diverged") and summary_path.parent not in found:
+                found[summary_path.parent] = (str(summary.get("error") or summary["status"]), 3 if summary["status"] == "diverged" else 2)
+    return found
+
+
+def _report_sweep(sweep_dir: Optional[Path]) -> None:
+    """After a sweep: a line per job that failed or diverged, and a non-zero exit (the largest code)."""
+    failures = _sweep_failures(sweep_dir)
+    _FAILED_JOBS.clear()
+    if not failures:
+        return
+    for run_dir, (message, _) in sorted(failures.items()):
+        print(f"fedrun: error: sweep job {run_dir} did not finish: {message}", file=sys.stderr)
+    sys.exit(max(code for _, code in failures.values()))
 
 
 def _dist():  # noqa: ANN202
@@ -125,7 +152,10 @@ def main() -> None:
         if _PREPARED.run_dir is not None and _writes():
             held = lock.lock_run_dir(_PREPARED.run_dir)  # before Hydra writes .hydra/ and cli.log into it
         sys.argv[1:] = _PREPARED.argv
+        _FAILED_JOBS.clear()
         _main()
+        if any(a in ("-m", "--multirun") for a in argv) and _writes():
+            _report_sweep(_PREPARED.sweep_dir)
     except SystemExit:
         raise
     except BaseException as err:  # noqa: BLE001 - the boundary around everything outside the run itself

@@ -38,6 +38,7 @@ class Prepared:
     argv: list[str]  # the arguments to give Hydra (maybe with hydra.run.dir added)
     run_dir: Optional[Path] = None  # the explicit or found run dir of a single run
     existed: bool = False  # whether that dir existed before this command
+    sweep_dir: Optional[Path] = None  # a sweep's dir as the pre-check resolved it (its failed jobs are listed at the end)
 
 
 def split_args(argv: list[str]) -> tuple[list[str], bool, bool]:
@@ -276,8 +277,9 @@ def precheck(argv: list[str]) -> Prepared:
         if given is not None and not given.strip():
             ensure_writable(Path(""), key)  # refuses an empty dir: it would mean the current directory
     if multirun:
-        ensure_writable(_resolved(cfg, "hydra.sweep.dir"), "hydra.sweep.dir")
-        return Prepared(argv)
+        sweep_dir = _resolved(cfg, "hydra.sweep.dir")
+        ensure_writable(sweep_dir, "hydra.sweep.dir")
+        return Prepared(argv, sweep_dir=sweep_dir)
     explicit = any(_key_of(o) == "hydra.run.dir" for o in overrides)
     run_dir = _resolved(cfg, "hydra.run.dir")
     resume = specs.read_resume(cfg)
