@@ -592,3 +592,48 @@ main()
     assert done.returncode == 128 + number, done.stderr
     assert done.stderr == f"fedrun: error: stopped by {signum} before the run started; nothing was written.\n"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("runs")
+    runner.run(compose_config(*TINY, "threads=1"), base / "a")
+    return base
+
+
+REPORT_INPUTS = {
+    "a file as DIR": (lambda b, t: [str(b / "a" / "metrics.csv")], "is a file, not a directory"),
+    "a missing DIR": (lambda b, t: [str(t / "nope")], "does not exist"),
+    "an empty DIR": (lambda b, t: [str(t)], "holds no runs"),
+    "a file as --out": (lambda b, t: [str(b), "--out", str(b / "a" / "metrics.csv")], "is a file: give --out a directory"),
+    "--metric foo": (lambda b, t: [str(b), "--metric", "foo", "--out", str(t / "o")], "--metric foo is not a column of the runs' metrics.csv: use one of"),
+    "--published missing.csv": (lambda b, t: [str(b), "--published", str(t / "missing.csv"), "--out", str(t / "o")], "is not a file"),
+}
+
+
+@pytest.mark.parametrize("case", list(REPORT_INPUTS))
+def test_fedrun_report_bad_inputs_are_one_sentence_and_exit_2(case, finished_runs, capsys, tmp_path):
+    from fedrun import report
+
+    args, piece = REPORT_INPUTS[case]
+    assert report.main(args(finished_runs, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fedrun-report: error: ") and piece in err, err
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_fedrun_report_on_a_read_only_out_is_one_sentence(finished_runs, small_disk_or_skip, capsys):
+    from fedrun import report
+
+    disk = small_disk_or_skip
+    assert report.main([str(finished_runs), "--out", str(disk / "out"), "--no-figures"]) == 2
+    assert "cannot be written (a read-only" in capsys.readouterr().err
+
+
+@pytest.fixture
+def small_disk_or_skip(request):
+    if not can_mount():
+        pytest.skip("needs root to mount a small tmpfs")
+    mount = request.getfixturevalue("small_disk")
+    mount("size=1m")
+    return mount("ro")
