@@ -637,3 +637,114 @@ def small_disk_or_skip(request):
     mount = request.getfixturevalue("small_disk")
     mount("size=1m")
     return mount("ro")
+
+
+# --- a property over the config schema ---------------------------------------------------------
+
+def _schema_keys() -> list[str]:
+    """Every dotted key of the default config (top level and the default groups' keys)."""
+    from omegaconf import OmegaConf
+
+    flat = pd.json_normalize(OmegaConf.to_container(compose_config(), resolve=False), sep=".").columns
+    return sorted(k for k in flat if not k.endswith("_target_") and not k.startswith("hydra"))
+
+
+SCHEMA_KEYS = _schema_keys()
+# keys whose random values keep a tiny run tiny (no rounds=10**9): the ones fedrun.run is tried with
+CHEAP_KEYS = ["lr", "lr_decay", "weight_decay", "clip_norm", "seed", "participation", "sampling", "eval_every",
+              "eval_active", "eval_all", "checkpoint_every", "divergence_factor", "on_nonfinite", "targets",
+              "keep_checkpoint", "quiet", "algo.alpha", "batch_size", "val_fraction", "client_test_fraction",
+              "finetune_steps", "threads", "precision", "resume", "skip_finished"]
+
+
+def values():
+    from hypothesis import strategies as st
+
+    return st.one_of(
+        st.integers(-10**12, 10**12).map(str),
+        st.integers(0, 5).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.floats(0, 1).map(repr),
+        st.sampled_from(["true", "false", "yes", "2", "null", "[]", "[1,2]", "[-5]", "{}", "abc", "''", "${oc.env:NOPE}"]),
+        st.text(alphabet="ab1.-_=,[]{}() '\"$:", max_size=6),
+    )
+
+
+def names_a_key(sentence: str) -> bool:
+    return any(k in sentence for k in SCHEMA_KEYS + ["algo", "data", "partition", "model", "engine", "hydra.run.dir"])
+
+
+def check_outcome(call, keys) -> str:
+    """'ok', or 'refused' for a FedrunError of one sentence naming a key; anything else fails."""
+    from fedrun.rundir import RunFinished
+
+    try:
+        call()
+    except RunFinished:
+        return "ok"
+    except FedrunError as err:
+        sentence = str(err)
+        assert "\n" not in sentence.strip() and names_a_key(sentence), f"{keys}: {sentence}"
+        return "refused"
+    return "ok"
+
+
+OUTCOMES: dict[str, dict[str, int]] = {"precheck": {"ok": 0, "refused": 0}, "run": {"ok": 0, "refused": 0}}
+
+
+def precheck_property(tmp_path, monkeypatch, examples: int) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from fedrun.cli_errors import precheck
+
+    monkeypatch.chdir(tmp_path)
+
+    @settings(max_examples=examples, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.sampled_from(SCHEMA_KEYS), values()), min_size=1, max_size=3))
+    def prop(pairs):
+        overrides = [f"{k}={v}" for k, v in pairs]
+        OUTCOMES["precheck"][check_outcome(lambda: precheck([*TINY, *overrides]), overrides)] += 1
+
+    prop()
+
+
+def run_property(tmp_path, monkeypatch, examples: int) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    import fedrun
+
+    monkeypatch.chdir(tmp_path)
+
+    @settings(max_examples=examples, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.sampled_from(CHEAP_KEYS), values()), min_size=1, max_size=2))
+    def prop(pairs):
+        overrides = [f"{k}={v}" for k, v in pairs]
+        run_dir = tmp_path / f"r{sum(OUTCOMES['run'].values())}"
+        OUTCOMES["run"][check_outcome(lambda: fedrun.run([*TINY, "rounds=2", "threads=1", *overrides], run_dir=run_dir), overrides)] += 1
+
+    prop()
+
+
+def test_random_values_of_every_key_through_the_cli_precheck_are_valid_or_one_sentence(tmp_path, monkeypatch):
+    """Random values of every key's type, beyond its bounds and junk strings (1-3 keys at a time):
+    the CLI's pre-check accepts them or raises a FedrunError of one sentence naming a key, never
+    another exception. 12 examples here (~0.4 s each), 300 in the slow test."""
+    precheck_property(tmp_path, monkeypatch, 12)
+
+
+def test_random_values_through_fedrun_run_are_a_run_or_one_sentence(tmp_path, monkeypatch):
+    """The same through ``fedrun.run`` for the keys that keep a run tiny: a run (finished, or
+    refused as diverged) or one FedrunError sentence naming a key. 8 examples here, 80 in the slow test."""
+    run_property(tmp_path, monkeypatch, 8)
+
+
+@pytest.mark.slow
+def test_many_random_values_through_the_precheck_and_fedrun_run(tmp_path, monkeypatch):
+    for part in ("p", "r"):
+        (tmp_path / part).mkdir()
+    precheck_property(tmp_path / "p", monkeypatch, 300)
+    run_property(tmp_path / "r", monkeypatch, 80)
+    print("property outcomes:", OUTCOMES)
+    assert min(OUTCOMES["precheck"].values()) > 0 and min(OUTCOMES["run"].values()) > 0
