@@ -144,6 +144,8 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
         )
         if "valid bool" in cause_text:
             kind = "true or false"
+        if not m and "ListConfig" in cause_text:
+            kind = f"a list (e.g. {full_key}=[0.5,0.8]; one value as {full_key}=[0.5])"
         return FedrunError(f"{full_key}={value} has the wrong type: {full_key} takes {kind}.")
     if "Config group override must be" in text:
         group = next((_key_of(o) for o in overrides if _key_of(o) in GROUPS and o.split("=", 1)[1] in ("null", "")), "a group")
@@ -283,6 +285,10 @@ def precheck(argv: list[str]) -> Prepared:
     explicit = any(_key_of(o) == "hydra.run.dir" for o in overrides)
     run_dir = _resolved(cfg, "hydra.run.dir")
     resume = specs.read_resume(cfg)
+    if explicit and run_dir.is_dir():
+        for name in ("cli.log", "run.lock", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"):
+            if (run_dir / name).exists() and not (run_dir / name).is_file():  # Hydra or the lock would fail on it
+                raise FedrunError(f"{run_dir / name} is not a file, so this run dir cannot be used: remove it, or pick another hydra.run.dir.")
     if explicit and run_dir.is_dir() and resume.mode != "false":
         # first: a finished run says "nothing to do" even where nothing can be written (a read-only copy)
         rundir.decide(resume, run_dir, clear=False)

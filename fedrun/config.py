@@ -245,7 +245,12 @@ def validate(cfg: DictConfig) -> None:
     from fedrun.loggers import logger_names
     from fedrun.specs import read_client_eval
 
-    logger_names(cfg.get("logger"))  # an unknown logger name: one sentence
+    from omegaconf import ListConfig
+
+    logger = cfg.get("logger")
+    _check(logger is None or isinstance(logger, (str, ListConfig, list)),
+           f"logger={logger} is not valid: give a logger name or a list of them (e.g. logger=tensorboard, logger=[tensorboard,mlflow]), or logger=[] for none.")
+    logger_names(logger)  # an unknown logger name: one sentence
     read_client_eval(cfg)  # held-out fractions out of range: one sentence
     _check(cfg.get("finetune_steps", 0) >= 0, f"finetune_steps={cfg.get('finetune_steps')} is negative: use 0 (off) or a number of local SGD steps.")
     _check(cfg.get("threads") is None or cfg.threads >= 1, f"threads={cfg.get('threads')} is impossible: use threads=N with N >= 1, or threads=null to choose by model size.")

@@ -748,3 +748,27 @@ def test_many_random_values_through_the_precheck_and_fedrun_run(tmp_path, monkey
     run_property(tmp_path / "r", monkeypatch, 80)
     print("property outcomes:", OUTCOMES)
     assert min(OUTCOMES["precheck"].values()) > 0 and min(OUTCOMES["run"].values()) > 0
+
+
+@pytest.mark.parametrize("args, piece", [
+    (["targets=abc"], "targets=abc has the wrong type: targets takes a list (e.g. targets=[0.5,0.8]"),
+    (["targets=5"], "targets=5 has the wrong type: targets takes a list"),
+    (["logger=5"], "logger=5 is not valid: give a logger name or a list of them"),
+    (["logger=true"], "logger=True is not valid"),
+])
+def test_a_wrong_type_for_a_list_valued_key_is_one_sentence(args, piece, monkeypatch, capsys, tmp_path):
+    """These used to be "unexpected error (TypeError ...); this is a bug" or "takes a value of another type"."""
+    from tests.test_errors import cli_error
+
+    code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*TINY, *args])
+    assert code == 2 and sentence.startswith(piece), sentence
+
+
+@pytest.mark.parametrize("name", ["cli.log", "run.lock", ".hydra/config.yaml"])
+def test_a_run_dir_whose_log_or_lock_is_a_directory_is_one_sentence(name, monkeypatch, capsys, tmp_path):
+    from tests.test_errors import cli_error
+
+    run_dir = tmp_path / "run"
+    (run_dir / name).mkdir(parents=True)
+    code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*TINY, f"hydra.run.dir={run_dir}"])
+    assert code == 2 and sentence == f"{run_dir / name} is not a file, so this run dir cannot be used: remove it, or pick another hydra.run.dir."
