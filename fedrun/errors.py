@@ -58,7 +58,7 @@ def disk_error(path, err: OSError, needed=None) -> DiskFull:
         )
     reason = (err.strerror or type(err).__name__).lower()
     return DiskFull(
-        f"{path} cannot be written ({reason}: a read-only filesystem or a folder that is not yours): make it writable "
+        f"{path} cannot be written ({reason}): make its folder writable (it is on a read-only filesystem, or not yours) "
         "or pick another hydra.run.dir, then rerun the same command (it continues from the last checkpoint)."
     )
 

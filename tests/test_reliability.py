@@ -56,6 +56,28 @@ def killed_in_round(monkeypatch, run_dir: Path, at: int = 3, *overrides: str) ->
     assert (run_dir / checkpoint.CHECKPOINT).exists()
 
 
+_KILLED: dict[str, Path] = {}  # "kill" runs made once per module, copied into each test's dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def killed_cache(tmp_path_factory):
+    _KILLED.clear()
+    _KILLED["base"] = tmp_path_factory.mktemp("killed")
+    yield
+    _KILLED.clear()
+
+
+def killed_copy(run_dir: Path, at: int = 3, *overrides: str) -> None:
+    """``run_dir`` as :func:`killed_in_round` leaves it (made once per module, then copied)."""
+    import shutil
+
+    source = _KILLED["base"] / f"at{at}{'-'.join(overrides)}"
+    if not source.exists():
+        with pytest.MonkeyPatch.context() as mp:
+            killed_in_round(mp, source, at, *overrides)
+    shutil.copytree(source, run_dir, dirs_exist_ok=True)
+
+
 def cut(path: Path, n: int) -> None:
     path.write_bytes(path.read_bytes()[:-n])
 
@@ -74,7 +96,7 @@ METRICS_DAMAGE = {
 def test_a_damaged_metrics_csv_is_rewritten_from_the_checkpoint(damage, straight, monkeypatch, tmp_path):
     """The checkpoint holds every row: the resumed metrics.csv is the uninterrupted one whatever
     a crash or a full disk did to the file (it used to keep a cut row and glue the next onto it)."""
-    killed_in_round(monkeypatch, tmp_path, at=4)  # rows 1-3 in the file, checkpoint of round 2
+    killed_copy(tmp_path, 4)  # rows 1-3 in the file, checkpoint of round 2
     METRICS_DAMAGE[damage](tmp_path / "metrics.csv")
     runner.run(compose_config(*RUN), tmp_path)
     pd.testing.assert_frame_equal(metrics(tmp_path), straight)
@@ -90,7 +112,7 @@ def test_every_flipped_byte_or_truncation_of_a_checkpoint_is_refused_or_harmless
     """Flip single bytes of checkpoint.pt at 300 seeded offsets and cut it at 100 lengths: loading it
     either raises the one "is damaged" sentence or gives content whose checksum is the original's
     (a byte of the zip's own bookkeeping that changes nothing); never other content."""
-    killed_in_round(monkeypatch, tmp_path)
+    killed_copy(tmp_path)
     path = tmp_path / checkpoint.CHECKPOINT
     original = path.read_bytes()
     reference = checkpoint.digest(checkpoint.load(path))
@@ -114,7 +136,7 @@ def test_every_flipped_byte_or_truncation_of_a_checkpoint_is_refused_or_harmless
 def test_a_flipped_tensor_byte_is_refused_end_to_end(monkeypatch, tmp_path):
     """A flipped byte in the server model's data (memory-mapped, never unpickled) used to resume
     silently and change the metrics from round 3 on: now the re-run is refused in one sentence."""
-    killed_in_round(monkeypatch, tmp_path)
+    killed_copy(tmp_path)
     path = tmp_path / checkpoint.CHECKPOINT
     theta = checkpoint.load(path)["theta"]
     needle = theta[:4].numpy().tobytes()
@@ -138,14 +160,14 @@ def test_a_hand_edited_checkpoint_is_refused(edit, recompute, monkeypatch, tmp_p
     """Hand edits (with the checksum dropped or recomputed to match) are refused with the same
     sentence: no rows although rounds 1-2 were evaluated, a round that is not a round number, rows
     past the checkpoint's round, counters of another round, no config or server model."""
-    killed_in_round(monkeypatch, tmp_path)
+    killed_copy(tmp_path)
     hand_edit(tmp_path / checkpoint.CHECKPOINT, recompute, **edit)
     with pytest.raises(FedrunError, match=r"checkpoint.pt in .* is damaged: "):
         checkpoint.load(tmp_path / checkpoint.CHECKPOINT)
 
 
 def test_a_checkpoint_without_checksum_is_refused(monkeypatch, tmp_path):
-    killed_in_round(monkeypatch, tmp_path)
+    killed_copy(tmp_path)
     hand_edit(tmp_path / checkpoint.CHECKPOINT, recompute=False)
     with pytest.raises(FedrunError, match="holds no checksum"):
         runner.run(compose_config(*RUN), tmp_path)
@@ -155,7 +177,7 @@ def test_a_thread_change_on_resume_is_refused(monkeypatch, tmp_path, straight):
     """The CPU kernels split their sums by thread: 1 and 2 threads round differently, so a resume
     with another thread count is refused (naming the one to use); the same count resumes exactly,
     however it was chosen (threads=null picks 1 for a model this small: fedrun/threads.py)."""
-    killed_in_round(monkeypatch, tmp_path)
+    killed_copy(tmp_path)
     with pytest.raises(FedrunError, match=r"ran with 1 torch thread\(s\) and this run would use 2.*resume with threads=1"):
         runner.run(compose_config(*RUN, "threads=2"), tmp_path)
     assert torch.get_num_threads() == 1  # put back after the refusal
@@ -166,7 +188,7 @@ def test_a_thread_change_on_resume_is_refused(monkeypatch, tmp_path, straight):
 def test_an_unfinished_run_rerun_with_more_rounds_is_that_longer_run(monkeypatch, tmp_path):
     """Nothing before the last round depends on rounds= (its row and checkpoint aside, which an
     unfinished run has not reached): continued with rounds=7, the run is exactly a rounds=7 run."""
-    killed_in_round(monkeypatch, tmp_path)
+    killed_copy(tmp_path)
     runner.run(compose_config(*RUN, "rounds=7"), tmp_path)
     longer = tmp_path / "longer"
     runner.run(compose_config(*RUN, "rounds=7"), longer)
@@ -175,7 +197,7 @@ def test_an_unfinished_run_rerun_with_more_rounds_is_that_longer_run(monkeypatch
 
 
 def test_fewer_rounds_than_the_checkpoint_has_are_refused(monkeypatch, tmp_path):
-    killed_in_round(monkeypatch, tmp_path, at=5)  # checkpoint of round 4
+    killed_copy(tmp_path, 5)  # checkpoint of round 4
     with pytest.raises(FedrunError, match=r"rounds \(5 there, 3 now\)"):
         runner.run(compose_config(*RUN, "rounds=3"), tmp_path)
 
@@ -187,7 +209,7 @@ def test_a_damaged_mmap_state_file_is_refused(monkeypatch, tmp_path):
     checkpoint's exactly); a file cut short is refused; the intact files resume exactly."""
     import shutil
 
-    killed_in_round(monkeypatch, tmp_path, 4, "state_placement=mmap")  # round 3 wrote rows after the checkpoint
+    killed_copy(tmp_path, 4, "state_placement=mmap")  # round 3 wrote rows after the checkpoint
     state, saved = tmp_path / "state", tmp_path / "saved-state"
     shutil.copytree(state, saved)
     files = sorted(state.glob("state_*.bin"))
@@ -403,8 +425,11 @@ def small_disk(tmp_path):
 
 
 @real_filesystems
-@pytest.mark.parametrize("placement", ["device", "mmap"])
-@pytest.mark.parametrize("size_kb", [16, 28, 40, 56])
+@pytest.mark.parametrize("placement, size_kb", [
+    ("device", 28), ("mmap", 40),
+    *[pytest.param(p, k, marks=pytest.mark.slow) for p, k in [("device", 16), ("device", 40), ("device", 56),
+                                                             ("mmap", 16), ("mmap", 28), ("mmap", 56)]],
+])
 def test_a_real_full_disk_then_more_space_resumes_exactly(size_kb, placement, small_disk, request):
     """A real tmpfs of 16-56 KB fills up at the lock, summary, metrics rows, checkpoints or mmap
     blocks (the run needs ~40 KB): one DiskFull sentence naming the file, the previous checkpoint
@@ -454,7 +479,7 @@ def damage_every_file(monkeypatch, tmp_path, expected, per_file: int) -> dict[st
     import shutil
 
     pristine = tmp_path / "pristine"
-    killed_in_round(monkeypatch, pristine, 4, "state_placement=mmap")
+    killed_copy(pristine, 4, "state_placement=mmap")
     files = sorted(p.relative_to(pristine) for p in pristine.rglob("*") if p.is_file() and p.stat().st_size)
     assert {"checkpoint.pt", "metrics.csv", "summary.json"} <= {str(f) for f in files} and any("journal" in str(f) for f in files)
     rng = random.Random(23)
@@ -730,14 +755,14 @@ def run_property(tmp_path, monkeypatch, examples: int) -> None:
 def test_random_values_of_every_key_through_the_cli_precheck_are_valid_or_one_sentence(tmp_path, monkeypatch):
     """Random values of every key's type, beyond its bounds and junk strings (1-3 keys at a time):
     the CLI's pre-check accepts them or raises a FedrunError of one sentence naming a key, never
-    another exception. 12 examples here (~0.4 s each), 300 in the slow test."""
-    precheck_property(tmp_path, monkeypatch, 12)
+    another exception. 6 examples here (~0.4 s each), 300 in the slow test."""
+    precheck_property(tmp_path, monkeypatch, 6)
 
 
 def test_random_values_through_fedrun_run_are_a_run_or_one_sentence(tmp_path, monkeypatch):
     """The same through ``fedrun.run`` for the keys that keep a run tiny: a run (finished, or
-    refused as diverged) or one FedrunError sentence naming a key. 8 examples here, 80 in the slow test."""
-    run_property(tmp_path, monkeypatch, 8)
+    refused as diverged) or one FedrunError sentence naming a key. 6 examples here, 80 in the slow test."""
+    run_property(tmp_path, monkeypatch, 6)
 
 
 @pytest.mark.slow
