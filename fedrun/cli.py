@@ -31,7 +31,13 @@ log = logging.getLogger("fedrun")
 register_configs()
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2, err: Optional[BaseException] = None) -> None:
+    """Print the one sentence and exit; under torchrun only rank 0 prints it (the ranks agree on a
+    failure, so rank 0 has it too), except a rank that lost its peers (rank 0 may be the one gone)."""
+    dist = _dist()
+    if dist is not None and not _writes() and not isinstance(err, dist.PeerLost):
+        log.debug("fedrun: %s", message)
+        sys.exit(code)
     print(f"fedrun: error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -68,8 +74,10 @@ def _main(cfg: DictConfig) -> Optional[float]:
     except (KeyboardInterrupt, boundary.Stopped):
         if multirun:  # a stop by signal stops the whole sweep
             raise
-        message, code = boundary.describe(sys.exc_info()[1], run_dir)
+        failure: Optional[BaseException] = sys.exc_info()[1]
+        message, code = boundary.describe(failure, run_dir)
     except Exception as err:  # noqa: BLE001 - the boundary: every failure is one sentence
+        failure = err
         message, code = boundary.describe(err, run_dir)
         if isinstance(err, lock.RunDirLocked):
             _fail(message, code)  # another process's run dir: touch nothing
@@ -80,7 +88,7 @@ def _main(cfg: DictConfig) -> Optional[float]:
             return float("nan")
     if _writes():  # rank 0 of several
         boundary.clean_failed_start(run_dir, created)
-    _fail(message, code)
+    _fail(message, code, failure)
     return None
 
 
@@ -160,7 +168,7 @@ def main() -> None:
         raise
     except BaseException as err:  # noqa: BLE001 - the boundary around everything outside the run itself
         message, code = boundary.describe(err, _PREPARED.run_dir, [a for a in argv if not a.startswith("-")])
-        _fail(message, code)
+        _fail(message, code, err)
     finally:
         if held is not None:
             held.release()

@@ -797,3 +797,60 @@ def test_a_run_dir_whose_log_or_lock_is_a_directory_is_one_sentence(name, monkey
     (run_dir / name).mkdir(parents=True)
     code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*TINY, f"hydra.run.dir={run_dir}"])
     assert code == 2 and sentence == f"{run_dir / name} is not a file, so this run dir cannot be used: remove it, or pick another hydra.run.dir."
+
+
+# --- torchrun ----------------------------------------------------------------------------------
+
+TWO_RANKS = ["num_clients=6", "local_epochs=1", "data.mean_samples=30", "progress=false", "device=cpu"]
+
+
+def fedrun_process(*args: str, cwd: Path, **kwargs):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, "-m", "fedrun", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.slow  # two ranks start (~15 s)
+def test_nproc_prints_a_bad_overrides_sentence_once_and_no_torchrun_traceback(tmp_path):
+    proc = fedrun_process("nproc=2", *TWO_RANKS, "rounds=2", "lrr=0.1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    assert err == "fedrun: error: lrr is not a config key: did you mean lr? (a group's keys take its name first, e.g. algo.alpha).\n"
+
+
+@pytest.mark.slow  # two ranks, killed and resumed (~40 s)
+def test_ranks_stop_when_their_launchers_process_group_is_killed(tmp_path):
+    """SIGKILL to the launcher's process group (the ranks run in their own sessions) used to leave the
+    ranks training to the end: now they get SIGTERM (PR_SET_PDEATHSIG), checkpoint and stop, and the
+    same command resumes to the metrics of an uninterrupted 2-rank run."""
+    import os
+    import signal
+    import time
+
+    run_dir, straight = tmp_path / "run", tmp_path / "straight"
+    args = ["nproc=2", *TWO_RANKS, "rounds=400", "checkpoint_every=0", "eval_every=50"]
+    proc = fedrun_process(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "metrics.csv").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    rank0 = int((run_dir / "run.lock").read_text().split()[0])
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    while time.monotonic() < deadline:
+        try:
+            os.kill(rank0, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("rank 0 outlived its launcher")
+    assert (run_dir / "checkpoint.pt").exists()  # the SIGTERM's checkpoint
+    again = fedrun_process(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert again.wait(timeout=600) == 0, again.stderr.read()
+    full = fedrun_process(*args, f"hydra.run.dir={straight}", cwd=tmp_path)
+    assert full.wait(timeout=600) == 0
+    pd.testing.assert_frame_equal(metrics(run_dir), metrics(straight))
