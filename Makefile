@@ -15,9 +15,10 @@ test:  ## the test suite without slow tests, on two processes (pytest-xdist, fro
 test-full:  ## every test, slow ones included
 	$(PY) -m pytest -q
 
-lint:  ## byte-compile everything and check the configs compose
+lint:  ## byte-compile everything, check the stage layers (import-linter, pyproject.toml) and that the configs compose
 	$(PY) -m compileall -q fedrun scripts tests
-	$(PY) -m pytest -q tests/test_config.py
+	lint-imports
+	$(PY) -m pytest -q tests/test_config.py tests/test_layers.py
 
 bench:  ## time both engines: make bench ARGS="model=logreg num_clients=100 participation=0.1 out=bench.json"
 	$(PY) scripts/bench.py $(ARGS)

@@ -1,3 +1,3 @@
-from fedrun.cli_help import main
+from fedrun.cli.help import main
 
 main()

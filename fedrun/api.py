@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Union
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from fedrun.config import CONF_DIR, register_configs
+from fedrun.config.schema import CONF_DIR, register_configs
 
 _REGISTERED = False
 
@@ -37,7 +37,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from fedrun.config import validate
+    from fedrun.config.checks import validate
 
     if not _REGISTERED:
         register_configs()
@@ -48,7 +48,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name, list(overrides))
     except Exception as err:  # noqa: BLE001 - an unknown key or option, a wrong type: the command's sentence
-        from fedrun.cli_errors import translate
+        from fedrun.cli.precheck import translate
 
         raise translate(err, list(overrides)) from None
     validate(cfg)
@@ -125,7 +125,7 @@ def run(config: Union[Sequence[str], DictConfig] = (), run_dir: Optional[Union[s
     """Run ``config`` (overrides or a composed :class:`DictConfig`) and return its metrics, one row per
     evaluated round; ``.attrs["summary"]`` is ``summary.json`` and ``.attrs["run_dir"]`` the run dir."""
     from fedrun.errors import FedrunError
-    from fedrun.rundir import RunFinished
+    from fedrun.rundir.resume import RunFinished
     from fedrun.runner import run as run_rounds
 
     cfg = _checked_config(config)
@@ -137,7 +137,7 @@ def run(config: Union[Sequence[str], DictConfig] = (), run_dir: Optional[Union[s
     except FedrunError:
         raise
     except Exception as err:  # noqa: BLE001 - the command's sentence for everything else too (a full disk, a bug)
-        from fedrun.boundary import describe
+        from fedrun.cli.boundary import describe
 
         raise FedrunError(describe(err, path)[0]) from err
     metrics = pd.read_csv(path / "metrics.csv")

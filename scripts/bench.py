@@ -127,7 +127,7 @@ def fake_data_root(name: str) -> Path:
 def compose_cfg(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from fedrun.config import CONF_DIR, register_configs
+    from fedrun.config.schema import CONF_DIR, register_configs
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -148,8 +148,8 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
 
 def setup_worker(bench: dict[str, str], cfg: Any) -> None:
     """Threads as asked; precision and determinism exactly as ``fedrun`` sets them for ``cfg``."""
-    from fedrun import specs
-    from fedrun.determinism import configure_determinism
+    from fedrun.config import specs
+    from fedrun.simulation.determinism import configure_determinism
 
     if int(bench["threads"]) > 0:
         torch.set_num_threads(int(bench["threads"]))
@@ -172,8 +172,10 @@ def train_flops_per_sample(exp: Any, batch: int) -> float:
 
 def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dict[str, Any]:
     """Seconds per round of ``engine`` after warm-up (runs in a worker process)."""
-    from fedrun.evaluation import evaluate
-    from fedrun.runner import build, evaluate_round, run_round
+    from fedrun.simulation.evaluation import evaluate
+    from fedrun.config import specs
+    from fedrun.simulation.build import build
+    from fedrun.simulation.round import evaluate_round, run_round
 
     from fedrun import distributed
 
@@ -182,7 +184,7 @@ def time_engine(overrides: list[str], bench: dict[str, str], engine: str) -> dic
     cfg = compose_cfg(overrides + [f"engine={engine}", "progress=false"])
     setup_worker(bench, cfg)
     ranks = distributed.setup()  # under torchrun (bench.ranks=N): this rank of one run over N processes
-    exp = build(cfg)
+    exp = build(specs.read(cfg))
     if exp.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(exp.device)
     samples = {"n": 0, "clients": 0}
@@ -244,7 +246,7 @@ def count_ops(exp: Any, train: Any, engine: str, round_idx: int) -> dict[str, An
     """Aten operations per local step of one round's local training (``round_idx``, repeated)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from fedrun.runner import run_round
+    from fedrun.simulation.round import run_round
 
     counts = {"ops": 0, "views": 0}
 
@@ -273,12 +275,13 @@ def time_ceiling(overrides: list[str], bench: dict[str, str]) -> dict[str, Any]:
     """Throughput of one large-batch SGD training of the same model: batch = E[active] x B."""
     import torch.nn.functional as F
 
-    from fedrun.config import choice
-    from fedrun.runner import build
+    from fedrun.config.schema import choice
+    from fedrun.config import specs
+    from fedrun.simulation.build import build
 
     cfg = compose_cfg(overrides + ["progress=false", "engine=sequential"])
     setup_worker(bench, cfg)
-    exp = build(cfg)
+    exp = build(specs.read(cfg))
     batch = max(1, round(float(cfg.participation) * int(cfg.num_clients))) * int(cfg.batch_size)
     n = len(exp.data.y_train)
     batch = min(batch, n)

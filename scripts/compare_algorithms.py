@@ -37,7 +37,7 @@ import pandas as pd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from fedrun import figures  # noqa: E402  (colours, labels, saving: the same as every fedrun figure)
+from fedrun.report import style as figures  # noqa: E402  (colours, labels, saving: the same as every fedrun figure)
 
 SETTING = [
     "data=synthetic", "data.alpha=1", "data.beta=1", "data.iid_solution=false", "data.iid_data=false",

@@ -37,7 +37,7 @@ SETTING = [
     "partition=natural", "num_clients=100", "participation=0.1", "rounds=200",
 ]
 sys.path.insert(0, str(REPO))
-from fedrun import figures  # noqa: E402  (colours, labels, saving: the same as every fedrun figure)
+from fedrun.report import style as figures  # noqa: E402  (colours, labels, saving: the same as every fedrun figure)
 
 
 def run_algorithm(algo: str, seed: int, run_dir: Path, overrides: list[str]) -> None:
@@ -94,7 +94,7 @@ def figure(frames: dict[str, list[pd.DataFrame]], path: Path, title: str, smooth
     print(f"figure: {path} (+ .pdf, .svg)")
 
 
-# The hyper-parameters shown in the labels (the values of fedrun/conf/algo/*.yaml).
+# The hyper-parameters shown in the labels (the values of conf/algo/*.yaml).
 PARAMS = {"feddyn": {"alpha": 0.01}, "fedprox": {"mu": 1e-4}}
 
 

@@ -54,8 +54,8 @@ paths)
         echo "state placements: metrics DIFFER" | tee -a "$out/paths.txt"; status=1
     fi
     python3 -c "
-from fedrun.determinism import configure_determinism, current_precision
-from fedrun.specs import Numerics
+from fedrun.simulation.determinism import configure_determinism, current_precision
+from fedrun.config.specs import Numerics
 configure_determinism(Numerics(False, 'fp32')); print('precision=fp32 ->', current_precision())
 " | tee -a "$out/paths.txt"
     exit $status

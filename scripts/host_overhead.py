@@ -32,19 +32,21 @@ from fedrun.data.augment import FlipCrop
 from fedrun.engines.base import LocalTraining
 from fedrun.engines.vectorized import VectorizedEngine
 from fedrun.models import CNN, MLP
-from fedrun.params import FlatModel
+from fedrun.models.params import FlatModel
 
 
 def default_setting(compile_step: bool):
     from hydra import compose, initialize_config_dir
 
-    from fedrun.config import CONF_DIR, register_configs
-    from fedrun.runner import build, run_round
+    from fedrun.config.schema import CONF_DIR, register_configs
+    from fedrun.config import specs
+    from fedrun.simulation.build import build
+    from fedrun.simulation.round import run_round
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["device=cpu", f"engine.compile={str(compile_step).lower()}"])
-    exp = build(cfg)
+    exp = build(specs.read(cfg))
     state = {"round": 0}
 
     def one_round() -> None:

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# `make reproduce-paper`: the FedDyn paper's grid (fedrun/conf/experiment/paper_<dataset>.yaml) through Hydra
-# multirun, then fedrun-report into outputs/paper/ with PAPER.md's published numbers beside ours.
+# `make reproduce-paper`: the FedDyn paper's grid (conf/experiment/paper_<dataset>.yaml) through Hydra
+# multirun, then fedrun-report into outputs/paper/ with docs/paper.md's published numbers beside ours.
 # A GPU job: thousands of runs of up to 1000 rounds. Re-running it skips every finished run
 # (skip_finished: true and one fixed dir per config), so it can be stopped and started again.
 #   DATASETS="cifar10" scripts/reproduce_paper.sh                       # one dataset
 #   scripts/reproduce_paper.sh hydra/launcher=joblib_gpu hydra.launcher.n_jobs=4 hydra/callbacks=gpu_slots
 #   scripts/reproduce_paper.sh hydra/launcher=slurm_gpu hydra.launcher.partition=gpu
 # Extra arguments go to every `fedrun -m` call (launcher, device, data.root, fewer seeds: seed=0 ...).
-# Then FL-Simulator's CIFAR-10 table (fedrun/conf/experiment/fl_simulator_cifar10.yaml, ResNet-18-GN: the
+# Then FL-Simulator's CIFAR-10 table (conf/experiment/fl_simulator_cifar10.yaml, ResNet-18-GN: the
 # grid plus one sweep per algorithm with its own FL-Simulator values) into $OUT/fl_simulator/, with
 # scripts/fl_simulator_published.csv's accuracies beside fedrun's (accuracy.md). FL_SIMULATOR=0 skips it;
 # FL_SIMULATOR=only runs only it.

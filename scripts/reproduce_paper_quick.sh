@@ -3,7 +3,7 @@
 # the synthetic data (all four algorithms, full and 10% participation, 2 seeds, 20 rounds, 1 epoch) and the
 # real Shakespeare texts (../shared/data/shakespeare, 5 roles of 100 samples, FedDyn and FedAvg, 4 rounds),
 # then fedrun-report into outputs/paper-quick/. Targets are fedrun's choice for this reduced setting
-# (PAPER.md has none for it). Re-running skips finished runs.
+# (docs/paper.md has none for it). Re-running skips finished runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/paper-quick}

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from fedrun.config import CONF_DIR, register_configs
+from fedrun.config.schema import CONF_DIR, register_configs
 
 register_configs()
 
@@ -36,7 +36,7 @@ def compose_cfg():
 
 @pytest.fixture
 def restore_logging():
-    """In-process Hydra runs (``fedrun.cli.main()``) attach log handlers to streams pytest closes
+    """In-process Hydra runs (``fedrun.cli.main.main()``) attach log handlers to streams pytest closes
     afterwards: undo that."""
     import logging
 
@@ -65,3 +65,11 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
+
+def build(cfg, **kwargs):
+    """The run of a composed config (its spec read as a run reads it)."""
+    from fedrun.config import specs
+    from fedrun.simulation.build import build as build_spec
+
+    return build_spec(specs.read(cfg), **kwargs)

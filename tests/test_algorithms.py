@@ -1,6 +1,6 @@
-"""FedDyn, FedProx, SCAFFOLD and FedAdam against updates written out independently (PAPER.md).
+"""FedDyn, FedProx, SCAFFOLD and FedAdam against updates written out independently (docs/paper.md).
 
-The reference implementations below follow PAPER.md line by line, in the style of the FedDyn
+The reference implementations below follow docs/paper.md line by line, in the style of the FedDyn
 reference code: an ``nn.Module`` per client, ``torch.optim.SGD(weight_decay=...)`` after
 ``clip_grad_norm_``, the algorithm's term added to the loss on the module's live parameters, and
 explicit per-client loops over the active ids with dense ``[m, P]`` state arrays. They share with
@@ -19,13 +19,15 @@ from omegaconf import OmegaConf
 import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from fedrun.rounds import open_round
+from fedrun.simulation.rounds import open_round
 from fedrun.engines.base import batch_schedule, client_generators
 from fedrun.errors import FedrunError
-from fedrun.evaluation import evaluate
-from fedrun.runner import build, evaluate_round, metric_columns, run, run_round
-from fedrun.sampling import SAMPLERS
-from fedrun.specs import read
+from fedrun.simulation.evaluation import evaluate
+from conftest import build
+from fedrun.simulation.round import evaluate_round, metric_columns, run_round
+from fedrun.runner import run
+from fedrun.simulation.sampling import SAMPLERS
+from fedrun.config.specs import read
 from conftest import compose_config
 
 M = 4
@@ -504,11 +506,11 @@ def test_algorithms_are_pure_and_frozen():
     from pathlib import Path
 
     import fedrun.algorithms as package
-    from fedrun.config import CONF_DIR
+    from fedrun.config.schema import CONF_DIR
 
     for path in Path(package.__file__).parent.glob("*.py"):
         source = path.read_text()
-        assert "fedrun.state" not in source and "ClientStateStore" not in source, path.name
+        assert "fedrun.state.store" not in source and "ClientStateStore" not in source, path.name
     for option in sorted(p.stem for p in (CONF_DIR / "algo").glob("*.yaml")):
         algo = tiny(f"algo={option}").algorithm
         field = next(iter(dataclasses.fields(algo)), None)

@@ -84,19 +84,19 @@ def test_tensorboard_and_mlflow_read_back_the_metrics(tmp_path: Path, monkeypatc
 
 
 def test_help_and_version_answer_without_importing_torch():
-    code = ("import sys; from fedrun.cli_help import main; main(['--help']); main(['--version']); "
+    code = ("import sys; from fedrun.cli.help import main; main(['--help']); main(['--version']); "
             "assert 'torch' not in sys.modules and 'hydra' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "algo=feddyn" in out and "algo=feddyn_alpha0.1" in out and "participation" in out
-    assert "fraction of clients active per round" in out  # the key's one-line description from fedrun/conf/config.yaml
+    assert "fraction of clients active per round" in out  # the key's one-line description from conf/config.yaml
     assert "schema" not in out  # no internal schema groups
     assert out.strip().splitlines()[-1].startswith(f"fedrun {fedrun.__version__}")
 
 
 def test_threads_default_by_model_size_and_restored_after_the_run(tmp_path: Path):
-    from fedrun.threads import SMALL_MODEL_PARAMS, choose_threads
+    from fedrun.simulation.threads import SMALL_MODEL_PARAMS, choose_threads
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert choose_threads(None, 155, cpu) == 1 and choose_threads(None, SMALL_MODEL_PARAMS + 1, cpu) is None

@@ -2,7 +2,7 @@
 sentence (``fedrun: error: ...``), exit 2 (128+signal for a signal), no traceback, and no files left
 behind that the command made (a bug keeps only its ``traceback.txt``).
 
-All in process (``fedrun.cli.main()``, the full Hydra path); the real processes are in
+All in process (``fedrun.cli.main.main()``, the full Hydra path); the real processes are in
 tests/test_lock.py and tests/test_finish.py.
 """
 
@@ -19,8 +19,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fedrun import cli, fit, runner
+from fedrun import runner
+from fedrun.cli import main as cli
+from fedrun.models import fit
 from fedrun.errors import FedrunError
+from fedrun.config.checks import option_of
+from fedrun.simulation import round as simulation_round
 from conftest import compose_config
 from tests.test_errors import TINY, cli_error, files_under
 
@@ -88,7 +92,8 @@ def test_model_that_does_not_fit_the_data(model, monkeypatch, capsys, tmp_path):
 def test_logreg_on_character_indices_does_not_fit():
     data = SimpleNamespace(x_train=torch.zeros(4, 80, dtype=torch.long), input_shape=(80,), num_classes=80, name="shakespeare")
     with pytest.raises(FedrunError, match=r"model=LogisticRegression does not fit data=shakespeare, whose inputs are \(80,\) int64"):
-        fit.build_model(compose_config("model=logreg"), data)
+        cfg = compose_config("model=logreg")
+        fit.build_model(cfg.model, option_of(cfg, "model"), data)
 
 
 @pytest.mark.parametrize(
@@ -178,9 +183,9 @@ def test_signal_during_start_up(signum, monkeypatch, capsys, tmp_path):
 
 def test_signal_during_the_final_plot_waits_for_the_outputs(monkeypatch, capsys, tmp_path):
     """A first SIGTERM while the last outputs are written does not cut them short: the run finishes."""
-    import fedrun.plots
+    import fedrun.observers.plot
 
-    real = fedrun.plots.convergence_plot
+    real = fedrun.observers.plot.convergence_plot
 
     def plot(rows, path, title, **_):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -198,7 +203,7 @@ def test_unexpected_error_names_its_traceback_file(monkeypatch, capsys, tmp_path
     def evaluate(*args):
         raise ZeroDivisionError("float division by zero")
 
-    monkeypatch.setattr(runner, "evaluate", evaluate)
+    monkeypatch.setattr(simulation_round, "evaluate", evaluate)
     run_dir = tmp_path / "run"
     code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*TINY, f"hydra.run.dir={run_dir}"])
     assert code == 2

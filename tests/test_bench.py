@@ -55,7 +55,7 @@ def test_train_flops_per_sample_of_a_linear_model_by_hand() -> None:
     """logreg d -> C: forward x·W^T is 2·d·C FLOPs a sample, the weight gradient another 2·d·C (x needs none)."""
     bench = load_bench()
     from conftest import compose_config
-    from fedrun.runner import build
+    from conftest import build
 
     exp = build(compose_config("num_clients=4", "data.mean_samples=20", "progress=false"))
     d, c = exp.data.x_train.shape[1], exp.data.num_classes

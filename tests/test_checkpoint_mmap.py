@@ -24,9 +24,10 @@ from typing import Optional
 
 import pytest
 import torch
-from fedrun import checkpoint, journal
+from fedrun.rundir import checkpoint
+from fedrun.state import journal
 from fedrun.errors import FedrunError
-from fedrun.state import MmapStore, TensorStore
+from fedrun.state.store import MmapStore, TensorStore
 from test_resume import ARGS, ROUNDS, command, metrics_without_wall, needs, reference, rows_in, wait_for_rows  # noqa: F401
 
 CPU = torch.device("cpu")
@@ -303,8 +304,10 @@ def test_a_stopped_run_keeps_state_files_only_for_its_checkpoint(crash_after: in
 DRIVER = textwrap.dedent(
     """
     import os, signal, sys, time
-    from fedrun import checkpoint, guard, journal
-    from fedrun.cli import main
+    from fedrun.rundir import checkpoint
+    from fedrun.simulation import guard
+    from fedrun.state import journal
+    from fedrun.cli.main import main
 
     point, nth = sys.argv[1], int(sys.argv[2])
     screen = guard.screen_clients

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["num_clients=8", "data.mean_samples=30", "local_epochs=1", "participation=0.5", "progress=false"]
@@ -38,3 +39,15 @@ def test_run_writes_metrics_summary_plot_and_config(tmp_path):
     # communication: two MB columns are (active clients) x params x 4 bytes per round, summed over the 2 rounds
     assert (metrics["uplink_mb"] > 0).all() and (metrics["uplink_mb"] == metrics["downlink_mb"]).all()
     assert "round 4/4" in proc.stderr + proc.stdout  # plain progress lines when not on a terminal
+
+
+@pytest.mark.parametrize("how", ["searchpath", "config-dir"])
+def test_a_users_config_folder_adds_options(tmp_path: Path, how: str):
+    """conf/ is found inside the package, and Hydra's ways of adding a user's own configs still work:
+    ``hydra.searchpath=[file://DIR]`` and ``--config-dir DIR`` (an algo option of the user's, built on fedavg)."""
+    (tmp_path / "algo").mkdir()
+    (tmp_path / "algo" / "my_fedavg.yaml").write_text("defaults:\n  - fedavg\n  - _self_\n")
+    where = [f"hydra.searchpath=[file://{tmp_path}]"] if how == "searchpath" else ["--config-dir", str(tmp_path)]
+    proc = fedrun(*where, "algo=my_fedavg", "--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "_target_: fedrun.algorithms.fedavg.FedAvg" in proc.stdout

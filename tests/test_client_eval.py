@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import fedrun
-from fedrun.client_eval import ClientEvalSpec, ClientEvaluator, HeldOut, distribution, split_partition
+from fedrun.observers.client_eval import ClientEvaluator
+from fedrun.simulation.client_eval import ClientEvalSpec, HeldOut, distribution, split_partition
 from fedrun.errors import FedrunError
-from fedrun.params import FlatModel
+from fedrun.models.params import FlatModel
 
 
 def _setup(steps: int = 0):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from fedrun.config import option_names, validate
+from fedrun.config.schema import option_names
+from fedrun.config.checks import validate
 from fedrun.errors import FedrunError
 from conftest import compose_config
 
@@ -28,7 +29,8 @@ BUILD_WITH_SYNTHETIC = ["algo", "partition", "model", "engine"]
 @pytest.mark.parametrize("group,option", [(g, o) for g in BUILD_WITH_SYNTHETIC for o in option_names(g)])
 def test_every_option_builds_and_runs_a_round(group, option):
     """Each algorithm, partitioner, model and engine instantiates and trains one round on synthetic data."""
-    from fedrun.runner import build, run_round
+    from conftest import build
+    from fedrun.simulation.round import run_round
 
     overrides = [f"{group}={option}", "num_clients=10", "local_epochs=1", "participation=0.5", "data.mean_samples=40"]
     if group == "partition":

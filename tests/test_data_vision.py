@@ -225,7 +225,7 @@ def test_augmentation_draws_only_from_the_given_generator_and_mixes():
 
 def test_dataset_brings_paper_defaults_and_command_line_wins(compose_cfg):
     cfg = compose_cfg("data=cifar10")
-    assert cfg.model._target_ == "fedrun.models.CNN" and cfg.partition._target_ == "fedrun.partition.iid"
+    assert cfg.model._target_ == "fedrun.models.CNN" and cfg.partition._target_ == "fedrun.data.partition.iid"
     assert (cfg.num_clients, cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.weight_decay) == (100, 5, 50, 0.1, 1e-3)
     cfg = compose_cfg("data=mnist", "lr=0.05", "model=logreg", "batch_size=7")
     assert cfg.model._target_ == "fedrun.models.LogisticRegression" and cfg.lr == 0.05 and cfg.batch_size == 7

@@ -23,13 +23,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedrun import distributed, ranked_checkpoint
+from fedrun import distributed
+from fedrun.rundir import ranked as ranked_checkpoint
 from fedrun.algorithms.base import LocalHook, LocalObjective
 from fedrun.algorithms.sam import sam_gradient
 from fedrun.engines.base import LocalTraining
 from fedrun.engines.sequential import SequentialEngine
 from fedrun.errors import FedrunError
-from fedrun.runner import build, run, run_round
+from conftest import build
+from fedrun.simulation.round import run_round
+from fedrun.runner import run
 from tests.conftest import compose_config
 
 ALGOS = ("feddyn", "scaffold", "fedadam")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fedrun.algorithms.base import LocalObjective
-from fedrun.config import CONF_DIR
+from fedrun.config.schema import CONF_DIR
 from fedrun.data import FederatedData
 from fedrun.engines.base import LocalTraining
 from fedrun.engines.sequential import SequentialEngine
@@ -18,8 +18,9 @@ from fedrun.engines.stacked import LayerChain
 from fedrun.engines.vectorized import VectorizedEngine
 from fedrun.errors import FedrunError
 from fedrun.models import MLP, CNN, CharLSTM, LogisticRegression
-from fedrun.params import FlatModel
-from fedrun.runner import build, run_round
+from fedrun.models.params import FlatModel
+from conftest import build
+from fedrun.simulation.round import run_round
 from conftest import compose_config
 
 

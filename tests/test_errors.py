@@ -2,7 +2,7 @@
 guard stops (or drops clients) with a message naming round, algorithm and hyperparameters; the same
 config and seed give identical metrics; checkpoint helpers (config diff, corruption).
 
-Command-line cases call ``fedrun.cli.main()`` in this process (the full Hydra path and exit codes,
+Command-line cases call ``fedrun.cli.main.main()`` in this process (the full Hydra path and exit codes,
 without paying for a new interpreter; tests/test_cli.py runs the real console entry point).
 """
 
@@ -18,10 +18,12 @@ from typing import Callable
 import pytest
 import torch
 
-from fedrun import checkpoint, cli, rundir, runner
-from fedrun.config import CONF_DIR
+from fedrun import runner
+from fedrun.rundir import checkpoint, resume
+from fedrun.cli import main as cli
+from fedrun.config.schema import CONF_DIR
 from fedrun.errors import DivergenceError, FedrunError
-from fedrun.specs import read_resume
+from fedrun.config.specs import read_resume
 from conftest import compose_config
 
 TINY = ["num_clients=5", "rounds=4", "local_epochs=1", "data.mean_samples=30", "participation=0.6", "device=cpu", "progress=false"]
@@ -112,7 +114,7 @@ def test_shards_that_do_not_divide(monkeypatch, capsys, tmp_path):
 @pytest.fixture
 def mnist_root(tmp_path: Path) -> Path:
     if not (CONF_DIR / "data" / "mnist.yaml").exists():
-        pytest.skip("fedrun/conf/data/mnist.yaml does not exist yet")
+        pytest.skip("conf/data/mnist.yaml does not exist yet")
     sys.path.insert(0, str(Path(__file__).parent))
     try:
         from vision_files import write_mnist
@@ -162,7 +164,7 @@ def test_resume_with_a_different_config_is_refused(monkeypatch, capsys, tmp_path
     assert sorted(p.name for p in files_under(run_dir)) == before  # nothing touched (no .hydra/ either)
     # keys that change no result (checkpoint_every, progress) do not block a resume
     same = read_resume(compose_config(*TINY, "algo=feddyn", "rounds=6", "checkpoint_every=5", "progress=true"))
-    assert rundir.decide(same, run_dir, clear=False)["round"] == 2
+    assert resume.decide(same, run_dir, clear=False)["round"] == 2
 
 
 def test_corrupt_checkpoint(monkeypatch, capsys, tmp_path):
@@ -185,8 +187,8 @@ def test_finished_run_is_not_redone(monkeypatch, capsys, tmp_path):
     assert "already holds a finished run of this config" in capsys.readouterr().err
     assert (run_dir / "metrics.csv").stat().st_mtime_ns == stamp
     # resume=true without a dir finds it among the runs of the same data and algo
-    assert rundir.find_resumable(read_resume(compose_config(*TINY, "algo=fedavg", "resume=true")), tmp_path) == run_dir
-    assert rundir.find_resumable(read_resume(compose_config(*TINY, "algo=fedavg", "seed=3")), tmp_path) is None
+    assert resume.find_resumable(read_resume(compose_config(*TINY, "algo=fedavg", "resume=true")), tmp_path) == run_dir
+    assert resume.find_resumable(read_resume(compose_config(*TINY, "algo=fedavg", "seed=3")), tmp_path) is None
 
 
 def test_divergence_end_to_end(monkeypatch, capsys, tmp_path):
@@ -310,17 +312,19 @@ def test_exploding_loss_stops(monkeypatch, tmp_path):
 
 
 def test_nonfinite_test_loss_and_server_model_stop(monkeypatch, tmp_path):
-    real = runner.evaluate
+    from fedrun.simulation import round as simulation_round
+
+    real = simulation_round.evaluate
     calls = {"n": 0}
 
     def evaluate(*args):
         calls["n"] += 1
         return (float("nan"), 0.0) if calls["n"] == 1 else real(*args)
 
-    monkeypatch.setattr(runner, "evaluate", evaluate)
+    monkeypatch.setattr(simulation_round, "evaluate", evaluate)
     with pytest.raises(DivergenceError, match=r"round 1 \(algo=FedAvg\): the server model's test loss is nan"):
         runner.run(compose_config(*TINY, "algo=fedavg"), tmp_path / "a")
-    monkeypatch.setattr(runner, "evaluate", real)
+    monkeypatch.setattr(simulation_round, "evaluate", real)
 
     from fedrun.algorithms.fedavg import FedAvg
 
@@ -353,8 +357,8 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
 
 
 def test_deterministic_flag_sets_torch_and_cublas(monkeypatch):
-    from fedrun.determinism import configure_determinism
-    from fedrun.specs import Numerics
+    from fedrun.simulation.determinism import configure_determinism
+    from fedrun.config.specs import Numerics
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
@@ -375,9 +379,9 @@ def test_deterministic_flag_sets_torch_and_cublas(monkeypatch):
 def test_config_diff_ignores_only_progress_like_keys():
     a = {"lr": 0.1, "algo": {"alpha": 0.01}, "resume": "auto", "progress": None, "checkpoint_every": 10}
     b = {"lr": 0.1, "algo": {"alpha": 0.02}, "resume": "true", "progress": True, "checkpoint_every": 1, "seed": 1}
-    assert rundir.config_diff(a, b) == ["algo.alpha", "seed"]
-    assert rundir.config_diff(a, a) == []
-    assert rundir.config_diff({**a, "precision": "fp32"}, a) == ["precision"]  # a key on one side only differs
+    assert resume.config_diff(a, b) == ["algo.alpha", "seed"]
+    assert resume.config_diff(a, a) == []
+    assert resume.config_diff({**a, "precision": "fp32"}, a) == ["precision"]  # a key on one side only differs
 
 
 def test_checkpoint_is_written_atomically(tmp_path):
@@ -409,3 +413,16 @@ def test_resume_between_evaluations_keeps_pending_rounds(tmp_path):
     runner.run(compose_config(*args), tmp_path / "run")
     assert metrics_without_wall(tmp_path / "run" / "metrics.csv") == metrics_without_wall(tmp_path / "ref" / "metrics.csv")
     assert [r["round"] for r in read_rows(tmp_path / "run" / "metrics.csv")] == ["3", "6", "7"]
+
+
+def test_a_run_dir_written_before_the_modules_moved_compares_equal():
+    """Run dirs written before the stage folders name ``fedrun.partition.*`` and
+    ``fedrun.models_resnet.*`` as targets: the same functions, so the same config (a sweep re-run
+    still skips and resumes them); another partition still differs."""
+    new = {"partition": {"_target_": "fedrun.data.partition.dirichlet", "alpha": 0.3},
+           "model": {"_target_": "fedrun.models.resnet.ResNet18GN"}, "seed": 0}
+    old = {"partition": {"_target_": "fedrun.partition.dirichlet", "alpha": 0.3},
+           "model": {"_target_": "fedrun.models_resnet.ResNet18GN"}, "seed": 0}
+    assert resume.config_diff(new, old) == []
+    other = {**old, "partition": {"_target_": "fedrun.partition.iid", "alpha": 0.3}}
+    assert resume.config_diff(new, other) == ["partition._target_"]

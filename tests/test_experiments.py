@@ -1,4 +1,4 @@
-"""Every ``fedrun/conf/experiment/*.yaml`` composes with every value of its sweep grid, and runs (slow: one
+"""Every ``conf/experiment/*.yaml`` composes with every value of its sweep grid, and runs (slow: one
 small round of each, on small files in the real on-disk formats and the shared Shakespeare texts)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 import vision_files as vf
 from conftest import compose_config
-from fedrun.config import CONF_DIR
+from fedrun.config.schema import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 PAPER = [name for name in EXPERIMENTS if name.startswith("paper_")]  # the FedDyn paper's grids
@@ -21,7 +21,7 @@ SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakesp
 def test_paper_experiment_composes_with_every_value_of_its_grid(name: str) -> None:
     base = compose_config(f"experiment={name}", hydra=True)
     grid = base.hydra.sweeper.params
-    assert {"algo", "participation", "seed"} <= set(grid)  # the paper's grid (fedrun/conf/experiment/paper/grid.yaml)
+    assert {"algo", "participation", "seed"} <= set(grid)  # the paper's grid (conf/experiment/paper/grid.yaml)
     axes = {key: str(values).split(",") for key, values in grid.items()}
     for i in range(max(len(v) for v in axes.values())):  # every value of every axis appears in some compose
         cfg = compose_config(f"experiment={name}", *(f"{k}={v[i % len(v)]}" for k, v in axes.items()))
@@ -33,7 +33,7 @@ def test_paper_experiment_composes_with_every_value_of_its_grid(name: str) -> No
     assert name == f"paper_{data}" and base.hydra.sweep.dir == f"outputs/paper/runs/{data}"
     if name != "paper_synthetic":
         assert base.num_clients == 100  # the paper's 100 devices
-    if name == "paper_cifar10":  # PAPER.md's reference setting
+    if name == "paper_cifar10":  # docs/paper.md's reference setting
         assert (base.local_epochs, base.batch_size, base.lr, base.weight_decay) == (5, 50, 0.1, 1e-3)
         assert list(base.targets) == [0.814, 0.85]
 

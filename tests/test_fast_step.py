@@ -19,7 +19,7 @@ from fedrun.engines.base import LocalTraining, batch_schedule, padded_schedule, 
 from fedrun.engines.stacked import ChainGrad, batched_forward
 from fedrun.engines.vectorized import VectorizedEngine
 from fedrun.models import MLP, LogisticRegression
-from fedrun.params import FlatModel
+from fedrun.models.params import FlatModel
 
 CHAINS = {
     "logreg": (lambda: LogisticRegression((12,), 5), (12,), 5),

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from fedrun.algorithms.base import LocalObjective
 from fedrun.engines.base import LocalTraining, batch_schedule, client_generators
 from fedrun.engines.sequential import SequentialEngine
-from fedrun.params import FlatModel
-from fedrun.runner import build, run_round
+from fedrun.models.params import FlatModel
+from conftest import build
+from fedrun.simulation.round import run_round
 from conftest import compose_config
 
 
@@ -38,7 +39,7 @@ def test_weighted_mean_uses_client_sizes():
     cfg = compose_config("algo=fedavg", "num_clients=3", "participation=1.0", "data.sigma=1.0", "data.mean_samples=30")
     exp = build(cfg)
     thetas = torch.stack([torch.full((exp.model.num_params,), float(k)) for k in range(3)])
-    from fedrun.rounds import open_round
+    from fedrun.simulation.rounds import open_round
 
     rnd = open_round(exp.algorithm, exp.ctx, exp.const, exp.store, 1, 0.1, 0.1, exp.theta, torch.arange(3))
     new_theta, _ = exp.algorithm.server_update(rnd, exp.server, thetas, {})

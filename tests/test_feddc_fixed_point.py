@@ -2,7 +2,7 @@
 
 The problem of tests/test_feddyn_fixed_point.py: four clients with different local optima, full
 participation, K full-batch gradient steps per round on L_k(w) = ||X_k w − y_k||²/(2 n_k), driven
-through the algorithm's interface and the runner's row gathering (:mod:`fedrun.rounds`).
+through the algorithm's interface and the runner's row gathering (:mod:`fedrun.simulation.rounds`).
 
 Why the fixed point is the pooled optimum (docs/algorithms.md, "FedDC"): at a fixed point h_k does not
 change, so every Δ_k = θ_k − θ = 0; then G_k⁺ = G_k forces G = 0 and θ = mean θ_k + mean h gives
@@ -22,8 +22,8 @@ import torch
 from fedrun.algorithms.base import Algorithm, FedContext
 from fedrun.algorithms.feddc import FedDC
 from fedrun.algorithms.fedavg import FedAvg
-from fedrun.rounds import add_tables, open_round, write_rows
-from fedrun.state import TensorStore
+from fedrun.simulation.rounds import add_tables, open_round, write_rows
+from fedrun.state.store import TensorStore
 from tests.test_feddyn_fixed_point import M, make_problem, rel_error, solve
 
 

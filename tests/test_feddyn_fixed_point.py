@@ -5,10 +5,10 @@ full participation, K full-batch gradient steps per round. A small engine-like l
 the :class:`~fedrun.algorithms.base.LocalObjective` contract (its ``extra_grad``, checked against
 autograd of ``extra_loss`` in :func:`test_extra_gradient_matches_autograd`, plus the algorithm's ``decay``)
 on the loss L_k(w) = ||X_k w - y_k||² / (2 n_k), and drives the algorithms through their real methods,
-with rounds opened and rows written by the runner's own :mod:`fedrun.rounds` on a real
-:class:`~fedrun.state.TensorStore`.
+with rounds opened and rows written by the runner's own :mod:`fedrun.simulation.rounds` on a real
+:class:`~fedrun.state.store.TensorStore`.
 
-Why the tolerance can be tight: at a FedDyn fixed point θ_k = θ and h = 0 (PAPER.md, Algorithm),
+Why the tolerance can be tight: at a FedDyn fixed point θ_k = θ and h = 0 (docs/paper.md, Algorithm),
 every client's local objective is stationary at θ, i.e. ∇L_k(θ) = g_k, and Σ_k g_k = m·h = 0, so θ
 solves Σ_k ∇L_k(θ) = 0 EXACTLY - for any number of local gradient steps, since deterministic gradient
 steps from a stationary point stay there. What is left is the geometric contraction after R rounds
@@ -27,8 +27,8 @@ import torch
 from fedrun.algorithms.base import Algorithm, FedContext, LocalObjective
 from fedrun.algorithms.fedavg import FedAvg
 from fedrun.algorithms.feddyn import FedDyn, FedDynPaper
-from fedrun.rounds import add_tables, open_round, write_rows
-from fedrun.state import TensorStore
+from fedrun.simulation.rounds import add_tables, open_round, write_rows
+from fedrun.state.store import TensorStore
 
 D = 5
 M = 4

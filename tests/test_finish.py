@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fedrun import checkpoint, finish, rundir, runner
+from fedrun import runner
+from fedrun.rundir import checkpoint, finish, resume
 from conftest import compose_config
 from tests.test_errors import TINY
 
@@ -28,7 +29,7 @@ MMAP = [*TINY, "checkpoint_every=2", "state_placement=mmap"]  # checkpoint after
 @pytest.fixture(autouse=True)
 def draw_figures(monkeypatch):
     """These tests are about the figure: draw it (tests/conftest.py skips it in other tests)."""
-    from fedrun import plots
+    from fedrun.observers import plot as plots
 
     monkeypatch.setattr(runner, "convergence_plot", plots.convergence_plot)
 
@@ -58,7 +59,7 @@ def test_summary_is_written_after_the_plot(monkeypatch, tmp_path):
     real_plot, real_json = finish.write_plot, finish.write_json_atomic
     monkeypatch.setattr(finish, "write_plot", lambda *a: (order.append("plot"), real_plot(*a)))
     monkeypatch.setattr(finish, "write_json_atomic", lambda path, p: (order.append(p["status"]), real_json(path, p)))
-    monkeypatch.setattr(rundir, "finish", lambda run_dir, status, *a, real=rundir.finish: (order.append("remove"), real(run_dir, status, *a)))
+    monkeypatch.setattr(resume, "finish", lambda run_dir, status, *a, real=resume.finish: (order.append("remove"), real(run_dir, status, *a)))
     runner.run(compose_config(*MMAP), tmp_path)
     assert order == ["running", "plot", "finished", "remove"]
 
@@ -78,12 +79,12 @@ def test_kill_before_the_summary_resumes_and_finishes(monkeypatch, tmp_path):
 def test_kill_after_the_summary_then_rerun_completes_the_finished_run(monkeypatch, tmp_path):
     cfg = compose_config(*MMAP)
     with monkeypatch.context() as mp:
-        kill_at(mp, rundir, "finish")
+        kill_at(mp, resume, "finish")
         with pytest.raises(Killed):
             runner.run(cfg, tmp_path)
     assert outputs(tmp_path) == {"summary": "finished", "plot": True, "checkpoint": True, "state": True}
     (tmp_path / "convergence.png").unlink()  # as an older fedrun, which plotted after the summary, could leave it
-    with pytest.raises(rundir.RunFinished):
+    with pytest.raises(resume.RunFinished):
         runner.run(cfg, tmp_path)
     assert outputs(tmp_path) == {"summary": "finished", "plot": True, "checkpoint": False, "state": False}
 
@@ -91,10 +92,10 @@ def test_kill_after_the_summary_then_rerun_completes_the_finished_run(monkeypatc
 DRIVER = textwrap.dedent(
     """
     import os, signal, sys
-    from fedrun import finish, rundir
-    from fedrun.cli import main
+    from fedrun.rundir import finish, resume
+    from fedrun.cli.main import main
 
-    target, name = {"plot": (finish, "write_plot"), "summary": (rundir, "finish")}[sys.argv[1]]
+    target, name = {"plot": (finish, "write_plot"), "summary": (resume, "finish")}[sys.argv[1]]
     setattr(target, name, lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
     sys.argv = ["fedrun", *sys.argv[2:]]
     main()

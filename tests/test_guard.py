@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedrun import guard, runner
+from fedrun import runner
+from fedrun.simulation import guard
 from fedrun.errors import DivergenceError
-from conftest import compose_config
+from conftest import build, compose_config
 from tests.test_errors import inject
 
 FAST = ["device=cpu", "progress=false", "eval_all=false", "eval_active=false"]
@@ -52,7 +53,7 @@ def test_blow_up_in_round_1_stops_in_round_1(tmp_path, args, algo, seen):
 
 def test_reference_is_the_initial_model_and_log_c():
     cfg = compose_config(*FAST)
-    exp = runner.build(cfg)
+    exp = build(cfg)
     assert guard.reference_loss(exp) == pytest.approx(math.log(5), rel=1e-6)  # zero init: uniform logits
     exp.theta.normal_(0, 3.0)  # a worse initial model raises the reference above log C
     assert guard.reference_loss(exp) > 2 * math.log(5)
@@ -89,7 +90,7 @@ def test_dropping_most_clients_round_after_round_stops(monkeypatch, tmp_path):
 
 
 def test_guard_spec_is_frozen_and_names_the_knobs():
-    from fedrun import specs
+    from fedrun.config import specs
 
     spec = specs.read(compose_config("algo=fedprox")).guard
     assert spec.algo == "FedProx" and spec.advice() == "lower lr=0.1 (or algo.mu=0.0001)"

@@ -25,7 +25,7 @@ from fedrun.engines.base import LocalTraining, sgd_step
 from fedrun.engines.sequential import SequentialEngine
 from fedrun.engines.vectorized import VectorizedEngine
 from fedrun.models import MLP, LogisticRegression
-from fedrun.params import FlatModel
+from fedrun.models.params import FlatModel
 from tests.test_engines import objective_for, toy
 
 HP = LocalTraining(lr=0.1, epochs=2, batch_size=8, weight_decay=1e-3, clip_norm=0.5)

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from fedrun import lock, runner
+from fedrun import runner
+from fedrun.rundir import lock
 from conftest import compose_config
 from tests.test_errors import TINY
 

@@ -7,7 +7,7 @@ import torch
 from torch.func import vmap
 
 from fedrun.models import CNN, MLP, CharLSTM, LogisticRegression
-from fedrun.params import FlatModel
+from fedrun.models.params import FlatModel
 
 
 def count(module: torch.nn.Module) -> int:

@@ -1,7 +1,7 @@
 """Hydra multirun through ``fedrun -m`` on each launcher, then ``fedrun-report``.
 
 A 2x2 sweep (seed x lr) must give 4 run directories, each with metrics.csv, summary.json and
-.hydra/, and a 4-row report. The basic launcher runs in this process (``fedrun.cli.main()``); the
+.hydra/, and a 4-row report. The basic launcher runs in this process (``fedrun.cli.main.main()``); the
 others start processes (the real command), so they are ``slow``.
 """
 
@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from fedrun import report as fedrun_report
-from fedrun.launch import acquire_slot
+from fedrun.report import cli as fedrun_report
+from fedrun.cli.launch import acquire_slot
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["algo=fedavg", "num_clients=4", "data.mean_samples=20", "local_epochs=1", "participation=0.5", "rounds=2", "progress=false"]
@@ -37,7 +37,7 @@ def has(module: str) -> bool:
 
 def fedrun_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> str:
     """``fedrun ARGS`` in this process; returns what it printed."""
-    from fedrun import cli
+    from fedrun.cli import main as cli
 
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(sys, "argv", ["fedrun", *args])

@@ -13,7 +13,7 @@ import torch
 
 def set_flags(matmul: bool, conv: bool, rnn: bool) -> None:
     """TF32 allowed or not, per kind of kernel, through whichever API this torch has."""
-    from fedrun.determinism import _has_fp32_precision_api
+    from fedrun.simulation.determinism import _has_fp32_precision_api
 
     if _has_fp32_precision_api():
         torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
@@ -27,8 +27,8 @@ def set_flags(matmul: bool, conv: bool, rnn: bool) -> None:
 def test_precision_sets_matmul_conv_and_rnn_flags_together() -> None:
     """Starting from torch's default on Ampere+ (TF32 convolutions, IEEE matmuls), each precision sets
     all three flags; the flags are process-global, so they are put back afterwards."""
-    from fedrun.determinism import configure_determinism, current_precision
-    from fedrun.specs import Numerics
+    from fedrun.simulation.determinism import configure_determinism, current_precision
+    from fedrun.config.specs import Numerics
 
     before = current_precision()
     try:
@@ -45,7 +45,8 @@ def test_precision_sets_matmul_conv_and_rnn_flags_together() -> None:
 
 def _one_round(engine: str, precision: str, model: str = "mlp"):
     from conftest import compose_config
-    from fedrun.runner import build, run_round
+    from conftest import build
+    from fedrun.simulation.round import run_round
 
     exp = build(compose_config(
         "num_clients=4", "participation=1.0", "sampling=fixed", "data.mean_samples=24", "local_epochs=2",
@@ -70,7 +71,7 @@ def test_bf16_changes_the_numbers_a_little_and_both_engines_agree(model: str) ->
 
 
 def test_configure_precision_rejects_unknown_value() -> None:
-    from fedrun.determinism import configure_precision
+    from fedrun.simulation.determinism import configure_precision
 
     with pytest.raises(ValueError):
         configure_precision("fp16")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fedrun import partition as P
+from fedrun.data import partition as P
 from fedrun.errors import FedrunError
 
 
@@ -122,7 +122,7 @@ def test_lognormal_sizes_at_least_one():
 
 
 def test_check_partition_names_what_a_custom_partitioner_got_wrong():
-    from fedrun.partition import check_partition
+    from fedrun.data.partition import check_partition
 
     ok = [torch.tensor([0, 2]), torch.tensor([1, 3])]
     check_partition(ok, 4, 2, "mine")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedrun.cli_errors import precheck
-from fedrun.config import register_configs
+from fedrun.cli.precheck import precheck
+from fedrun.config.schema import register_configs
 from fedrun.errors import FedrunError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def test_command_composes_as_written(where, command, tmp_path, monkeypatch):
     register_configs()
     argv = shlex.split(command)[1:]
     if any(a in ("--help", "-h", "--version") for a in argv):
-        return  # answered by fedrun.cli_help, tested in test_api.py
+        return  # answered by fedrun.cli.help, tested in test_api.py
     if "resume=true" in argv:  # continues an earlier run: without one, the sentence says what to do
         with pytest.raises(FedrunError, match="resume=true found no checkpoint"):
             precheck(argv)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import compose_config
-from fedrun import checkpoint, runner
+from fedrun import runner
+from fedrun.rundir import checkpoint
 from fedrun.errors import FedrunError
 from tests.test_errors import TINY
 
@@ -457,7 +458,7 @@ def test_a_finished_run_on_a_read_only_filesystem_says_nothing_to_do(small_disk,
     import sys
 
     import fedrun
-    from fedrun import cli
+    from fedrun.cli import main as cli
 
     disk = small_disk("size=10m")
     runner.run(compose_config(*RUN), disk / "run")
@@ -571,7 +572,7 @@ def test_two_threads_on_one_run_dir_one_is_refused_in_one_sentence(tmp_path):
     gets the in-use sentence while the first holds it."""
     import threading
 
-    from fedrun import lock
+    from fedrun.rundir import lock
 
     held = lock.lock_run_dir(tmp_path)
     errors = []
@@ -609,7 +610,7 @@ def hook(name, *a, **k):
     return real(name, *a, **k)
 builtins.__import__ = hook
 sys.argv = ["fedrun", "hydra.run.dir={tmp_path / 'run'}"]
-from fedrun.cli_help import main
+from fedrun.cli.help import main
 main()
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -638,7 +639,7 @@ REPORT_INPUTS = {
 
 @pytest.mark.parametrize("case", list(REPORT_INPUTS))
 def test_fedrun_report_bad_inputs_are_one_sentence_and_exit_2(case, finished_runs, capsys, tmp_path):
-    from fedrun import report
+    from fedrun.report import cli as report
 
     args, piece = REPORT_INPUTS[case]
     assert report.main(args(finished_runs, tmp_path)) == 2
@@ -648,7 +649,7 @@ def test_fedrun_report_bad_inputs_are_one_sentence_and_exit_2(case, finished_run
 
 
 def test_fedrun_report_on_a_read_only_out_is_one_sentence(finished_runs, small_disk_or_skip, capsys):
-    from fedrun import report
+    from fedrun.report import cli as report
 
     disk = small_disk_or_skip
     assert report.main([str(finished_runs), "--out", str(disk / "out"), "--no-figures"]) == 2
@@ -701,7 +702,7 @@ def names_a_key(sentence: str) -> bool:
 
 def check_outcome(call, keys) -> str:
     """'ok', or 'refused' for a FedrunError of one sentence naming a key; anything else fails."""
-    from fedrun.rundir import RunFinished
+    from fedrun.rundir.resume import RunFinished
 
     try:
         call()
@@ -721,7 +722,7 @@ def precheck_property(tmp_path, monkeypatch, examples: int) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from fedrun.cli_errors import precheck
+    from fedrun.cli.precheck import precheck
 
     monkeypatch.chdir(tmp_path)
 

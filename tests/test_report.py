@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedrun import report
-from fedrun.report import comm_to_target, rounds_to_target
+from fedrun.report import cli as report
+from fedrun.report.runs import comm_to_target, find_runs, rounds_to_target
+from fedrun.report.tables import paper_table
 
 TARGET_ALGOS = {"fedavg": "fedrun.algorithms.fedavg.FedAvg", "feddyn": "fedrun.algorithms.feddyn.FedDyn", "scaffold": "fedrun.algorithms.scaffold.Scaffold"}
 
@@ -150,7 +151,7 @@ def test_find_runs_recurses_and_ignores_non_runs(tmp_path: Path):
     write_run(tmp_path / "c" / "run2", "fedavg", 1, [0.5])
     (tmp_path / "c" / "notes").mkdir()
     (tmp_path / "c" / "multirun.yaml").write_text("x: 1\n")
-    found = report.find_runs([tmp_path / "a", tmp_path])
+    found = find_runs([tmp_path / "a", tmp_path])
     assert [p.name for p in found] == ["run1", "run2"]
 
 
@@ -162,7 +163,7 @@ def test_published_numbers_join_on_shared_keys(sweep: Path, tmp_path: Path):
     assert got[("feddyn", 50.0)] == 67 and got[("fedavg", 50.0)] == 754
     assert math.isnan(got[("feddyn", 80.0)])  # nothing published for that target: empty, not invented
     assert (tmp_path / "out" / "runs.csv").exists() and not (sweep / "runs.csv").exists()
-    wide = report.paper_table(tt).set_index("target_acc")
+    wide = paper_table(tt).set_index("target_acc")
     assert wide.loc[50.0, "feddyn"] == "2 (2.5x) [published 67]"  # FedDyn: rounds 2 and 2; FedAvg: 4 and 6
     assert wide.loc[50.0, "fedavg"] == "5 (1x) [published 754]"
     assert wide.loc[80.0, "fedavg"] == "not in 6 rounds"
@@ -232,8 +233,8 @@ def test_final_table_is_mean_and_sample_std_per_setting_sorted(sweep: Path):
 
 
 def test_labels_colours_and_presets():
-    from fedrun import figures
-    from fedrun.report_figures import curve_label
+    from fedrun.report import style as figures
+    from fedrun.report.figures import curve_label
 
     assert curve_label(["algo", "algo.alpha"], ["feddyn_alpha0.1", 0.1]) == "FedDyn α=0.1"
     assert curve_label(["algo", "partition"], ["fedavg", "iid"]) == "FedAvg, partition=iid"

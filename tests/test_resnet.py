@@ -12,8 +12,8 @@ from fedrun.engines.base import LocalTraining
 from fedrun.engines.sequential import SequentialEngine
 from fedrun.engines.stacked import agrees, unflatten_stacked, vmap_forward
 from fedrun.engines.vectorized import VectorizedEngine
-from fedrun.models_resnet import ResNet18GN
-from fedrun.params import FlatModel
+from fedrun.models.resnet import ResNet18GN
+from fedrun.models.params import FlatModel
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedrun.config import CONF_DIR
+from fedrun.config.schema import CONF_DIR
 
 ROUNDS = 10
 ARGS = [
@@ -32,7 +32,7 @@ ARGS = [
 
 def needs(algo: str) -> None:
     if not (CONF_DIR / "algo" / f"{algo}.yaml").exists():
-        pytest.skip(f"fedrun/conf/algo/{algo}.yaml does not exist yet")
+        pytest.skip(f"conf/algo/{algo}.yaml does not exist yet")
 
 
 def command(algo: str, run_dir: Path, *extra: str) -> list[str]:

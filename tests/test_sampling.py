@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from fedrun.sampling import bernoulli, fixed
+from fedrun.simulation.sampling import bernoulli, fixed
 
 
 def test_bernoulli_mean_size_matches_p():
@@ -45,7 +45,7 @@ def test_bernoulli_reference_retries_with_the_next_rounds_draw():
     repeats in the next round. At m=20, p=0.1 a draw is empty w.p. 0.9^20 = 0.1216; over 3000 rounds
     the share of rounds equal to their predecessor is 0.1216 +- 4 x sqrt(0.12 x 0.88 / 3000) = 0.024.
     The default (independent redraw) repeats only by chance (0.3%)."""
-    from fedrun.sampling import bernoulli_reference
+    from fedrun.simulation.sampling import bernoulli_reference
 
     m, p, rounds = 20, 0.1, 3000
     ref = [tuple(bernoulli_reference(m, p, 5, r).tolist()) for r in range(1, rounds + 1)]

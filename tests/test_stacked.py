@@ -14,7 +14,7 @@ from torch import nn
 
 from fedrun.engines.stacked import LayerChain, agrees, batched_forward, unflatten_stacked
 from fedrun.models import CNN
-from fedrun.params import FlatModel
+from fedrun.models.params import FlatModel
 
 
 def _per_client(model: FlatModel, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedrun import memory
+from fedrun.state import memory
 from conftest import compose_config
 from fedrun.errors import FedrunError
 from fedrun.models import CNN
-from fedrun.params import FlatModel
-from fedrun.runner import build, run_round
-from fedrun.state import MmapStore, TensorStore, store_for_run
+from fedrun.models.params import FlatModel
+from conftest import build
+from fedrun.simulation.round import run_round
+from fedrun.state.store import MmapStore, TensorStore, store_for_run
 
 
 GiB = 1024**3

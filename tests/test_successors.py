@@ -26,10 +26,11 @@ from fedrun.algorithms.feddc import FedDC
 from fedrun.algorithms.fednova import FedNova
 from fedrun.algorithms.fedsmoo import FedSMOO
 from fedrun.algorithms.fedspeed import FedSpeed
-from fedrun.rounds import add_tables, open_round, write_rows
-from fedrun.runner import build, run_round
-from fedrun.sampling import SAMPLERS
-from fedrun.state import TensorStore
+from fedrun.simulation.rounds import add_tables, open_round, write_rows
+from conftest import build
+from fedrun.simulation.round import run_round
+from fedrun.simulation.sampling import SAMPLERS
+from fedrun.state.store import TensorStore
 from tests.conftest import compose_config
 
 B = (4.0, -4.0, 16.0, 10.0)
@@ -248,7 +249,7 @@ def test_inactive_clients_state_is_untouched_by_the_runner(name: str):
 def test_checkpoint_restores_every_piece_of_state(overrides: tuple[str, ...], tmp_path):
     """Rounds 3-4 after a checkpoint of round 2 and a fresh build equal rounds 3-4 of the uninterrupted
     run bit for bit: client tables (h, G, mu), server state (G, h_mean, s, FedNova's momentum buf)."""
-    from fedrun import checkpoint
+    from fedrun.rundir import checkpoint
 
     straight = run_real(*overrides, "partition=unbalanced", rounds=2)
     checkpoint.save(tmp_path, straight, checkpoint.Counters(round=2), rows=[])

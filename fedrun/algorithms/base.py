@@ -1,7 +1,7 @@
 """The algorithm interface shared by every federated method and both engines.
 
 An algorithm is a frozen dataclass of its hyperparameters (its Hydra schema is generated from the
-fields, :mod:`fedrun.config`) and pure vector arithmetic over flat parameters (:mod:`fedrun.params`).
+fields, :mod:`fedrun.config.schema`) and pure vector arithmetic over flat parameters (:mod:`fedrun.models.params`).
 It never sees the client-state store: once per round the runner reads the active clients' old rows of
 every table in :attr:`Algorithm.client_states` and hands the algorithm one frozen :class:`Round`.
 
@@ -17,7 +17,7 @@ every table in :attr:`Algorithm.client_states` and hands the algorithm one froze
 The runner writes the returned rows at the clients' ids after :meth:`server_update`. The engines run
 local training (plain SGD, gradient-norm clip, weight decay, E epochs of batches of B, as the FedDyn
 reference code) for all active clients, sequentially or at once, and know nothing about the
-algorithm beyond the :class:`LocalObjective`. A new method is one file here and one ``fedrun/conf/algo/*.yaml``.
+algorithm beyond the :class:`LocalObjective`. A new method is one file here and one ``conf/algo/*.yaml``.
 """
 
 from __future__ import annotations

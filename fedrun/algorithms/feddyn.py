@@ -1,6 +1,6 @@
 """FedDyn (Acar et al., "Federated Learning Based on Dynamic Regularization", ICLR 2021, Algorithm 1).
 
-Two forms of the same method (PAPER.md, "Algorithm" and "How the reference code realises it"):
+Two forms of the same method (docs/paper.md, "Algorithm" and "How the reference code realises it"):
 
 :class:`FedDyn` (``algo=feddyn``) - the authors' code (github alpemreacar/FedDyn):
 

@@ -8,7 +8,7 @@ linear term of its loss (inside the clip). Then option II (line 12) gives c_k⁺
 (lines 16-17) sets θ^t = θ^{t−1} + η_g·(mean_{k∈P_t} θ_k^t − θ^{t−1}) (unweighted; η_g = ``server_lr``)
 and adds the clients' changes of c_k to c, divided by ALL m clients.
 
-``algo=scaffold`` (:class:`Scaffold`) - the FedDyn authors' code (PAPER.md, "Baselines"), w_k = n_k·m/N:
+``algo=scaffold`` (:class:`Scaffold`) - the FedDyn authors' code (docs/paper.md, "Baselines"), w_k = n_k·m/N:
 
 * correction ⟨w, c/w_k − c_k⟩;
 * c_k⁺ = c_k − c + (θ^{t−1} − θ_k^t)/(K·lr) with lr the CONFIGURED learning rate (the reference code

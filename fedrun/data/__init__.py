@@ -1,7 +1,7 @@
 """Datasets as tensors: :class:`FederatedData` is what every loader returns.
 
 A loader is any callable ``(..., num_clients, seed) -> FederatedData`` named by ``_target_`` in a
-``fedrun/conf/data/*.yaml`` file. Images stay as compact tensors; ``augment`` (if any) is applied to whole
+``conf/data/*.yaml`` file. Images stay as compact tensors; ``augment`` (if any) is applied to whole
 training batches on the device by the engines.
 """
 

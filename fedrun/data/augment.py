@@ -4,7 +4,7 @@
 with probability 1/2 and, independently, with probability 1/2 replaced by a random 32×32 window of
 the image zero-padded by 4 pixels on every side (offsets uniform in 0..8 per axis). The reference pads
 the *normalised* image with zeros, i.e. with the per-channel mean colour; fedrun's images are stored
-normalised too, so padding with 0 here is the same operation (PAPER.md's "4-zero-padded").
+normalised too, so padding with 0 here is the same operation (docs/paper.md's "4-zero-padded").
 
 All random numbers are drawn on the CPU from the generator that is passed in (three draws per call:
 flip coins, crop coins, offsets), so the result depends only on the generator's state, not on the

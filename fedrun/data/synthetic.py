@@ -1,6 +1,6 @@
 """The FedDyn paper's synthetic federated logistic-regression data (FedProx/LEAF style).
 
-For m devices (PAPER.md, "Synthetic"):
+For m devices (docs/paper.md, "Synthetic"):
 
 * sizes n_k = floor(lognormal(log(mean_samples), sigma)), at least 1;
 * u_k ~ N(0, alpha²) and B_k ~ N(0, beta²) per device (alpha, beta are standard deviations, as in

@@ -3,7 +3,7 @@
 Each loader fetches the raw files with ``torchvision.datasets`` (``download``) into ``root``, converts
 them once into a verified tensor cache (``<root>/fedrun_cache/<name>.pt``: uint8 images [N, C, H, W]
 and int64 labels per split, see :mod:`fedrun.data.cache`) and returns float32 tensors normalised as
-the FedDyn reference code does (PAPER.md):
+the FedDyn reference code does (docs/paper.md):
 
 * MNIST: (x/255 − 0.1307) / 0.3081;
 * EMNIST-L: the 'letters' split restricted to its first 10 letters (labels 1..10 → 0..9; 48,000 train

@@ -17,27 +17,10 @@ from typing import Optional
 import torch
 
 from fedrun.algorithms.base import LocalObjective
+from fedrun.config.specs import LocalTraining  # noqa: F401  (the engines' hyperparameters, also as engines.base.*)
 from fedrun.data import FederatedData
-from fedrun.params import FlatModel
+from fedrun.models.params import FlatModel
 from fedrun.seeding import generator
-
-
-@dataclass(frozen=True)
-class LocalTraining:
-    lr: float
-    epochs: int
-    batch_size: int
-    weight_decay: float
-    clip_norm: float  # <= 0 disables clipping
-    bf16: bool = False  # the model's forward (and its backward) under bfloat16 autocast (precision=bf16)
-
-    def autocast(self, device: torch.device) -> torch.autocast:
-        """The autocast context of the model's forward: bfloat16 when ``bf16``, else a no-op.
-
-        Parameters, gradients, the algorithm's extra terms and the SGD update stay float32 (mixed
-        precision); autocast runs matmuls and convolutions in bfloat16 and keeps losses in float32.
-        """
-        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=self.bf16)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 
 from fedrun.engines.base import LocalTraining, sgd_step
 from fedrun.engines.stacked import LayerChain, StackedForward
-from fedrun.params import FlatModel
+from fedrun.models.params import FlatModel
 
 
 def compile_mode(device: torch.device) -> Optional[str]:

@@ -24,7 +24,7 @@ from fedrun.engines.base import (
     sgd_step,
     total_decay,
 )
-from fedrun.params import FlatModel
+from fedrun.models.params import FlatModel
 
 
 @dataclass

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from fedrun.params import FlatModel
+from fedrun.models.params import FlatModel
 
 StackedForward = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
@@ -254,7 +254,7 @@ class ChainGrad:
 
 def batched_forward(module: nn.Module) -> Optional[StackedForward]:
     """A hand-batched stacked forward: the module's own ``stacked_forward(params, x)`` if it has one
-    (:class:`fedrun.models_resnet.ResNet18GN`), a :class:`LayerChain` for plain layer chains (see
+    (:class:`fedrun.models.resnet.ResNet18GN`), a :class:`LayerChain` for plain layer chains (see
     :func:`_chain`), or None.
 
     The caller should confirm it against the module (:func:`agrees`) before trusting it.

@@ -18,7 +18,7 @@ from fedrun.algorithms.base import LocalObjective
 from fedrun.data import FederatedData
 from fedrun.engines.base import LocalTraining, client_generators, draws_for, padded_schedule, sgd_step, sgd_step_
 from fedrun.engines.stacked import ChainGrad, LayerChain
-from fedrun.params import FlatModel
+from fedrun.models.params import FlatModel
 
 BLOCK_BYTES = 16 * 2**20  # input samples gathered at once by Plan.steps
 

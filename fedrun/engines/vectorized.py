@@ -24,7 +24,7 @@ loop of bare arithmetic with the same numbers, and ``compile=true`` makes the st
 ``torch.compile`` unit (:mod:`fedrun.engines.compiled`).
 
 Active clients that do not fit in memory together are trained in chunks of ``chunk_size``
-(0 = as many as the memory estimate allows, :mod:`fedrun.memory`). A model that ``vmap`` cannot
+(0 = as many as the memory estimate allows, :mod:`fedrun.state.memory`). A model that ``vmap`` cannot
 run (torch's fused ``nn.LSTM`` has no batching rule) is handed to the sequential engine
 automatically, logged once. Under ``gradient=auto`` convolutional models on a CPU are trained one
 client at a time by this engine (chunks of 1; measured faster there than a grouped convolution over
@@ -53,8 +53,8 @@ from fedrun.engines.sequential import SequentialEngine
 from fedrun.engines.steps import Plan, augmented, train_explicit
 from fedrun.engines.stacked import LayerChain, StackedForward, agrees, batched_forward, unflatten_stacked, vmap_forward
 from fedrun.errors import FedrunError
-from fedrun import memory
-from fedrun.params import FlatModel
+from fedrun.state import memory
+from fedrun.models.params import FlatModel
 
 log = logging.getLogger("fedrun")
 

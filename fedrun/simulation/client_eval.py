@@ -1,0 +1,153 @@
+"""Per-client evaluation and a validation split, both held out of each client's own partition.
+
+``client_test_fraction=f`` keeps a fraction f of every client's partition (at random, seeded) out of
+its training data as that client's own test split. At each evaluated round the server model is
+evaluated on every client's split:
+
+- ``client_acc_mean`` / ``client_acc_std`` (sample std, ddof=1) / ``client_acc_worst10`` (the mean
+  accuracy of the worst 10% of clients, at least one) go into ``metrics.csv``, accuracies as
+  fractions like ``test_acc``; clients whose split is empty (too few samples) are left out;
+- ``client_metrics.csv`` in the run dir gets one row per client and evaluated round: ``round``,
+  ``client``, ``n_test``, ``loss``, ``acc`` (and ``acc_finetuned``);
+- ``finetune_steps=k`` also measures personalised accuracy: each client takes k plain SGD steps
+  (``lr``, minibatches of ``batch_size`` from its training data, no augmentation, weight decay or
+  clipping) from the server model, and the result is evaluated on its split
+  (``client_acc_ft_mean``/``_std``/``_worst10``, column ``acc_finetuned``). The server model is not changed.
+
+``val_fraction=v`` holds out a fraction v of every client's partition as validation data; the
+server model's ``val_loss``/``val_acc`` go into ``metrics.csv`` and ``final_val_acc`` into
+``summary.json``, which a hyper-parameter search maximises instead of the test accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from fedrun.config.specs import ClientEvalSpec  # noqa: F401  (also as client_eval.*)
+from fedrun.errors import FedrunError
+from fedrun.simulation.evaluation import evaluate
+from fedrun.seeding import generator
+
+
+
+@dataclass
+class HeldOut:
+    """Indices into the training tensors held out per client (its test split) and for validation."""
+
+    tests: list[torch.Tensor]
+    val: torch.Tensor
+
+
+def split_partition(partition: list[torch.Tensor], test_fraction: float, val_fraction: float,
+                    gen: torch.Generator) -> tuple[list[torch.Tensor], HeldOut]:
+    """Each client's indices -> (its training indices, in their order; its test split; its validation part).
+
+    A client with n samples holds out floor(f·n) for test (at least 1 when f > 0 and n >= 2) and
+    floor(v·n) for validation; at least one sample stays for training.
+    """
+    train, tests, vals = [], [], []
+    for k, idx in enumerate(partition):
+        n = len(idx)
+        n_test = int(test_fraction * n) if test_fraction > 0 else 0
+        if test_fraction > 0 and n_test == 0 and n >= 2:
+            n_test = 1
+        n_val = int(val_fraction * n)
+        if n - n_test - n_val < 1:
+            raise FedrunError(f"client {k} has {n} samples: client_test_fraction={test_fraction} and val_fraction={val_fraction} "
+                              f"leave none for training: lower them or use fewer clients.")
+        order = torch.randperm(n, generator=gen).to(idx.device)
+        keep = torch.ones(n, dtype=torch.bool, device=idx.device)
+        keep[order[: n_test + n_val]] = False
+        tests.append(idx[order[:n_test]])
+        vals.append(idx[order[n_test : n_test + n_val]])
+        train.append(idx[keep])
+    val = torch.cat(vals) if vals else torch.empty(0, dtype=torch.long)
+    return train, HeldOut(tests, val)
+
+
+def hold_out(spec: ClientEvalSpec, partition: list[torch.Tensor]) -> tuple[list[torch.Tensor], Optional[HeldOut]]:
+    """The run's partition with the held-out parts taken out (unchanged when both fractions are 0)."""
+    if spec.test_fraction == 0 and spec.val_fraction == 0:
+        return partition, None
+    return split_partition(partition, spec.test_fraction, spec.val_fraction, generator(spec.seed, "held_out"))
+
+
+def columns(spec: ClientEvalSpec) -> list[str]:
+    test, val = spec.test_fraction, spec.val_fraction
+    cols = []
+    if test > 0:
+        cols += ["client_acc_mean", "client_acc_std", "client_acc_worst10"]
+        if spec.finetune_steps > 0:
+            cols += ["client_acc_ft_mean", "client_acc_ft_std", "client_acc_ft_worst10"]
+    if val > 0:
+        cols += ["val_loss", "val_acc"]
+    return cols
+
+
+def distribution(accs: torch.Tensor, prefix: str) -> dict[str, float]:
+    """Mean, sample std (ddof=1) and worst-10% mean of per-client accuracies (NaN entries left out)."""
+    a = accs[~torch.isnan(accs)].double()
+    if len(a) == 0:
+        return {f"{prefix}_mean": math.nan, f"{prefix}_std": math.nan, f"{prefix}_worst10": math.nan}
+    worst = torch.sort(a).values[: max(1, math.ceil(0.1 * len(a)))]
+    return {f"{prefix}_mean": float(a.mean()), f"{prefix}_std": float(a.std(unbiased=True)) if len(a) > 1 else math.nan,
+            f"{prefix}_worst10": float(worst.mean())}
+
+
+def finetune(model: Any, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch_size: int,
+             gen: torch.Generator) -> torch.Tensor:
+    """``steps`` plain SGD steps from ``theta`` on minibatches of ``(x, y)`` drawn without replacement per pass."""
+    w = theta.detach().clone()
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        if len(order) == 0:
+            order = torch.randperm(len(y), generator=gen)
+        batch, order = order[:batch_size].to(x.device), order[batch_size:]
+        w.requires_grad_(True)
+        loss = F.cross_entropy(model(w, x[batch]).float(), y[batch])
+        (grad,) = torch.autograd.grad(loss, w)
+        w = (w - lr * grad).detach()
+    return w
+
+
+def evaluate_clients(spec: ClientEvalSpec, exp: Any, held: HeldOut, round_idx: int,
+                     theta: torch.Tensor) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The server model ``theta`` on every client's held-out split (and fine-tuned, and on the
+    validation split): the metrics row's columns, and one ``client_metrics.csv`` row per client."""
+    out: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    d, model, steps = exp.data, exp.model, spec.finetune_steps
+    if spec.test_fraction > 0:
+        accs, ft_accs = [], []
+        for k, idx in enumerate(held.tests):
+            if len(idx) == 0:
+                accs.append(math.nan)
+                ft_accs.append(math.nan)
+                continue
+            loss, acc = evaluate(model, theta, d.x_train[idx], d.y_train[idx])
+            row = {"round": round_idx, "client": k, "n_test": len(idx), "loss": loss, "acc": acc}
+            accs.append(acc)
+            if steps > 0:
+                train = exp.partition[k]
+                gen = generator(spec.seed, "finetune", round_idx, k)
+                w = finetune(model, theta, d.x_train[train], d.y_train[train], steps, spec.lr, spec.batch_size, gen)
+                row["acc_finetuned"] = evaluate(model, w, d.x_train[idx], d.y_train[idx])[1]
+                ft_accs.append(row["acc_finetuned"])
+            rows.append(row)
+        out.update(distribution(torch.tensor(accs, dtype=torch.float64), "client_acc"))
+        if steps > 0:
+            out.update(distribution(torch.tensor(ft_accs, dtype=torch.float64), "client_acc_ft"))
+    if len(held.val):
+        out["val_loss"], out["val_acc"] = evaluate(model, theta, d.x_train[held.val], d.y_train[held.val])
+    return out, rows
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``final_val_acc`` for summary.json when the run has a validation split."""
+    vals = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
+    return {"final_val_acc": vals[-1]} if vals else {}
