@@ -96,7 +96,7 @@ def allocate(path: Path, nbytes: int) -> None:
     and blocks already there cost nothing), so that no access through the map can meet a full disk:
     that would be a SIGBUS in the middle of a round (on tmpfs even a read allocates), and is
     :class:`~fedrun.errors.DiskFull` here, before the first round. The placement rule
-    (:func:`fedrun.memory.choose_placement`) asks for that much free disk anyway."""
+    (:func:`fedrun.state.memory.choose_placement`) asks for that much free disk anyway."""
     with writing(path, nbytes):
         fd = os.open(path, os.O_RDWR)
         try:
