@@ -96,7 +96,7 @@ def _checked_dictconfig(cfg: DictConfig) -> DictConfig:
         if group in reference and not isinstance(cfg.get(group), DictConfig):
             raise FedrunError(f"{group}={cfg.get(group)} in the config given to fedrun.run is not an option of {group}: "
                               f"choose it with fedrun.compose(['{group}=...']).")
-    from fedrun.config import validate
+    from fedrun.config.checks import validate
 
     try:
         validate(cfg)
