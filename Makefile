@@ -29,8 +29,8 @@ gpu-wheels:  ## wheels of fedrun's pure-Python needs, for a GPU machine without 
 reproduce-paper:  ## the paper's full grid (GPU job; finished runs skipped on a re-run) + report into outputs/paper/: make reproduce-paper ARGS="hydra/launcher=joblib_gpu"
 	scripts/reproduce_paper.sh $(ARGS)
 
-reproduce-paper-quick:  ## reduced grid (synthetic + Shakespeare texts, few rounds) in minutes on a CPU, report into outputs/paper-quick/
-	scripts/reproduce_paper_quick.sh $(ARGS)
+reproduce-paper-quick:  ## reduced grid (synthetic + Shakespeare texts, few rounds) in minutes on a CPU, report into outputs/paper-quick/ (plays downloaded once; SHAKESPEARE=dir reads them from dir)
+	PY=$(PY) scripts/reproduce_paper_quick.sh $(ARGS)
 
 clean:  ## remove run outputs and caches
 	rm -rf outputs multirun .pytest_cache

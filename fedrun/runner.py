@@ -26,10 +26,10 @@ from fedrun.observers.base import Observers
 from fedrun.observers.checkpoints import Checkpoints, MetricsRows
 from fedrun.observers.client_eval import ClientEvaluator
 from fedrun.observers.plot import convergence_plot
-from fedrun.observers.progress import Progress
-from fedrun.observers.trackers import open_loggers
+from fedrun.observers.progress import Progress, summary_line
+from fedrun.observers.trackers import open_loggers, run_name
 from fedrun.rundir import checkpoint, finish, lock, ranked, resume
-from fedrun.rundir.files import MetricsWriter, summarize
+from fedrun.rundir.files import MetricsWriter, summarize, write_json_atomic
 from fedrun.rundir.provenance import provenance
 from fedrun.rundir.signals import Interrupted, StopSignals
 from fedrun.simulation import client_eval, guard
@@ -123,7 +123,8 @@ class Ending:
     def __init__(self, exp: Experiment, run_dir: Path, writer: MetricsWriter, tally: Tally, resumed_round: int):
         spec = exp.spec
         self.exp, self.run_dir, self.writer, self.tally = exp, run_dir, writer, tally
-        self.threads_before = apply_threads(spec.threads, exp.model.num_params, exp.device)
+        self.threads_before, threads_choice = apply_threads(spec.threads, exp)
+        log.info("fedrun: %d torch thread(s) (%s)", threads_choice["threads"], threads_choice["rule"])
         ranks = distributed.current()  # several processes: rank 0 writes the run dir
         try:  # a resumed run's rounds must run with its checkpoint's thread count (the numbers depend on it)
             tally.threads = torch.get_num_threads()
@@ -136,17 +137,26 @@ class Ending:
                 distributed.agree(ranks, refused)  # every rank stops, not only the one that refuses
             elif refused is not None:
                 raise refused
-            self.made_by = provenance(exp.device)
-            self.writes = ranks is None or ranks.writer
-            per_client = ClientEvaluator(spec.client_eval, exp, exp.held_out, run_dir, resumed_round) if exp.held_out and self.writes else None
-            with writing(run_dir):
-                trackers = open_loggers(spec.loggers if self.writes else (), run_dir, spec.config)
-        except BaseException:  # refused, or the trackers cannot start: nothing was run, the threads go back
+        except BaseException:  # refused: nothing was run, the threads go back
             torch.set_num_threads(self.threads_before)
             raise
-        progress = Progress(spec.rounds, start=resumed_round, enabled=spec.progress if self.writes else False, quiet=spec.quiet)
+        self.made_by = provenance(exp.device)
+        self.writes = ranks is None or ranks.writer
+        per_client = ClientEvaluator(spec.client_eval, exp, exp.held_out, run_dir, resumed_round) if exp.held_out and self.writes else None
+        try:
+            with writing(run_dir):  # a tracker's files on a full disk: one DiskFull sentence
+                trackers = open_loggers(spec.loggers if self.writes else (), run_dir, spec.config,
+                                        run_name(spec.config, exp.data.name, type(exp.algorithm).__name__))
+        except FedrunError as err:  # a tracker that cannot start: the run dir says failed, not running
+            torch.set_num_threads(self.threads_before)
+            write_json_atomic(run_dir / resume.SUMMARY, {"status": "failed", "error": str(err), "rounds_done": resumed_round,
+                                                         "config": spec.config})
+            raise
+        progress = Progress(spec.rounds, start=resumed_round, enabled=spec.progress if self.writes else False, quiet=spec.quiet,
+                            device=exp.device.type if self.writes else None)
         self.observers = Observers([per_client, MetricsRows(writer), trackers, progress])
-        self.extra: dict[str, Any] = {"plot_title": f"{type(exp.algorithm).__name__} on {exp.data.name} {spec.title()}"}
+        self.extra: dict[str, Any] = {"plot_title": f"{type(exp.algorithm).__name__} on {exp.data.name} {spec.title()}",
+                                      "threads_choice": threads_choice}
         self.summary: dict[str, Any] = {}
 
     def __enter__(self) -> "Ending":
@@ -178,6 +188,8 @@ class Ending:
                     self.observers.close(self.summary)
             finally:
                 torch.set_num_threads(self.threads_before)
+            if self.writes:  # the run's last line, quiet or not
+                log.info("%s", summary_line(self.summary, self.run_dir, exp.spec.rounds))
         return False
 
 

@@ -35,6 +35,13 @@ bench options:
   dataset's real shapes (e.g. CIFAR-10: 50000x3x32x32 + 10000 test, random labels) once into
   fedrun's tensor cache in a temporary folder and runs ``data=NAME`` on them, for timing where the
   real files are not available (the accuracy is meaningless);
+- ``bench.startup=true`` instead times the command's answers that need no run (:func:`bench_startup`):
+  ``fedrun algo.alpah=1`` (a typo: the sentence), ``fedrun --help`` and one shell-completion request
+  (``COMP_LINE="fedrun algo=fed" fedrun -sc query=bash``), each a fresh process, ``bench.repeats``
+  times (best and median wall time), plus the first typo after an edit of fedrun's sources (the
+  signature cache rebuilt: torch imported once) and ``python -c "import torch"`` for scale;
+- ``bench.matmul=true`` also measures a plain batched-matmul ceiling (:func:`matmul_ceiling`) with the
+  engines' thread count, and reports each engine's achieved GFLOP/s against it;
 - ``bench.ranks=1`` numbers of processes to time each engine with (e.g. ``bench.ranks=1,2``): N > 1
   runs the worker under ``torchrun --nproc-per-node N`` (one simulation over N ranks,
   :mod:`fedrun.distributed`; gloo on CPU, NCCL with one GPU per rank) and reports rank 0's time and
@@ -55,6 +62,7 @@ process's max RSS on CPU) is its own. CUDA work is synchronised before every clo
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -80,6 +88,8 @@ BENCH_DEFAULTS = {
     "fake_data": "",
     "cudnn_benchmark": "false",
     "ranks": "1",
+    "startup": "false",
+    "matmul": "true",
 }
 # Real shapes of the image datasets: (train images, test images, channels, side, classes).
 FAKE_SHAPES = {
@@ -367,6 +377,10 @@ def markdown(result: dict[str, Any]) -> str:
         )
     if "speedup" in result:
         lines.append(f"\nvectorized / sequential speed-up per round: **{result['speedup']:.2f}x**")
+    if "matmul_ceiling" in result:
+        m = result["matmul_ceiling"]
+        rates = ", ".join(f"{name} {r['gflop_per_s']:.2f} GFLOP/s ({r['fraction_of_matmul_ceiling']:.1%})" for name, r in result["engines"].items())
+        lines.append(f"batched-matmul ceiling ({m['batch']}x{m['size']}^2, {m['threads']} threads): {m['gflop_per_s']:.1f} GFLOP/s; {rates}")
     if "ceiling" in result:
         c = result["ceiling"]
         lines.append(
@@ -376,11 +390,82 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fedrun_command() -> list[str]:
+    """The console script when installed (what a user's shell runs), else ``python -m fedrun``."""
+    import shutil
+
+    found = shutil.which("fedrun")
+    return [found] if found else [sys.executable, "-m", "fedrun"]
+
+
+def _wall(cmd: list[str], env: dict[str, str]) -> float:
+    began = time.perf_counter()
+    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - began
+
+
+def bench_startup(bench: dict[str, str]) -> dict[str, Any]:
+    """Wall time of the answers that need no run, each a fresh process (see the module docstring)."""
+    from fedrun.config import signatures
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    fedrun = _fedrun_command()
+    cases = {
+        "typo (fedrun algo.alpah=1)": (fedrun + ["algo.alpah=1"], env),
+        "fedrun --help": (fedrun + ["--help"], env),
+        "completion (fedrun algo=fed<TAB>)": (fedrun + ["-sc", "query=bash"], {**env, "COMP_LINE": "fedrun algo=fed", "COMP_POINT": "15"}),
+    }
+    _wall(fedrun + ["algo.alpah=1"], env)  # a warm cache and warm file caches, as after the first command
+    out: dict[str, Any] = {"command": fedrun, "load_average_1min": os.getloadavg()[0], "cases": {}}
+    for name, (cmd, case_env) in cases.items():
+        times = [_wall(cmd, case_env) for _ in range(int(bench["repeats"]))]
+        out["cases"][name] = {"best_s": min(times), "median_s": statistics.median(times)}
+    signatures.cache_path().unlink(missing_ok=True)  # as after an edit: the next command rebuilds the cache
+    out["cases"]["typo, first after an edit (cache rebuilt)"] = {"best_s": _wall(fedrun + ["algo.alpah=1"], env), "median_s": None}
+    out["cases"]["python -c 'import torch' (for scale)"] = {"best_s": min(_wall([sys.executable, "-c", "import torch"], env) for _ in range(2)), "median_s": None}
+    lines = ["| command | best s | median s |", "|---|---:|---:|"]
+    for name, r in out["cases"].items():
+        lines.append(f"| {name} | {r['best_s']:.2f} | {'-' if r['median_s'] is None else format(r['median_s'], '.2f')} |")
+    out["markdown"] = "\n".join(lines) + f"\n\nload average {out['load_average_1min']:.2f}, torch {torch.__version__}"
+    return out
+
+
+def matmul_ceiling(threads: int, size: int = 512, batch: int = 8, repeats: int = 5) -> dict[str, Any]:
+    """GFLOP/s of a plain batched float32 matmul ``[batch, size, size] @ [batch, size, size]`` (2 size^3
+    FLOPs per matrix) with ``threads`` threads (0: torch's default): what this CPU/GPU reaches on the
+    friendliest dense arithmetic, the ceiling the engines' achieved rate is compared with."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        g = torch.Generator(device="cpu").manual_seed(0)
+        a, b = (torch.randn(batch, size, size, generator=g).to(device) for _ in range(2))
+        torch.bmm(a, b)
+        sync(device)
+        best = math.inf
+        for _ in range(repeats):
+            began = time.perf_counter()
+            torch.bmm(a, b)
+            sync(device)
+            best = min(best, time.perf_counter() - began)
+        return {"size": size, "batch": batch, "threads": torch.get_num_threads(), "gflop_per_s": 2 * batch * size**3 / best / 1e9}
+    finally:
+        torch.set_num_threads(before)
+
+
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "--worker":
         worker(argv[1:])
         return
     overrides, bench, out = parse(argv)
+    if bench["startup"].lower() == "true":
+        result = {"startup": bench_startup(bench), "machine": machine()}
+        print(result["startup"]["markdown"])
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        return
     worker_args = list(argv)
     if bench["fake_data"]:
         name = bench["fake_data"]
@@ -410,6 +495,11 @@ def main(argv: list[str]) -> None:
             result["vectorized_fraction_of_ceiling"] = (
                 engines["vectorized"]["client_samples_per_s"] / result["ceiling"]["samples_per_s"]
             )
+    if bench["matmul"].lower() == "true":
+        result["matmul_ceiling"] = matmul_ceiling(int(bench["threads"]))
+        for r in engines.values():
+            r["gflop_per_s"] = 1e3 * r["tflop_per_s"]
+            r["fraction_of_matmul_ceiling"] = r["gflop_per_s"] / result["matmul_ceiling"]["gflop_per_s"]
     result["markdown"] = markdown(result)
     print(result["markdown"])
     if out:

@@ -23,30 +23,24 @@ objective; ``train_loss`` is the mean cross-entropy of the active clients over t
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from fedrun.report import style as figures  # noqa: E402  (colours, labels, saving: the same as every fedrun figure)
+sys.path.insert(0, str(REPO / "scripts"))
+import compare_common  # noqa: E402  (the options both compare scripts take)
+from fedrun.report import style as figures  # noqa: E402  (labels: the same as every fedrun figure)
+from fedrun.report.figures import algo_curves, draw_panels  # noqa: E402  (the 2x2 panel of fedrun-report --panels)
 
 SETTING = [
     "data=synthetic", "data.alpha=1", "data.beta=1", "data.iid_solution=false", "data.iid_data=false",
     "partition=natural", "num_clients=100", "participation=0.1", "rounds=200", "seed=0", "engine=sequential",
 ]
-LABELS = {
-    "feddyn": "FedDyn", "fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD", "fedadam": "FedAdam",
-    "feddc": "FedDC", "fedspeed": "FedSpeed", "fedsmoo": "FedSMOO", "fednova": "FedNova",
-}
 NINE = ["feddyn", "fedavg", "fedprox", "scaffold", "fedadam", "feddc", "fedspeed", "fedsmoo", "fednova"]
 
 
@@ -86,38 +80,9 @@ def load(runs: Path, algos: list[str]) -> dict[str, pd.DataFrame]:
 
 
 def figure(frames: dict[str, pd.DataFrame], path: Path, title: str, smooth: int = 10) -> None:
-    """2x2 panels in fedrun's figure style (one colour and marker per algorithm, short labels, one legend
-    below the axes); PNG, PDF and SVG."""
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6.6), sharex=True)
-    panels = [
-        ("test_loss", "server model: loss on all training data", True, 1, 1.0),
-        ("test_acc", "server model: accuracy (%)", False, 1, 100.0),
-        ("test_loss_all", "mean of all clients' models: loss", True, 1, 1.0),
-        ("train_loss", f"local training loss ({smooth}-round mean)", True, smooth, 1.0),
-    ]
-    for ax, (col, label, log, window, scale) in zip(axes.flat, panels):
-        for i, (algo, df) in enumerate(frames.items()):
-            if col not in df:
-                continue
-            values = scale * df[col].rolling(window, min_periods=1).mean()
-            ax.plot(df["round"], values, color=figures.algo_colour(algo), marker=figures.algo_marker(algo), markersize=3.5,
-                    markevery=figures.markevery(i, len(frames), len(df)), lw=1.2, label=figures.algo_label(algo))
-        ax.set_title(label, fontsize=10)
-        if log:
-            ax.set_yscale("log")
-            figures.plain_log_ticks(ax)
-        ax.grid(alpha=0.3, which="both")
-        figures.integer_rounds(ax)
-    for ax in axes[1]:
-        ax.set_xlabel("round")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    ncol = len(labels) if len(labels) <= 5 else (len(labels) + 1) // 2
-    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle(title, fontsize=10)
-    rows = 1 if len(labels) <= 5 else 2
-    fig.tight_layout(rect=(0, 0.035 * rows, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figures.save(fig, path, dpi=110)
+    """fedrun-report's 2x2 panel (``--panels``) in fedrun's figure style (one colour and marker per
+    algorithm, short labels, one legend below the axes); PNG, PDF and SVG."""
+    draw_panels(algo_curves({algo: [df] for algo, df in frames.items()}), path, title, smooth)
     print(f"figure: {path} (+ .pdf, .svg)")
 
 
@@ -145,21 +110,16 @@ def table(frames: dict[str, pd.DataFrame], last: int) -> str:
         end = df.iloc[-1]
         all_loss = f"{end['test_loss_all']:.4f}" if "test_loss_all" in df else "-"
         rows.append(
-            f"| {LABELS.get(algo, algo)} | {end['test_loss']:.4f} ({df['test_loss'].tail(last).mean():.4f}) | "
+            f"| {figures.algo_label(algo)} | {end['test_loss']:.4f} ({df['test_loss'].tail(last).mean():.4f}) | "
             f"{100 * end['test_acc']:.2f}% | {all_loss} | {end['train_loss']:.4f} | {end['comm_fedavg_rounds']:g} |"
         )
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algos", nargs="+", default=["feddyn", "fedavg", "fedprox", "scaffold"])
-    parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "compare" / "synthetic")
-    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "figures" / "synthetic_compare.png")
-    parser.add_argument("--reuse", action="store_true", help="only read the run directories already under --runs")
+    parser = compare_common.parser(__doc__)
     parser.add_argument("--multirun", action="store_true", help="all algorithms as one `fedrun -m` sweep (--algos nine: all nine methods)")
     parser.add_argument("--last", type=int, default=20, help="rounds averaged in the table's smoothed column")
-    parser.add_argument("overrides", nargs="*", help="extra fedrun overrides for every run (e.g. rounds=50)")
     args = parser.parse_args(argv)
     if args.algos == ["nine"]:
         args.algos = NINE

@@ -19,17 +19,12 @@ objective; ``train_loss`` is the mean cross-entropy of the active clients over t
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 SETTING = [
@@ -37,7 +32,10 @@ SETTING = [
     "partition=natural", "num_clients=100", "participation=0.1", "rounds=200",
 ]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+import compare_common  # noqa: E402  (the options both compare scripts take)
 from fedrun.report import style as figures  # noqa: E402  (colours, labels, saving: the same as every fedrun figure)
+from fedrun.report.figures import algo_curves, draw_panels  # noqa: E402  (the 2x2 panel of fedrun-report --panels)
 
 
 def run_algorithm(algo: str, seed: int, run_dir: Path, overrides: list[str]) -> None:
@@ -59,38 +57,9 @@ def load(runs: Path, algos: list[str], seeds: list[int]) -> dict[str, list[pd.Da
 
 
 def figure(frames: dict[str, list[pd.DataFrame]], path: Path, title: str, smooth: int = 10) -> None:
-    """2x2 panels, one curve per algorithm: mean over the seeds, band ± one sample std (ddof=1)."""
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6.4), sharex=True)
-    panels = [
-        ("test_loss", "server model: training objective", True, 1, 1.0),
-        ("test_acc", "server model: accuracy (%)", False, 1, 100.0),
-        ("test_loss_all", "mean of all clients' models: loss", True, 1, 1.0),
-        ("train_loss", f"local training loss ({smooth}-round mean)", True, smooth, 1.0),
-    ]
-    for ax, (col, label, log, window, scale) in zip(axes.flat, panels):
-        for i, (algo, runs) in enumerate(frames.items()):
-            if not all(col in df for df in runs):
-                continue
-            values = pd.concat([scale * df[col].rolling(window, min_periods=1).mean() for df in runs], axis=1)
-            mean, std = values.mean(axis=1), values.std(axis=1, ddof=1)
-            ax.plot(mean.index, mean, color=figures.algo_colour(algo), marker=figures.algo_marker(algo), markersize=3.5,
-                    markevery=figures.markevery(i, len(frames), len(mean)), lw=1.3, label=figures.algo_label(algo, PARAMS.get(algo)))
-            if len(runs) > 1:
-                ax.fill_between(mean.index, mean - std, mean + std, color=figures.algo_colour(algo), alpha=0.15, lw=0)
-        ax.set_title(label, fontsize=10)
-        if log:
-            ax.set_yscale("log")
-            figures.plain_log_ticks(ax)
-        ax.grid(alpha=0.3, which="both")
-        figures.integer_rounds(ax)
-    for ax in axes[1]:
-        ax.set_xlabel("round")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figures.save(fig, path, dpi=110)
+    """fedrun-report's 2x2 panel (``--panels``), one curve per algorithm: mean over the seeds, band ± one
+    sample std (ddof=1)."""
+    draw_panels(algo_curves(frames, PARAMS), path, title, smooth)
     print(f"figure: {path} (+ .pdf, .svg)")
 
 
@@ -112,13 +81,8 @@ def table(frames: dict[str, list[pd.DataFrame]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algos", nargs="+", default=["feddyn", "fedavg", "fedprox", "scaffold"])
-    parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "compare" / "synthetic")
-    parser.add_argument("--figure", type=Path, default=REPO / "docs" / "figures" / "synthetic_compare.png")
-    parser.add_argument("--reuse", action="store_true", help="only read the run directories already under --runs")
+    parser = compare_common.parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("overrides", nargs="*", help="extra fedrun overrides for every run (e.g. rounds=50)")
     args = parser.parse_args(argv)
     if not args.reuse:
         for algo in args.algos:

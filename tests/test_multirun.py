@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import os
 import subprocess
 import sys
@@ -70,8 +71,15 @@ def check_sweep(sweep_dir: Path, proc: Optional[subprocess.CompletedProcess] = N
 @pytest.mark.usefixtures("restore_logging")
 def test_basic_launcher_sweep_report_and_skip_finished(tmp_path, monkeypatch, capsys):
     sweep_dir = tmp_path / "sweep"
-    fedrun_in_process(monkeypatch, capsys, "-m", *TINY, *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    out = fedrun_in_process(monkeypatch, capsys, "-m", *TINY, *SWEEP, "quiet=true", f"hydra.sweep.dir={sweep_dir}")
     runs = check_sweep(sweep_dir)
+    # quiet=true: no per-round line, but each run's summary line, a line per job (ETA while jobs are left) and the table
+    assert "round 1/2" not in out and out.count("fedrun: finished: test_acc") == 4
+    for k in (1, 2, 3):
+        assert re.search(rf"job {k}/4 finished, \d+\.\d\d%, ETA ", out), out
+    assert re.search(r"job 4/4 finished, \d+\.\d\d%\n", out)
+    header = next(line for line in out.splitlines() if line.split()[:3] == ["job", "seed", "lr"])  # only the keys that vary
+    assert header.split() == ["job", "seed", "lr", "status", "final", "best", "rounds", "time"]
     # re-running the same sweep with skip_finished=true leaves finished runs alone, in the same dirs
     stamps = {r: (r / "summary.json").stat().st_mtime_ns for r in runs}
     again = fedrun_in_process(monkeypatch, capsys, "-m", *TINY, *SWEEP, "skip_finished=true", f"hydra.sweep.dir={sweep_dir}")
@@ -139,6 +147,7 @@ def test_a_diverged_or_failed_run_does_not_stop_the_sweep_and_is_marked(tmp_path
     assert "diverged" in out and "cannot cut 84 samples" in out and "Traceback" not in out
     lines = [line for line in out.splitlines() if line.startswith("fedrun: error: sweep job ")]
     assert len(lines) == 3 and sum("training diverged" in line for line in lines) == 1, out
+    assert sorted(re.findall(r"job \d/4 (\w+),", out)) == ["diverged", "failed", "failed", "finished"]  # the per-job lines say how each ended
     assert fedrun_report.main([str(sweep_dir)]) == 0
     table = pd.read_csv(sweep_dir / "runs.csv")
     status = {(row["lr"], row["partition"]): row["status"] for _, row in table.iterrows()}

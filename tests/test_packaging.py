@@ -36,7 +36,9 @@ def test_every_package_folder_is_listed_for_the_wheel():
     left out of that list would be missing from the wheel."""
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     folders = {"fedrun"} | {f"fedrun.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
-    assert listed == folders | {"fedrun.conf"}
+    plugins = {f"hydra_plugins.{p.parent.name}" for p in (REPO / "hydra_plugins").glob("*/__init__.py")}  # the default sweeper's name for Hydra
+    assert plugins == {"hydra_plugins.fedrun_sweeper"}
+    assert listed == folders | {"fedrun.conf"} | plugins
 
 
 def test_no_fedrun_module_has_the_name_of_a_run_output_folder():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ from fedrun.rundir import resume
 from fedrun.config import specs
 from fedrun.config.checks import validate
 from fedrun.cli.sentences import GROUPS, _key_of, _top_keys, _value_of, compose, translate  # noqa: F401  (translate: also as precheck.*)
+from fedrun.config.schema import CONF_DIR, DISPLAY_KEYS  # the task's groups (sweep_jobs), display keys (check_extra_keys)
 from fedrun.errors import FedrunError
 
 # Hydra flags after which fedrun does not interfere (help, printing the config, completion, ...).
@@ -69,7 +71,7 @@ def check_extra_keys(cfg: DictConfig) -> None:
         unknown = [k for k in node.keys() if k not in fields]
         if unknown:
             option = cfg.hydra.runtime.choices.get(group, "?")
-            raise FedrunError(f"{group}.{unknown[0]} is not a key of {group}={option}: its keys are {', '.join(sorted(fields - {'_target_'}))}.")
+            raise FedrunError(f"{group}.{unknown[0]} is not a key of {group}={option}: its keys are {', '.join(sorted(fields - {'_target_', *DISPLAY_KEYS}))}.")
 
 
 def sweep_variants(overrides: list[str]) -> list[list[str]]:
@@ -94,6 +96,56 @@ def sweep_variants(overrides: list[str]) -> list[list[str]]:
             variant = [vv[0] for vv in values[:i] if vv] + [v] + [vv[0] for vv in values[i + 1 :] if vv]
             variants.append(variant)
     return variants
+
+
+def _groups() -> list[str]:
+    """The task's config groups (the folders of conf/ but hydra/ and schema)."""
+    return sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir() and p.name not in ("hydra", "schema"))
+
+
+def sweep_jobs(argv: list[str], overrides: list[str]) -> tuple[list[str], list[str], list[list[str]]]:
+    """(argv, overrides, variants to compose) of a ``-m`` sweep under fedrun's sweeper (:mod:`fedrun.cli.sweeper`).
+
+    A single value of a key of a swept group that the group's default option lacks
+    (``algo=fedprox,fedavg algo.mu=0.1``, default FedDyn) becomes a one-value sweep
+    (``algo.mu=choice(0.1)``), so that Hydra's first composition (sweeps left out) does not apply it
+    to an option without it; the sweeper then drops it where it does not apply.
+    The variants are jobs of the sweeper's own list that together hold every value; a key that
+    applies to no chosen option raises the sweeper's sentence here, before Hydra starts.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from fedrun.cli import sweeper
+
+    groups = _groups()
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:  # noqa: BLE001 - every parse error gets one sentence
+        raise translate(err, overrides) from None
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override() and o.get_key_element() in groups}
+    single = {text: text.split("=", 1)[0] for text, o in zip(overrides, parsed)
+              if sweeper.group_of(text.split("=", 1)[0], groups) in swept and not o.is_sweep_override() and "=" in text}
+    base = [o for o, p in zip(overrides, parsed) if not p.is_sweep_override() and o not in single]
+    try:
+        cfg = compose(base)
+    except Exception as err:  # noqa: BLE001 - every composition error gets one sentence
+        raise translate(err, base) from None
+    # only where the default option lacks the key: Hydra re-reads a one-value sweep's value unquoted
+    rewritten = {text: f"{key}=choice({text.split('=', 1)[1]})" for text, key in single.items() if not sweeper.has_key(cfg, key)}
+    argv = [rewritten.get(a, a) for a in argv]
+    overrides = [rewritten.get(o, o) for o in overrides]
+    if not str(OmegaConf.select(cfg, "hydra.sweeper._target_") or "").endswith("FedrunSweeper"):
+        return argv, overrides, sweep_variants(overrides)  # another sweeper (Optuna): its own rules
+    if importlib.util.find_spec("hydra_plugins.fedrun_sweeper") is None:  # an install from before the sweeper
+        raise FedrunError("fedrun's sweeper (hydra_plugins.fedrun_sweeper) is not installed: run `pip install -e .` "
+                          "again in the checkout, or sweep with Hydra's own (hydra/sweeper=basic).")
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]
+    try:
+        combos = sweeper.product(params + overrides)
+    except Exception:  # noqa: BLE001 - sweeps the basic sweeper cannot list: Hydra says why
+        return argv, overrides, sweep_variants(overrides)
+    jobs = sweeper.plan(combos, sweeper.groups_of(cfg), sweeper.cached(compose)).jobs
+    return argv, overrides, sweeper.covering(jobs)
 
 
 def ensure_writable(path: Path, key: str) -> None:
@@ -155,7 +207,10 @@ def precheck(argv: list[str]) -> Prepared:
     overrides, multirun, passthrough = split_args(argv)
     if passthrough:
         return Prepared(argv)
-    variants = sweep_variants(overrides) if multirun else [overrides]
+    if multirun:
+        argv, overrides, variants = sweep_jobs(argv, overrides)
+    else:
+        variants = [overrides]
     cfg: Optional[DictConfig] = None
     for variant in variants:
         try:

@@ -14,7 +14,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedrun.config.schema import CONF_DIR, Config, option_names
+from fedrun.config.schema import CONF_DIR, DISPLAY_KEYS, Config, option_names
 from fedrun.errors import FedrunError
 
 GROUPS = ("algo", "data", "partition", "model", "engine")
@@ -55,7 +55,7 @@ def _group_keys(overrides: list[str], node: str, skip_key: str) -> tuple[str, li
         option = cfg.hydra.runtime.choices.get(top) if top in GROUPS and node == top else None
         where = f"{node}={option}" if option else node
         value = OmegaConf.select(cfg, node)
-        keys = sorted(k for k in value.keys() if k != "_target_") if isinstance(value, DictConfig) else []
+        keys = sorted(k for k in value.keys() if k != "_target_" and k not in DISPLAY_KEYS) if isinstance(value, DictConfig) else []
         return where, keys
     except Exception:  # noqa: BLE001 - best effort: the message still names the key
         return node, []
@@ -63,6 +63,16 @@ def _group_keys(overrides: list[str], node: str, skip_key: str) -> tuple[str, li
 
 def _choices(group: str) -> str:
     return ", ".join(option_names(group)) or "(none found)"
+
+
+# Hydra options that only exist once a plugin is installed -> the fedrun extra that installs it (pyproject.toml)
+PLUGIN_EXTRAS = {
+    "hydra/sweeper/optuna": "optuna",
+    "hydra/launcher/joblib": "launchers",
+    "hydra/launcher/submitit_local": "launchers",
+    "hydra/launcher/submitit_slurm": "launchers",
+    "hydra/launcher/ray": "ray",
+}
 
 
 def translate(err: BaseException, overrides: list[str]) -> FedrunError:
@@ -83,6 +93,10 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
         missing = err.missing_cfg_file or ""
         group, _, name = missing.rpartition("/")
         if group:
+            extra = PLUGIN_EXTRAS.get(f"{group}/{name}")
+            if extra is not None:  # a Hydra plugin's option, whose package is not installed
+                asked = "".join(f" ({o} asks for it)" for o in overrides if o.lstrip("+").startswith("hparams_search="))
+                return FedrunError(f"{group}={name} needs a Hydra plugin that is not installed{asked}: pip install \"fedrun[{extra}]\".")
             options = list(err.options or []) or option_names(group)
             return FedrunError(f"{group}={name} is not an option of {group}: use one of {', '.join(options)}.")
         return FedrunError(f"config '{missing}' was not found: check the names given on the command line.")

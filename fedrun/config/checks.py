@@ -26,6 +26,31 @@ def check_held_out(test: float, val: float) -> None:
                           f"whose sum is below 1 (e.g. client_test_fraction=0.2 val_fraction=0.1).")
 
 
+# the modules each tracker imports (its extra's packages: mlflow's SQLite store needs sqlalchemy and alembic)
+TRACKER_MODULES = {"tensorboard": ("tensorboard",), "mlflow": ("mlflow", "sqlalchemy", "alembic"), "wandb": ("wandb",)}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def check_installed(names: list[str]) -> None:
+    """One sentence naming the pip command when a tracker's packages are missing (found without
+    importing them: cheap enough for the pre-check, before any run dir exists)."""
+    import os
+
+    needs = dict(TRACKER_MODULES)
+    if "MLFLOW_TRACKING_URI" in os.environ:  # a server or file store of the user's: no SQLite needed
+        needs["mlflow"] = ("mlflow",)
+    for name in names:
+        missing = [m for m in needs.get(name, ()) if not _installed(m)]
+        if missing:
+            raise FedrunError(f"logger={name} needs {', '.join(missing)}, which is not installed: "
+                              f'pip install "fedrun[{name}]" (or leave {name} out of logger).')
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise FedrunError(message)
@@ -50,6 +75,16 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.clip_norm >= 0, f"clip_norm={cfg.clip_norm} is negative: use a positive norm, or 0 to turn clipping off.")
     _check(cfg.eval_every >= 1, f"eval_every={cfg.eval_every} is impossible: evaluate every 1 or more rounds.")
     _check(cfg.seed >= 0, f"seed={cfg.seed} is negative: use a seed >= 0.")
+    kind = str(getattr(cfg.get("lr_schedule", "exponential"), "value", cfg.get("lr_schedule", "exponential")))
+    _check(kind == "exponential" or cfg.lr_decay == 1, f"lr_decay={cfg.lr_decay} only applies to lr_schedule=exponential: drop lr_decay, or use lr_schedule=exponential.")
+    if kind == "multistep":
+        steps = list(cfg.get("lr_milestones", ()))
+        _check(all(0 < f < 1 for f in steps) and steps == sorted(steps), f"lr_milestones={steps} is not valid: use increasing fractions of the rounds in (0, 1), e.g. lr_milestones=[0.5,0.75].")
+        factor = cfg.get("lr_factor", 0.1)
+        _check(0 < factor <= 1, f"lr_factor={factor} is out of range: use the multiplier at each milestone, in (0, 1] (e.g. lr_factor=0.1).")
+    for key in ("data_seed", "partition_seed"):
+        value = cfg.get(key)
+        _check(value is None or value >= 0, f"{key}={value} is negative: use a seed >= 0, or {key}=null to follow seed.")
     _check(cfg.checkpoint_every >= 0, f"checkpoint_every={cfg.checkpoint_every} is negative: checkpoint every N >= 1 rounds, or 0 for only on SIGINT/SIGTERM.")
     _check(str(cfg.resume).lower() in ("auto", "true", "false"), f"resume={cfg.resume} is not valid: use resume=auto, resume=true or resume=false.")
     from omegaconf import ListConfig
@@ -57,7 +92,7 @@ def validate(cfg: DictConfig) -> None:
     logger = cfg.get("logger")
     _check(logger is None or isinstance(logger, (str, ListConfig, list)),
            f"logger={logger} is not valid: give a logger name or a list of them (e.g. logger=tensorboard, logger=[tensorboard,mlflow]), or logger=[] for none.")
-    logger_names(logger)  # an unknown logger name: one sentence
+    check_installed(logger_names(logger))  # an unknown logger name, or one whose extra is missing: one sentence
     check_held_out(float(cfg.get("client_test_fraction", 0.0)), float(cfg.get("val_fraction", 0.0)))
     _check(cfg.get("finetune_steps", 0) >= 0, f"finetune_steps={cfg.get('finetune_steps')} is negative: use 0 (off) or a number of local SGD steps.")
     steps = cfg.get("finetune_steps", 0)

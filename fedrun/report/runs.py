@@ -1,7 +1,12 @@
-"""Run directories read back for ``fedrun-report``: each run's config, summary and metrics, and the
-table of runs (one row per run: the config keys that vary across runs, final and best value of the
-metric, rounds and communication to each target, seconds, status)."""
+"""Reading run directories back: each run's config, summary and metrics, its setting and its labels.
 
+A run's setting is its resolved config minus the seed and the keys that change no result
+(:data:`~fedrun.config.schema.NOT_RESULT_KEYS`), a group by its option's target and values, and a
+key the run's option lacks absent (:func:`varying_keys`): two sweeps merged give one row per
+setting, a preset and the same values given on the command line are one setting. :func:`labels_of`
+gives each run its display labels (``FedDyn α=0.03``; ``Dir(0.3), p=0.1``; an option's ``label:``
+first) and :func:`sort_key` its numeric order. The command and its outputs: :mod:`fedrun.report.cli`.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fedrun.report.tables import SEED_KEYS, higher_is_better, normalize_target, target_label, value_columns
 from fedrun.config.schema import NOT_RESULT_KEYS
-
+from fedrun.rundir.resume import ADDED_KEYS, MOVED_TARGETS
+from fedrun.report.tables import EXTRA_METRICS, SEED_KEYS, higher_is_better, normalize_target, target_label, value_columns
 STATUSES = ("finished", "unfinished", "diverged", "failed", "broken")
 
 
@@ -68,13 +73,20 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _group_names(config: dict[str, Any], choices: dict[str, Any]) -> dict[str, Any]:
-    """Replace each group's ``_target_`` by the option's name (``algo: feddyn``)."""
+    """The flat config with each group's option name beside its ``_target_`` (``algo: feddyn``,
+    ``algo._target_: fedrun.algorithms.feddyn.FedDyn``): the target says what ran, the name is for people."""
     flat = flatten(config)
-    for key in [k for k in flat if k.endswith("._target_")]:
+    for key in [k for k in flat if k.endswith("._target_")]:  # a target under its module path before the house move: today's
+        for old, new in MOVED_TARGETS.items():
+            if isinstance(flat[key], str) and flat[key].startswith(old):
+                flat[key] = new + flat[key][len(old):]
+    if flat:
+        for key, value in ADDED_KEYS.items():  # a key added after the run was written: the value it ran with
+            flat.setdefault(key, value)
+    for key in [k for k in flat if k.endswith("._target_") and k.count(".") == 1]:
         group = key[: -len("._target_")]
         choice = choices.get(group)
         flat[group] = choice if isinstance(choice, str) else str(flat[key]).rsplit(".", 1)[-1].lower()
-        del flat[key]
     return flat
 
 
@@ -182,6 +194,9 @@ def run_row(run: Run, targets: Sequence[float], metric: str) -> dict[str, Any]:
         final_col: scale * final,
         best_col: scale * best,
     }
+    for extra in EXTRA_METRICS:  # per-client and validation accuracy (percent), when the run has them
+        if not m.empty and extra in m.columns and m[extra].notna().any():
+            row[f"final_{extra}"] = 100.0 * float(m[extra].dropna().iloc[-1])
     for t in targets:
         row[f"rounds_to_{target_label(t, metric)}"] = rounds_to_target(m, t, metric)
         row[f"comm_to_{target_label(t, metric)}"] = comm_to_target(m, t, metric)
@@ -194,21 +209,103 @@ def run_row(run: Run, targets: Sequence[float], metric: str) -> dict[str, Any]:
     return row
 
 
+def groups_of(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """The config groups of the runs: the keys with a ``<group>._target_``."""
+    return sorted({k[: -len("._target_")] for c in configs for k in c if k.endswith("._target_") and k.count(".") == 1})
+
+
 def varying_keys(runs: Sequence[Run]) -> list[str]:
-    """Config keys whose value differs between runs (a key missing in some runs counts as varying)."""
+    """The keys that tell the runs' settings apart: the run's setting is its config, not its name.
+
+    A group (``algo``) varies when its options' targets differ; an option's own key (``algo.alpha``)
+    when it differs between runs of the same target (FedDyn α=0.01 and α=0.03; a key the other
+    options lack is absent there, not "empty"); any other key when its values differ. Keys that
+    change no result (:data:`~fedrun.config.schema.NOT_RESULT_KEYS`) and ``hydra.*`` never count.
+    """
+    configs = [r.config for r in runs if r.config]
+    groups = groups_of(configs)
     keys: list[str] = []
-    for key in sorted({k for r in runs for k in r.config}):
-        if key in NOT_RESULT_KEYS or key.startswith("hydra."):
+    for key in sorted({k for c in configs for k in c}):
+        if key in NOT_RESULT_KEYS or key.startswith("hydra.") or key in groups:
             continue
-        values = {repr(r.config.get(key, "<missing>")) for r in runs if r.config}
-        if len(values) > 1:
+        head = key.split(".", 1)[0]
+        if key == f"{head}._target_" and head in groups:
+            if len({repr(c.get(key)) for c in configs}) > 1:
+                keys.append(head)
+            continue
+        by_target: dict[str, set[str]] = {}
+        for c in configs:
+            if key in c:
+                by_target.setdefault(repr(c.get(f"{head}._target_")) if head in groups else "", set()).add(repr(c[key]))
+        if any(len(v) > 1 for v in by_target.values()):
             keys.append(key)
     return keys
 
 
+def _number(value: Any) -> tuple:
+    """A sort key that orders numbers as numbers (1 < 10) and puts them before text."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def setting_of(run: Run, keys: Sequence[str]) -> dict[str, Any]:
+    """The run's values of the setting ``keys`` (a group by its target), without the keys it lacks and the seed."""
+    out = {}
+    for k in keys:
+        if k in SEED_KEYS:
+            continue
+        name = f"{k}._target_" if f"{k}._target_" in run.config else k
+        if name in run.config:
+            out[k] = run.config[name]
+    return out
+
+
+def labels_of(run: Run, keys: Sequence[str]) -> tuple[str, str]:
+    """(method, setting) display labels: ``FedDyn α=0.03`` and ``Dir(0.3), p=0.1`` (a yaml's ``label:`` first)."""
+    from fedrun.report import style as figures
+
+    cfg = run.config
+    params = {k.split(".", 1)[1]: cfg[k] for k in keys if k.startswith("algo.") and k in cfg}
+    base = str(cfg["algo.label"]) if cfg.get("algo.label") else figures.algo_label(algo_name(run))
+    method = " ".join([base, *figures.param_parts(params)])
+    parts = []
+    groups = groups_of([cfg])
+    for group in [g for g in ("data", "partition", "model", "engine") if g in groups] + [g for g in groups if g not in ("algo", "data", "partition", "model", "engine")]:
+        if not any(k == group or k.startswith(group + ".") for k in keys):
+            continue
+        own = {k.split(".", 1)[1]: v for k, v in cfg.items() if k.startswith(group + ".") and k.count(".") == 1
+               and not k.endswith(("._target_", ".label", ".color"))}
+        if cfg.get(f"{group}.label"):
+            parts.append(str(cfg[f"{group}.label"]))
+        elif group == "partition":
+            parts.append(figures.partition_label(cfg.get("partition._target_", cfg.get("partition")), own))
+        else:
+            varying = [figures.key_label(k.split(".", 1)[1], cfg[k]) for k in keys if k.startswith(group + ".") and k in cfg]
+            parts.append(" ".join([str(cfg.get(group, "")), *varying]).strip())
+    parts += [figures.key_label(k, cfg[k]) for k in keys if "." not in k and k not in groups and k not in SEED_KEYS and k in cfg]
+    return method, ", ".join(p for p in parts if p)
+
+
+def sort_key(run: Run, keys: Sequence[str]) -> tuple:
+    """Settings in numeric order (0.01 < 0.1 < 1; seed 2 < 10), the problem first, then the method
+    (FedAvg, then fedrun's other algorithms in their figure order, others by name), then the seed."""
+    from fedrun.report import style as figures
+
+    families = ["fedavg", *(f for f in figures.ALGO_STYLE if f != "fedavg")]  # the baseline first
+    problem = tuple(_number(run.config.get(k)) for k in keys if k != "algo" and not k.startswith("algo.") and k not in SEED_KEYS)
+    family = figures.algo_family(run.config.get("algo._target_", run.config.get("algo", "")))
+    method = (families.index(family) if family in families else len(families), family,
+              tuple(_number(run.config.get(k)) for k in keys if k.startswith("algo.")))
+    return problem, method, _number(run.config.get("seed"))
+
+
 def _order(keys: list[str]) -> list[str]:
-    """Groups first (data, partition, model, algo, engine), then the other keys, seed last."""
-    first = [k for k in ("data", "partition", "model", "algo", "engine") if k in keys]
+    """Groups first (data, partition, model, algo, engine), each followed by its own keys, then the
+    other keys, seed last."""
+    groups = ("data", "partition", "model", "algo", "engine")
+    first = [k for g in groups for k in keys if k == g or k.startswith(g + ".")]
     last = [k for k in keys if k in SEED_KEYS]
     return first + [k for k in keys if k not in first and k not in last] + last
 
@@ -220,13 +317,34 @@ def collect(dirs: Sequence[Path], targets: Optional[Sequence[float]] = None, met
         targets = sorted({normalize_target(t) for r in runs for t in r.targets}) if higher_is_better(metric) else []
     targets = [normalize_target(t, metric) for t in targets]
     keys = _order(varying_keys(runs))
+    runs = sorted(runs, key=lambda r: (not r.config, sort_key(r, keys), str(r.path)))  # numeric order, broken runs last
     rows = []
     for run in runs:
         row = {k: _cell(run.config.get(k)) for k in keys}
         row.update(run_row(run, targets, metric))
+        setting = setting_of(run, keys)
+        row["method"], row["setting"] = labels_of(run, keys) if run.config else ("", "")
+        row["_setting"] = repr(sorted(setting.items())) if run.config else repr(run.path)  # a broken run is a setting of its own
+        row["_problem"] = repr(sorted((k, v) for k, v in setting.items() if k != "algo" and not k.startswith("algo.")))
+        row["_fedavg"] = figures_family(run) == "fedavg"
         rows.append(row)
     table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=keys + ["status"])
     return table, runs, keys, targets
+
+
+def algo_name(run: Run) -> str:
+    """What names the run's algorithm for its label and colour: the target's class when fedrun knows it
+    (a preset feddyn_alpha0.1 is FedDyn), else the option's name (exact: ``fedavgm`` is not FedAvg)."""
+    from fedrun.report import style as figures
+
+    target = str(run.config.get("algo._target_", ""))
+    return target if figures.algo_family(target) in figures.ALGO_STYLE else str(run.config.get("algo", target))
+
+
+def figures_family(run: Run) -> str:
+    from fedrun.report import style as figures
+
+    return figures.algo_family(algo_name(run))
 
 
 def _cell(value: Any) -> Any:

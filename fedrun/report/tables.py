@@ -1,5 +1,9 @@
-"""fedrun-report's tables: markdown, final/best per setting, rounds to target, the paper's pivot,
-published numbers beside ours.
+"""fedrun-report's tables: markdown, CSV and booktabs LaTeX (:func:`to_latex`, pandas' Styler); final/best
+per setting, rounds to target (k/n seeds, speed-up over FedAvg), the paper's table (a row per setting
+and target, a column per method), constant columns as a caption line, published numbers beside ours.
+
+Every table groups runs by their setting (the hidden ``_setting`` column :mod:`fedrun.report.runs` gives
+each run: its resolved config minus the seed), in the run table's numeric order.
 
 Units: accuracies in percent (the run table holds them so), losses as they are; every std is the
 sample standard deviation over seeds (ddof=1).
@@ -61,82 +65,150 @@ def to_markdown(df: pd.DataFrame) -> str:
     return cells.rename(columns=UNITS).to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
 
+SETTING_COLUMNS = ("method", "setting")  # display labels of each row (fedrun.report.runs.labels_of)
+HIDDEN = ("_setting", "_problem", "_fedavg")  # a setting's identity, its problem's, whether it is FedAvg
+
+
+def _settings(table: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
+    """The rows of each setting (its resolved config minus the seed), in the table's (numeric) order."""
+    if "_setting" not in table.columns:
+        return [((), table)] if len(table) else []
+    return [(sid, g) for sid, g in table.groupby("_setting", sort=False)]
+
+
+def _head(g: pd.DataFrame, keys: Sequence[str]) -> dict[str, Any]:
+    """The setting's raw key columns (for CSV and joins), its labels and identity, from its first row."""
+    cols = [k for k in keys if k not in SEED_KEYS] + [c for c in (*SETTING_COLUMNS, *HIDDEN) if c in g.columns]
+    return {c: g[c].iloc[0] for c in cols if c in g.columns}
+
+
 def target_table(table: pd.DataFrame, keys: Sequence[str], targets: Sequence[float], algo_key: str = "algo",
                  metric: str = "test_acc") -> pd.DataFrame:
-    """Rounds and communication to each target per setting (mean over seeds), with speed-up over FedAvg.
+    """Rounds and communication to each target per setting, as the FedDyn paper's table.
 
-    Only finished and diverged runs count (unfinished, failed and broken ones are left out). A
-    setting reaches a target only if every one of its runs does; otherwise its cells are empty and
-    ``reached`` says how many runs did. ``speedup`` = FedAvg's communication / this algorithm's,
-    in the setting that differs only in the algorithm.
+    Only finished and diverged runs count (unfinished, failed and broken ones are left out). Per
+    setting and target: ``runs`` (n) and ``reached`` (k, the seeds that reached it); ``rounds`` and
+    ``rounds_std`` are the mean and sample std (ddof=1) over those k seeds, ``comm_fedavg_rounds``
+    their mean communication (FedAvg rounds: a SCAFFOLD round counts 2). ``speedup`` = FedAvg's
+    rounds / this method's, FedAvg in the same setting but the algorithm; when FedAvg never reached
+    the target in its ``max_rounds`` R, ``speedup_above`` = R / rounds (the speed-up is more).
     """
-    setting = [k for k in keys if k not in SEED_KEYS]
     ok = table[table["status"].isin(["finished", "diverged"])]  # a diverged run counts as never reaching what it had not
     rows = []
     for t in targets:
         label = target_label(t, metric)
         rcol, ccol = f"rounds_to_{label}", f"comm_to_{label}"
-        groups = ok.groupby(setting, dropna=False, sort=True) if setting else [((), ok)]
-        for values, g in groups:
-            values = values if isinstance(values, tuple) else (values,)
-            all_hit = g[rcol].notna().all() and len(g) > 0
+        for _, g in _settings(ok):
+            hit = g[rcol].dropna()
             rows.append({
-                **dict(zip(setting, values)),
+                **_head(g, keys),
                 **({"target_acc": 100 * t} if higher_is_better(metric) else {"target_loss": t}),
                 "runs": len(g),
-                "reached": int(g[rcol].notna().sum()),
-                "rounds": float(g[rcol].mean()) if all_hit else math.nan,
-                "rounds_std": float(g[rcol].std(ddof=1)) if all_hit else math.nan,  # sample std over seeds
-                "comm_fedavg_rounds": float(g[ccol].mean()) if all_hit else math.nan,
+                "reached": len(hit),
+                "rounds": float(hit.mean()) if len(hit) else math.nan,
+                "rounds_std": float(hit.std(ddof=1)) if len(hit) > 1 else math.nan,  # sample std over the seeds that reached it
+                "comm_fedavg_rounds": float(g.loc[hit.index, ccol].mean()) if len(hit) else math.nan,
                 "max_rounds": float(g["rounds_done"].max()) if len(g) else math.nan,
             })
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    out["speedup"] = math.nan
-    if algo_key in setting:
-        # the same setting but FedAvg: every key except the algorithm and its own hyper-parameters
-        others = [k for k in setting if k != algo_key and not k.startswith(algo_key + ".")] + [c for c in ("target_acc", "target_loss") if c in out]
+    out["speedup"], out["speedup_above"] = math.nan, math.nan
+    if "_fedavg" in out.columns:
+        target_col = "target_acc" if "target_acc" in out.columns else "target_loss"
         for idx, row in out.iterrows():
-            mask = out[algo_key].astype(str) == "fedavg"
-            for k in others:
-                mask &= out[k].astype(str) == str(row[k])
-            base = out[mask]
-            if len(base) == 1 and not math.isnan(row["comm_fedavg_rounds"]) and not math.isnan(base["comm_fedavg_rounds"].iloc[0]):
-                out.loc[idx, "speedup"] = base["comm_fedavg_rounds"].iloc[0] / row["comm_fedavg_rounds"]
+            base = out[out["_fedavg"].astype(bool) & (out["_problem"] == row["_problem"]) & (out[target_col] == row[target_col])]
+            if len(base) != 1 or not row["reached"]:
+                continue
+            if base["reached"].iloc[0]:
+                out.loc[idx, "speedup"] = base["rounds"].iloc[0] / row["rounds"]
+            else:
+                out.loc[idx, "speedup_above"] = base["max_rounds"].iloc[0] / row["rounds"]
     return out
 
 
+def _count(value: float) -> str:
+    """A number of rounds: ``41``, or ``40.5`` for a mean between two."""
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def target_cell(row: pd.Series, published: Sequence[str] = ()) -> str:
+    """``41 ± 3 (2.4×)``, ``25 (2/3 seeds) (1.9×)``, ``not in 100``, ``12 (>8.3×) [comm. 24]``."""
+    if not row["reached"]:
+        text = f"not in {_count(row['max_rounds'])}"
+    else:
+        text = _count(row["rounds"]) + ("" if math.isnan(row["rounds_std"]) else f" ± {_count(round(row['rounds_std'], 1))}")
+        if row["reached"] < row["runs"]:
+            text += f" ({int(row['reached'])}/{int(row['runs'])} seeds)"
+        if not math.isnan(row.get("speedup", math.nan)):
+            text += f" ({row['speedup']:.2g}×)"
+        elif not math.isnan(row.get("speedup_above", math.nan)):
+            text += f" (>{row['speedup_above']:.2g}×)"
+        if not math.isnan(row["comm_fedavg_rounds"]) and abs(row["comm_fedavg_rounds"] - row["rounds"]) > 1e-9:
+            text += f" [comm. {_count(row['comm_fedavg_rounds'])}]"
+    extra = [f"{c.split('_')[0]} {_fmt(row[c])}" for c in published if _fmt(row[c]) not in ("", "nan")]
+    return text + (f" [{'; '.join(extra)}]" if extra else "")
+
+
 def paper_table(targets: pd.DataFrame, algo_key: str = "algo") -> pd.DataFrame:
-    """The target table pivoted as in the paper: a row per setting and target, a column per algorithm.
-
-    A cell is the communication (FedAvg rounds) to reach the target, mean over seeds, with the
-    speed-up over FedAvg, then any published numbers in brackets; "not in N rounds" if some seed
-    never reached it.
-    """
-    if targets.empty or algo_key not in targets.columns:
+    """The target table as in the paper: a row per setting and target (only those that exist), a
+    column per method (display labels, FedAvg first, numeric order), cells :func:`target_cell`."""
+    if targets.empty or "method" not in targets.columns:
         return pd.DataFrame()
-    setting = [c for c in targets.columns if c not in TARGET_VALUE_COLUMNS and c != algo_key
-               and not c.startswith(algo_key + ".") and not c.startswith(("published", "reference"))]
+    target_col = "target_acc" if "target_acc" in targets.columns else "target_loss"
     published = [c for c in targets.columns if c.startswith(("published", "reference"))]
-
-    def cell(row: pd.Series) -> str:
-        if math.isnan(row["comm_fedavg_rounds"]):
-            text = f"not in {_fmt(row['max_rounds'])} rounds"
-        else:
-            text = _fmt(row["comm_fedavg_rounds"])
-            if not math.isnan(row["speedup"]):
-                text += f" ({row['speedup']:.2g}x)"
-        extra = [f"{c.split('_')[0]} {_fmt(row[c])}" for c in published if _fmt(row[c]) not in ("", "nan")]
-        return text + (f" [{'; '.join(extra)}]" if extra else "")
-
-    frame = targets.assign(_cell=targets.apply(cell, axis=1))
-    keys = [k for k in setting]
-    wide = frame.pivot_table(index=keys, columns=algo_key, values="_cell", aggfunc="first", dropna=False) if keys else None
-    return wide.reset_index() if wide is not None else pd.DataFrame()
+    methods = list(dict.fromkeys(targets["method"]))
+    fedavg = [m for m, f in zip(targets["method"], targets.get("_fedavg", [False] * len(targets))) if f]
+    methods = list(dict.fromkeys(fedavg + methods))
+    rows: dict[tuple, dict[str, str]] = {}
+    for _, row in targets.iterrows():
+        rows.setdefault((row.get("setting", ""), row[target_col]), {})[row["method"]] = target_cell(row, published)
+    order = list(dict.fromkeys(targets.get("setting", pd.Series([""] * len(targets)))))
+    name = "target (%)" if target_col == "target_acc" else "target loss"
+    out = [{"setting": k[0], name: _fmt(k[1]), **{m: cells.get(m, "") for m in methods}}
+           for k, cells in sorted(rows.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1]))]
+    frame = pd.DataFrame(out)
+    return frame.drop(columns=["setting"]) if frame["setting"].nunique() <= 1 else frame
 
 
-TARGET_VALUE_COLUMNS = {"runs", "reached", "rounds", "rounds_std", "comm_fedavg_rounds", "max_rounds", "speedup"}
+TARGET_VALUE_COLUMNS = {"runs", "reached", "rounds", "rounds_std", "comm_fedavg_rounds", "max_rounds", "speedup", "speedup_above"}
+
+
+def constant_caption(df: pd.DataFrame, keep: Sequence[str] = ()) -> tuple[pd.DataFrame, str]:
+    """Columns with one value in every row (and more than one row) move out of a paper table into its
+    caption line: (the table without them, ``"setting: Dir(0.3); runs: 3"``)."""
+    if len(df) < 2:
+        return df, ""
+    constant = [c for c in df.columns if c not in keep and df[c].astype(str).nunique() == 1]
+    caption = "; ".join(f"{c}: {_fmt(df[c].iloc[0])}" for c in constant if _fmt(df[c].iloc[0]) and c != "runs")  # the seeds per row: in the report's caption
+    return df.drop(columns=constant), caption
+
+
+LATEX_SYMBOLS = {"±": r"$\pm$", "×": r"$\times$", "α": r"$\alpha$", "μ": r"$\mu$", "σ": r"$\sigma$", "η": r"$\eta$",
+                 "β₁": r"$\beta_1$", "β₂": r"$\beta_2$", "β": r"$\beta$", "τ": r"$\tau$", "λ": r"$\lambda$", "ρ": r"$\rho$", "≥": r"$\geq$"}
+
+
+def to_latex(df: pd.DataFrame, caption: str = "") -> str:
+    """A booktabs LaTeX table (pandas' ``Styler.to_latex``): text escaped, Greek letters and ± as math."""
+    cells = df.astype(object).map(_fmt)
+    cells.columns = [_fmt(c) for c in cells.columns]
+    styler = cells.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+    text = styler.to_latex(hrules=True, column_format="l" * len(cells.columns), caption=caption or None, position_float="centering")
+    for symbol in sorted(LATEX_SYMBOLS, key=len, reverse=True):
+        text = text.replace(symbol, LATEX_SYMBOLS[symbol])
+    return text
+
+
+def write_table(df: pd.DataFrame, path_stem: Any, caption: str = "", title: str = "") -> list[str]:
+    """``<stem>.md`` (title, caption line, markdown), ``<stem>.csv`` and ``<stem>.tex``; returns the names."""
+    from pathlib import Path
+
+    stem = Path(path_stem)
+    lines = [t for t in (title, caption) if t]
+    stem.with_suffix(".md").write_text("".join(f"{t}\n\n" for t in lines) + to_markdown(df))
+    df.to_csv(stem.with_suffix(".csv"), index=False)
+    stem.with_suffix(".tex").write_text(to_latex(df, " ".join(lines)))
+    return [stem.with_suffix(s).name for s in (".md", ".csv", ".tex")]
 
 
 def add_published(targets: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
@@ -170,19 +242,16 @@ def _shared_keys(frame: pd.DataFrame, published: pd.DataFrame, runs: Sequence[An
 
 
 def accuracy_table(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """Final and best test accuracy per setting (every varying key but the seed), in percent.
+    """Final and best test accuracy per setting (its config minus the seed), in percent.
 
     Means over the setting's finished runs (``finished`` counts them, ``runs`` counts all); ``final_acc_std``
     is the sample standard deviation (ddof=1) over those runs (empty for one run).
     """
-    setting = [k for k in keys if k not in SEED_KEYS]
-    groups = table.groupby(setting, dropna=False, sort=True) if setting else [((), table)]
     rows = []
-    for values, g in groups:
-        values = values if isinstance(values, tuple) else (values,)
+    for _, g in _settings(table):
         done = g[g["status"] == "finished"]
         rows.append({
-            **dict(zip(setting, values)),
+            **_head(g, keys),
             "runs": len(g),
             "finished": len(done),
             "final_acc": float(done["final_acc"].mean()) if len(done) else math.nan,  # the run table holds percent
@@ -199,33 +268,49 @@ def _key(value: Any) -> str:
         return str(value)
 
 
+EXTRA_METRICS = ("client_acc_worst10", "client_acc_mean", "val_acc")  # in the final table when the runs have them
+
+
 def final_table(table: pd.DataFrame, keys: Sequence[str], metric: str = "test_acc") -> pd.DataFrame:
-    """Final and best value per setting (every varying key but the seed), mean and sample std (ddof=1)
-    over its finished and diverged runs; rows sorted by setting."""
-    setting = [k for k in keys if k not in SEED_KEYS]
+    """Final and best value per setting (its config minus the seed), mean and sample std (ddof=1)
+    over its finished and diverged runs, in the table's numeric order; the final per-client and
+    validation accuracies (``final_client_acc_worst10`` ...) too when the runs have them."""
     final_col, best_col = value_columns(metric)
     ok = table[table["status"].isin(["finished", "diverged"])]
-    groups = ok.groupby(setting, dropna=False, sort=True) if setting and len(ok) else [((), ok)]
+    extra = [f"final_{m}" for m in EXTRA_METRICS if f"final_{m}" in ok.columns and ok[f"final_{m}"].notna().any() and m != metric]
     rows = []
-    for values, g in groups:
-        if not len(g):
-            continue
-        values = values if isinstance(values, tuple) else (values,)
-        row = {**dict(zip(setting, values)), "runs": len(g)}
-        for col in (final_col, best_col):
+    for _, g in _settings(ok):
+        row = {**_head(g, keys), "runs": len(g)}
+        for col in (final_col, best_col, *extra):
             row[f"{col}_mean"] = float(g[col].mean())
             row[f"{col}_std"] = float(g[col].std(ddof=1)) if len(g) > 1 else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def final_markdown(final: pd.DataFrame, metric: str = "test_acc") -> str:
-    """``final.md``: cells ``85.20 ± 0.31`` (mean ± sample std over seeds)."""
+def mean_std(mean: float, std: float, digits: int) -> str:
+    """``81.40 ± 1.20`` (``81.40`` for one run)."""
+    if math.isnan(mean):
+        return ""
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def final_display(final: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
+    """The final table for a paper: display labels, ``81.40 ± 1.20`` cells, no raw key columns."""
+    digits = 2 if higher_is_better(metric) else 4
+    out = pd.DataFrame({c: final[c] for c in SETTING_COLUMNS if c in final.columns and final[c].astype(str).str.len().any()})
+    out["runs"] = final["runs"]
+    for col in [c[: -len("_mean")] for c in final.columns if c.endswith("_mean")]:
+        out[UNITS.get(col, col + (" (%)" if "acc" in col and col not in UNITS else ""))] = [
+            mean_std(m, s, digits) for m, s in zip(final[f"{col}_mean"], final[f"{col}_std"])]
+    return out
+
+
+def final_markdown(final: pd.DataFrame, metric: str = "test_acc", caption: str = "") -> str:
+    """``final.md``: cells ``85.20 ± 0.31`` (mean ± sample std over seeds), display labels."""
     if final.empty:
         return "no finished runs\n"
-    out = final[[c for c in final.columns if not c.endswith(("_mean", "_std"))]].copy()
-    digits = 2 if higher_is_better(metric) else 4
-    for col in value_columns(metric):
-        mean, std = final[f"{col}_mean"], final[f"{col}_std"]
-        out[UNITS.get(col, col)] = [f"{m:.{digits}f}" + ("" if math.isnan(s) else f" ± {s:.{digits}f}") for m, s in zip(mean, std)]
-    return (f"Final and best {metric} per setting: mean ± sample std (ddof=1) over the runs (seeds).\n\n" + to_markdown(out))
+    table, constant = constant_caption(final_display(final, metric), keep=("method",))
+    caption = "; ".join(t for t in (caption, constant) if t)
+    return (f"Final and best {metric} per setting: mean ± sample std (ddof=1) over the runs (seeds)."
+            + (f" {caption}." if caption else "") + "\n\n" + to_markdown(table))

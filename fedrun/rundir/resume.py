@@ -75,7 +75,9 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 # Keys added after runs were written, at the value those runs ran with: a run dir whose config lacks
 # one counts as having this value (a sweep re-run after an upgrade still skips and resumes its runs).
-ADDED_KEYS = {"client_test_fraction": 0.0, "val_fraction": 0.0, "finetune_steps": 0}
+ADDED_KEYS = {"client_test_fraction": 0.0, "val_fraction": 0.0, "finetune_steps": 0,
+              "data_seed": None, "partition_seed": None,
+              "lr_schedule": "exponential", "lr_milestones": [0.5, 0.75], "lr_factor": 0.1}
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -69,10 +69,11 @@ def build(spec: RunSpec, state_dir: Optional[Path] = None, placement: Optional[s
     """
     device = resolve_device(spec.device)
     m, seed, groups = spec.num_clients, spec.seed, spec.groups
-    data: FederatedData = build_object(groups["data"], num_clients=m, seed=seed)
+    data_seed, partition_seed = spec.seeds()  # each `seed` unless data_seed / partition_seed fix it
+    data: FederatedData = build_object(groups["data"], num_clients=m, seed=data_seed)
     partitioner = build_object(groups["partition"], _partial_=True)
     kwargs = {} if data.groups is None else {"groups": data.groups}
-    partition = partitioner(data.y_train, m, generator(seed, "partition"), **kwargs)
+    partition = partitioner(data.y_train, m, generator(partition_seed, "partition"), **kwargs)
     check_partition(partition, len(data.y_train), m, str(groups["partition"]._target_))  # a custom partitioner's output too
     partition, held_out = client_eval.hold_out(spec.client_eval, partition)  # each client's own test / validation parts
     check_data_fits(data, device)  # one sentence instead of a CUDA out-of-memory traceback

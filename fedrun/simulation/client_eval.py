@@ -74,7 +74,7 @@ def hold_out(spec: ClientEvalSpec, partition: list[torch.Tensor]) -> tuple[list[
     """The run's partition with the held-out parts taken out (unchanged when both fractions are 0)."""
     if spec.test_fraction == 0 and spec.val_fraction == 0:
         return partition, None
-    return split_partition(partition, spec.test_fraction, spec.val_fraction, generator(spec.seed, "held_out"))
+    return split_partition(partition, spec.test_fraction, spec.val_fraction, generator(spec.seed if spec.split_seed is None else spec.split_seed, "held_out"))
 
 
 def columns(spec: ClientEvalSpec) -> list[str]:
