@@ -142,7 +142,8 @@ def test_a_diverged_or_failed_run_does_not_stop_the_sweep_and_is_marked(tmp_path
             monkeypatch, capsys, "-m", *tiny, "rounds=3", "data.mean_samples=21", "lr=1e6,0.1", "partition=natural,shards",
             f"hydra.sweep.dir={sweep_dir}",
         )
-    out = capsys.readouterr().err
+    printed = capsys.readouterr()
+    out = printed.out + printed.err
     assert exited.value.code == 3
     assert "diverged" in out and "cannot cut 84 samples" in out and "Traceback" not in out
     lines = [line for line in out.splitlines() if line.startswith("fedrun: error: sweep job ")]
