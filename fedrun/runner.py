@@ -146,7 +146,7 @@ class Ending:
         try:
             with writing(run_dir):  # a tracker's files on a full disk: one DiskFull sentence
                 trackers = open_loggers(spec.loggers if self.writes else (), run_dir, spec.config,
-                                        run_name(spec.config, exp.data.name, type(exp.algorithm).__name__))
+                                        run_name(spec.config, spec.options, exp.data.name, type(exp.algorithm).__name__))
         except FedrunError as err:  # a tracker that cannot start: the run dir says failed, not running
             torch.set_num_threads(self.threads_before)
             write_json_atomic(run_dir / resume.SUMMARY, {"status": "failed", "error": str(err), "rounds_done": resumed_round,

@@ -77,7 +77,7 @@ class LocalObjective:
     prox: Optional[torch.Tensor] = None  # [A]
     anchor: Optional[torch.Tensor] = None  # [P] or [A, P]
     decay: Optional[torch.Tensor] = None  # [A]
-    steps: Optional[torch.Tensor] = None  # [A] int64
+    steps: Optional[torch.Tensor] = None  # [A] int64 on the CPU (the engines read the counts on the host)
     hook: Optional[LocalHook] = None
     hook_rows: slice = field(default_factory=lambda: slice(None))
 

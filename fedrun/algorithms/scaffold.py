@@ -69,7 +69,7 @@ class Scaffold(Algorithm):
 
     def local_objective(self, rnd: Round, server: ServerState) -> LocalObjective:
         w_k = self.c_weights(rnd)
-        steps = torch.full((len(rnd.clients),), rnd.const, dtype=torch.long, device=rnd.theta.device)
+        steps = torch.full((len(rnd.clients),), rnd.const, dtype=torch.long)  # CPU: the engines read the counts on the host
         return LocalObjective(linear=server["c"][None, :] / w_k[:, None] - rnd.rows["c"], steps=steps)
 
     def client_update(self, rnd: Round, server: ServerState, thetas: torch.Tensor) -> dict[str, torch.Tensor]:

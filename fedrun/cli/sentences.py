@@ -75,11 +75,35 @@ PLUGIN_EXTRAS = {
 }
 
 
+def _plugins_asked(overrides: list[str]) -> list[tuple[str, str]]:
+    """(hydra group/option, extra) of the plugin options that a config group named on the command line
+    (``+hparams_search=feddyn_optuna``) overrides in its defaults list."""
+    import yaml
+
+    out = []
+    for o in overrides:
+        key, _, value = o.lstrip("+").partition("=")
+        path = CONF_DIR / key / f"{value}.yaml"
+        if "/" in key or not value or not path.is_file():
+            continue
+        for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
+            for k, v in (entry.items() if isinstance(entry, dict) else []):
+                option = f"{str(k).removeprefix('override ').strip().lstrip('/')}/{v}"
+                if option in PLUGIN_EXTRAS:
+                    out.append((option, PLUGIN_EXTRAS[option]))
+    return out
+
+
 def translate(err: BaseException, overrides: list[str]) -> FedrunError:
     """One sentence for a Hydra/OmegaConf composition error."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
     text = str(err)
+    if "Could not override 'hydra/" in text and _plugins_asked(overrides):  # the plugin's own sub-options are missing too
+        (option, extra), asked = _plugins_asked(overrides)[0], [o for o in overrides if o.lstrip("+").startswith("hparams_search=")]
+        group, _, name = option.rpartition("/")
+        return FedrunError(f"{group}={name} needs a Hydra plugin that is not installed{''.join(f' ({o} asks for it)' for o in asked)}: "
+                           f"pip install \"fedrun[{extra}]\".")
     if isinstance(err, OverrideParseException):
         m = re.search(r"override '(.*)'", text)
         bad = m.group(1) if m else " ".join(overrides)

@@ -129,7 +129,10 @@ def total_decay(objective: LocalObjective, hp: LocalTraining, count: int, device
 
 
 class Engine:
-    """Runs local training of the active clients from the server model ``theta``."""
+    """Runs local training of the active clients from the server model ``theta``.
+
+    ``clients`` are the active ids on the CPU: the engines read them on the host (a tensor on a GPU
+    works too, at the cost of a synchronisation per read)."""
 
     def train(
         self,

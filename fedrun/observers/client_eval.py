@@ -18,9 +18,12 @@ TABLE = "client_metrics.csv"
 
 
 class ClientEvaluator(Observer):
-    """Evaluates the server model on every client's held-out split and writes ``client_metrics.csv``."""
+    """Evaluates the server model on every client's held-out split and writes ``client_metrics.csv``.
+    The held-out indices (made on the CPU) are moved to the data's device once, not at every evaluation."""
 
     def __init__(self, spec: ClientEvalSpec, exp: Any, held: HeldOut, run_dir: Path, resumed_round: int = 0):
+        device = exp.data.x_train.device
+        held = HeldOut([t.to(device) for t in held.tests], held.val.to(device))
         self.spec, self.exp, self.held = spec, exp, held
         self.path = Path(run_dir) / TABLE
         self.steps = spec.finetune_steps

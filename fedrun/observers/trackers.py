@@ -35,17 +35,14 @@ PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 ARTIFACTS = ("metrics.csv", "summary.json", "convergence.png", "client_metrics.csv")
 
 
-def run_name(config: dict[str, Any], data: str, algo: str) -> str:
-    """``synthetic_feddyn_s0``: the data and algo options (Hydra's choices when Hydra made the
-    config, else the dataset's and algorithm's names) and the seed."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
+def run_name(config: dict[str, Any], options: dict[str, str], data: str, algo: str) -> str:
+    """``synthetic_feddyn_s0``: the data and algo options (``options``: the spec's, which name the
+    config's own options when Hydra chose them), else the dataset's and algorithm's names, and the seed."""
+    from fedrun.config.schema import option_names
 
-        choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-        data, algo = choices.get("data", data), choices.get("algo", algo)
-    except Exception:  # noqa: BLE001 - a config not made by Hydra's main: the names given
-        pass
-    return f"{data}_{algo.lower()}_s{config.get('seed', 0)}"
+    data = options.get("data") if options.get("data") in option_names("data") else data
+    algo = options.get("algo") if options.get("algo") in option_names("algo") else algo.lower()
+    return f"{data}_{algo}_s{config.get('seed', 0)}"
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, float]:

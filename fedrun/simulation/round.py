@@ -51,9 +51,11 @@ def metric_columns(spec: RunSpec) -> list[str]:
 def run_round(exp: Experiment, round_idx: int) -> RoundRecord:
     """One communication round; updates ``exp.theta``, ``exp.server`` and the store in place."""
     spec = exp.spec
-    clients = sampling.clients(spec.sampling, exp.ctx.num_clients, round_idx).to(exp.device)
+    clients = sampling.clients(spec.sampling, exp.ctx.num_clients, round_idx)  # CPU: the engines read the ids on the host
     lr = spec.schedule.lr_at(round_idx)
-    rnd = rounds.open_round(exp.algorithm, exp.ctx, exp.const, exp.store, round_idx, lr, spec.schedule.lr, exp.theta, clients)
+    rnd = rounds.open_round(
+        exp.algorithm, exp.ctx, exp.const, exp.store, round_idx, lr, spec.schedule.lr, exp.theta, clients.to(exp.device)
+    )
     objective = exp.algorithm.local_objective(rnd, exp.server)
     hp = spec.local if lr == spec.local.lr else replace(spec.local, lr=lr)
     result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, spec.seed, round_idx)
