@@ -27,8 +27,8 @@ def test_one_full_batch_step_of_all_clients_is_one_centralised_step():
     sizes = [len(p) for p in exp.partition]
     assert len(set(sizes)) > 1, "unequal client sizes make the weighting matter"
     theta0 = exp.theta.clone().requires_grad_(True)
-    x = exp.data.x_train[torch.cat(exp.partition)]
-    y = exp.data.y_train[torch.cat(exp.partition)]
+    x = exp.data.x_train[torch.cat(list(exp.partition))]
+    y = exp.data.y_train[torch.cat(list(exp.partition))]
     (grad,) = torch.autograd.grad(F.cross_entropy(exp.model(theta0, x), y), theta0)
     expected = theta0.detach() - 0.5 * grad
     run_round(exp, 1)
