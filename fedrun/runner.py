@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from fedrun import distributed
 from fedrun.config import specs
-from fedrun.errors import DivergenceError, FedrunError
+from fedrun.errors import DivergenceError, FedrunError, writing
 from fedrun.observers.base import Observers
 from fedrun.observers.checkpoints import Checkpoints, MetricsRows
 from fedrun.observers.client_eval import ClientEvaluator
@@ -68,7 +68,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             tally.add(r, record)  # the loss guard, communication and the totals since the last row
             if spec.evaluation.due(r, spec.rounds):
                 row = tally.row(r, record, {**evaluate_round(exp, record.active_model, r), **watchers.metrics(r, exp)})
-                watchers.row(r, row)  # metrics.csv, trackers, progress
+                with writing(run_dir):  # a tracker's file on a full disk: the sentence names it (metrics.csv names itself)
+                    watchers.row(r, row)  # metrics.csv, trackers, progress
             watchers.round_done(r)  # checkpoints; a stop signal ends the run here
     return end.summary
 
@@ -79,8 +80,10 @@ class Tally:
 
     def __init__(self, spec: specs.RunSpec, counters: checkpoint.Counters):
         self.loss_guard = guard.LossGuard(spec.guard, counters.guard_reference, counters.dropped_streak)
+        self.resumed = counters  # the checkpoint's counters (its thread count is checked before the rounds)
         self.comm, self.pending = counters.comm, counters.pending
         self.began = time.perf_counter() - counters.wall_s
+        self.threads = 0  # the torch thread count the rounds run with (Ending sets it), saved in checkpoints
 
     def wall_s(self) -> float:
         return time.perf_counter() - self.began
@@ -113,7 +116,7 @@ class Tally:
 
     def counters(self, round_idx: int) -> checkpoint.Counters:
         g = self.loss_guard
-        return checkpoint.Counters(round_idx, self.comm, self.pending, self.wall_s(), g.reference, g.dropped_streak)
+        return checkpoint.Counters(round_idx, self.comm, self.pending, self.wall_s(), g.reference, g.dropped_streak, self.threads)
 
 
 class Ending:
@@ -132,13 +135,28 @@ class Ending:
         before, threads_choice = apply_threads(spec.threads, exp, default=threads_before)
         self.threads_before = before if threads_before is None else threads_before  # the count before start()
         log.info("fedrun: %d torch thread(s) (%s)", threads_choice["threads"], threads_choice["rule"])
-        self.made_by = provenance(exp.device)
         ranks = distributed.current()  # several processes: rank 0 writes the run dir
+        try:  # a resumed run's rounds must run with its checkpoint's thread count (the numbers depend on it)
+            tally.threads = torch.get_num_threads()
+            refused: Optional[FedrunError] = None
+            try:
+                checkpoint.check_threads(tally.resumed, tally.threads, exp.device, run_dir / checkpoint.CHECKPOINT)
+            except FedrunError as err:
+                refused = err
+            if ranks is not None:
+                distributed.agree(ranks, refused)  # every rank stops, not only the one that refuses
+            elif refused is not None:
+                raise refused
+        except BaseException:  # refused: nothing was run, the threads go back
+            torch.set_num_threads(self.threads_before)
+            raise
+        self.made_by = provenance(exp.device)
         self.writes = ranks is None or ranks.writer
         per_client = ClientEvaluator(spec.client_eval, exp, exp.held_out, run_dir, resumed_round) if exp.held_out and self.writes else None
         try:
-            trackers = open_loggers(spec.loggers if self.writes else (), run_dir, spec.config,
-                                    run_name(spec.config, spec.options, exp.data.name, type(exp.algorithm).__name__))
+            with writing(run_dir):  # a tracker's files on a full disk: one DiskFull sentence
+                trackers = open_loggers(spec.loggers if self.writes else (), run_dir, spec.config,
+                                        run_name(spec.config, spec.options, exp.data.name, type(exp.algorithm).__name__))
         except FedrunError as err:  # a tracker that cannot start: the run dir says failed, not running
             torch.set_num_threads(self.threads_before)
             write_json_atomic(run_dir / resume.SUMMARY, {"status": "failed", "error": str(err), "rounds_done": resumed_round,
@@ -175,8 +193,11 @@ class Ending:
                 raise
             log.error("fedrun: the outputs of the stopped run could not all be written (%s)", failure)
         finally:
-            self.observers.close(self.summary)
-            torch.set_num_threads(self.threads_before)
+            try:
+                with writing(self.run_dir):
+                    self.observers.close(self.summary)
+            finally:
+                torch.set_num_threads(self.threads_before)
             if self.writes:  # the run's last line, quiet or not
                 log.info("%s", summary_line(self.summary, self.run_dir, exp.spec.rounds))
         return False
@@ -216,10 +237,10 @@ def start(cfg: DictConfig, run_dir: Path) -> tuple[Experiment, MetricsWriter, ch
         if ranks is None or ranks.writer:
             finish.write_started(run_dir, spec.config)  # says which config writes metrics.csv before any checkpoint does
     else:
-        counters = ranked.restore(resumed, exp, writer.path, run_dir, ranks)
+        counters = ranked.restore(resumed, exp, run_dir, ranks)
         if counters.guard_reference is None:
             counters = replace(counters, guard_reference=reference)
-        writer.rows = list(resumed["rows"])
+        writer.rewrite(resumed["rows"])  # metrics.csv from the checkpoint's rows, whatever the file holds now
         log.info("fedrun: resuming %s after round %d", run_dir, counters.round)
     log.info(
         "fedrun: %s on %s (%d clients, %d params, device %s) -> %s",

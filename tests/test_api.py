@@ -47,7 +47,7 @@ def test_api_errors_are_the_commands_sentences():
         fedrun.compose(["participation=2"])
     with pytest.raises(FedrunError, match="logger=tb is not a logger"):
         fedrun.compose(["logger=tb"])
-    with pytest.raises(TypeError):
+    with pytest.raises(FedrunError, match="fedrun.run takes a list of overrides"):  # issue 23: FedrunError, always
         fedrun.run("algo=fedavg")
 
 

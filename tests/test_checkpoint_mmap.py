@@ -59,7 +59,7 @@ def resume(run_dir: Path, m: int, p: int, names=("a", "b")) -> MmapStore:
     """What a resumed run does: roll the files back, build its store, restore the checkpoint into it."""
     ckpt = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
     store = new_store(run_dir, m, p, checkpoint.roll_back_files(run_dir, ckpt), names)
-    checkpoint.restore(ckpt, experiment(store), run_dir / "metrics.csv")
+    checkpoint.restore(ckpt, experiment(store))
     return store
 
 
@@ -92,7 +92,9 @@ def test_checkpoint_of_an_mmap_store_holds_no_tables(tmp_path: Path) -> None:
     path = save(tmp_path / "mmap", mapped, 2)
     assert path.stat().st_size < 64_000 < table_bytes  # a few KB: theta, RNG states, config
     ckpt = checkpoint.load(path)
+    sums = ckpt["store"]["files"].pop("sums")  # each row's CRC-32 (8 bytes a row, not the row)
     assert ckpt["store"] == {"placement": "mmap", "files": {"epoch": 1, "shape": [m, p], "tables": ["a", "b"]}}
+    assert torch.equal(sums["a"], journal.row_sums(mapped.tables["a"])) and len(set(sums["b"].tolist())) == 2
     assert entries_in(tmp_path / "mmap") == []  # the checkpoint starts a new epoch: older entries go
     # the same store on the device is copied into the checkpoint (so the size check above can fail)
     device = TensorStore(m, p, CPU)

@@ -1,6 +1,6 @@
 """Bad input gets one sentence (exit != 0, no traceback, no run dir left behind); the divergence
 guard stops (or drops clients) with a message naming round, algorithm and hyperparameters; the same
-config and seed give identical metrics; checkpoint helpers (config diff, truncation, corruption).
+config and seed give identical metrics; checkpoint helpers (config diff, corruption).
 
 Command-line cases call ``fedrun.cli.main.main()`` in this process (the full Hydra path and exit codes,
 without paying for a new interpreter; tests/test_cli.py runs the real console entry point).
@@ -172,7 +172,7 @@ def test_corrupt_checkpoint(monkeypatch, capsys, tmp_path):
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes(b"\x00not a checkpoint")
     code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*TINY, f"hydra.run.dir={run_dir}"])
-    assert code == 2 and "checkpoint.pt cannot be read" in sentence and "resume=false" in sentence
+    assert code == 2 and f"checkpoint.pt in {run_dir} is damaged: it cannot be read" in sentence and "resume=false" in sentence
     assert (run_dir / "checkpoint.pt").exists()  # the user's dir is left as it was
 
 
@@ -382,17 +382,6 @@ def test_config_diff_ignores_only_progress_like_keys():
     assert resume.config_diff(a, b) == ["algo.alpha", "seed"]
     assert resume.config_diff(a, a) == []
     assert resume.config_diff({**a, "precision": "fp32"}, a) == ["precision"]  # a key on one side only differs
-
-
-def test_truncate_metrics_keeps_header_and_rows(tmp_path):
-    path = tmp_path / "metrics.csv"
-    path.write_text("round,x\n1,a\n2,b\n3,c\n")
-    checkpoint.truncate_metrics(path, 2)
-    assert path.read_text() == "round,x\n1,a\n2,b\n"
-    with pytest.raises(FedrunError, match="has 2 rows but the checkpoint has 5"):
-        checkpoint.truncate_metrics(path, 5)
-    checkpoint.truncate_metrics(path, 0)
-    assert not path.exists()
 
 
 def test_checkpoint_is_written_atomically(tmp_path):

@@ -137,11 +137,17 @@ def test_a_diverged_or_failed_run_does_not_stop_the_sweep_and_is_marked(tmp_path
     monkeypatch.setattr(signal, "signal", lambda *a: None)  # and a SIGTERM handler
     sweep_dir = tmp_path / "sweep"
     tiny = [o for o in TINY if not o.startswith(("rounds=", "data.mean_samples="))]
-    out = fedrun_in_process(
-        monkeypatch, capsys, "-m", *tiny, "rounds=3", "data.mean_samples=21", "lr=1e6,0.1", "partition=natural,shards",
-        f"hydra.sweep.dir={sweep_dir}",
-    )
+    with pytest.raises(SystemExit) as exited:  # the sweep ends non-zero (3: a job diverged), a line per job that did not finish
+        fedrun_in_process(
+            monkeypatch, capsys, "-m", *tiny, "rounds=3", "data.mean_samples=21", "lr=1e6,0.1", "partition=natural,shards",
+            f"hydra.sweep.dir={sweep_dir}",
+        )
+    printed = capsys.readouterr()
+    out = printed.out + printed.err
+    assert exited.value.code == 3
     assert "diverged" in out and "cannot cut 84 samples" in out and "Traceback" not in out
+    lines = [line for line in out.splitlines() if line.startswith("fedrun: error: sweep job ")]
+    assert len(lines) == 3 and sum("training diverged" in line for line in lines) == 1, out
     assert sorted(re.findall(r"job \d/4 (\w+),", out)) == ["diverged", "failed", "failed", "finished"]  # the per-job lines say how each ended
     assert fedrun_report.main([str(sweep_dir)]) == 0
     table = pd.read_csv(sweep_dir / "runs.csv")

@@ -254,7 +254,8 @@ def test_checkpoint_restores_every_piece_of_state(overrides: tuple[str, ...], tm
     straight = run_real(*overrides, "partition=unbalanced", rounds=2)
     checkpoint.save(tmp_path, straight, checkpoint.Counters(round=2), rows=[])
     resumed = build(compose_config(*SMALL, *overrides, "partition=unbalanced"))
-    checkpoint.restore(checkpoint.load(tmp_path / checkpoint.CHECKPOINT), resumed, tmp_path / "metrics.csv")
+    # verify=False: a checkpoint saved without the metrics rows a run would have (not what this test is about)
+    checkpoint.restore(checkpoint.load(tmp_path / checkpoint.CHECKPOINT, verify=False), resumed)
     assert set(straight.server) == set(resumed.server) and len(straight.server) > 0
     for r in (3, 4):
         run_round(straight, r)

@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from fedrun.errors import FedrunError
+from fedrun.errors import FedrunError, disk_error, os_error_in
 
 log = logging.getLogger("fedrun")
 
@@ -42,6 +42,12 @@ class Stopped(BaseException):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def quiet_logging_errors() -> None:
+    """A log handler that cannot write (``cli.log`` on a full disk) drops the record instead of
+    printing logging's own traceback: the failure that matters reaches the boundary as one sentence."""
+    logging.raiseExceptions = False
 
 
 def _raise_stopped(signum: int, frame: Any) -> None:
@@ -61,24 +67,31 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def write_traceback(err: BaseException, run_dir: Optional[Path]) -> Path:
-    """The full traceback of ``err`` in ``run_dir`` (or a temporary file); returns where."""
+def write_traceback(err: BaseException, run_dir: Optional[Path]) -> Optional[Path]:
+    """The full traceback of ``err`` in ``run_dir`` (or a temporary file); returns where, or None
+    when neither can be written (a full or read-only disk)."""
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     if run_dir is not None:
+        path = Path(run_dir) / TRACEBACK
         try:
-            path = Path(run_dir) / TRACEBACK
             path.write_text(text)
             return path
-        except OSError:
-            pass
-    fd, name = tempfile.mkstemp(prefix="fedrun-traceback-", suffix=".txt")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+        except OSError:  # a cut traceback is no use: the temporary folder may have room
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+    try:
+        fd, name = tempfile.mkstemp(prefix="fedrun-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError:
+        return None
     return Path(name)
 
 
-def _disk(err: OSError) -> str:
-    where = err.filename or "a file"
+def _disk(err: OSError, run_dir: Optional[Path] = None) -> str:
+    where = err.filename or (f"a file in {run_dir}" if run_dir else "a file")
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return (
             f"the disk is full (no space left while writing {where}): free space there or pick another "
@@ -101,7 +114,10 @@ def describe(err: BaseException, run_dir: Optional[Path] = None, overrides: Opti
             128 + signum,
         )
     if isinstance(err, OSError) and (err.filename or err.errno in (errno.ENOSPC, errno.EDQUOT)):
-        return _disk(err), 2
+        return _disk(err, run_dir), 2
+    found = os_error_in(err)  # a full disk behind another exception (torch's serializer: a RuntimeError)
+    if found is not None:
+        return str(disk_error(found.filename or (Path(run_dir) if run_dir else "a file"), found)), 2
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
         return (
             "the run ran out of memory: lower num_clients, model size, engine.chunk_size or batch_size, "
@@ -112,7 +128,8 @@ def describe(err: BaseException, run_dir: Optional[Path] = None, overrides: Opti
     if translated is not None:
         return translated, 2
     path = write_traceback(err, run_dir)
-    return f"unexpected error ({_short(err)}); this is a bug or an unsupported setup, the full traceback is in {path}.", 2
+    where = f"the full traceback is in {path}" if path else "its traceback could not be written (no space or no permission in the run dir nor in the temporary folder)"
+    return f"unexpected error ({_short(err)}); this is a bug or an unsupported setup, {where}.", 2
 
 
 def _composition(err: BaseException, overrides: list[str]) -> Optional[str]:

@@ -100,6 +100,74 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if ("--help" in args or "-h" in args) and "--hydra-help" not in args:
         print(help_text(), end="")
         return
-    from fedrun.cli.main import main as run_main  # torch, Hydra and the schemas only from here on
-
+    nproc = [a for a in args if a.startswith("nproc=")]
+    if nproc:
+        _launch(nproc[-1].split("=", 1)[1], [a for a in args if not a.startswith("nproc=")])
+        return
+    run_main = _import_cli()
     run_main()
+
+
+def _launch(n: str, rest: list[str]) -> None:
+    """``fedrun nproc=N ...``: start N ranks of ``fedrun ...`` on this machine through
+    ``torch.distributed.run`` (what ``torchrun --standalone --nproc-per-node N -m fedrun ...`` does).
+    Rank 0 prints fedrun's sentence; a rank's failure is this command's exit code, without torchrun's
+    ChildFailedError traceback; a rank killed by a signal gets one sentence."""
+    import logging
+    import signal
+
+    if not n.isdigit() or int(n) < 1:
+        print(f"fedrun: error: nproc={n} is not valid: give the number of ranks to start on this machine (e.g. nproc=2).", file=sys.stderr)
+        sys.exit(2)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    for name in ("torch.distributed.elastic", "torch.distributed.run"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # its own account of a failure: the ranks' sentence says it
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={int(n)}", "--module", "fedrun", *rest])
+    try:
+        run(args)
+    except ChildFailedError as err:
+        failures = sorted(err.failures.items())
+        own = [(r, f.exitcode) for r, f in failures if 0 < f.exitcode < 128]  # a rank's own exit (2: its sentence, 3: diverged)
+        rank, code = own[0] if own else (failures[0][0], failures[0][1].exitcode)  # else torchrun's SIGTERM or a signal
+        if code < 0:  # killed by a signal: no rank could say so
+            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+            print(f"fedrun: error: rank {rank} of {n} was killed by {name}: rerun the same command to continue from the "
+                  "last checkpoint.", file=sys.stderr)
+            code = 128 - code
+        sys.exit(code)
+    except SignalException as err:  # SIGTERM/SIGINT to this launcher: the ranks got it too and said so
+        sys.exit(128 + int(err.sigval))
+
+
+class _StoppedEarly(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _import_cli():
+    """``fedrun.cli.main.main``, imported (torch, Hydra and the schemas: a second or more) with Ctrl-C and
+    SIGTERM turned into one sentence meanwhile: nothing has been written yet."""
+    import signal
+
+    def stop(signum, frame):
+        raise _StoppedEarly(signum)
+
+    # a signal the parent made us ignore (SIGINT of a background job, nohup) stays ignored
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, handler in before.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, stop)
+    try:
+        from fedrun.cli.main import main as run_main  # torch, Hydra and the schemas only from here on
+    except _StoppedEarly as stopped:
+        name = signal.Signals(stopped.signum).name
+        print(f"fedrun: error: stopped by {name} before the run started; nothing was written.", file=sys.stderr)
+        sys.exit(128 + stopped.signum)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    return run_main

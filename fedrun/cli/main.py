@@ -32,7 +32,13 @@ log = logging.getLogger("fedrun")
 register_configs()
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2, err: Optional[BaseException] = None) -> None:
+    """Print the one sentence and exit; under torchrun only rank 0 prints it (the ranks agree on a
+    failure, so rank 0 has it too), except a rank that lost its peers (rank 0 may be the one gone)."""
+    dist = _dist()
+    if dist is not None and not _writes() and not isinstance(err, dist.PeerLost):
+        log.debug("fedrun: %s", message)
+        sys.exit(code)
     print(f"fedrun: error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -69,22 +75,51 @@ def _main(cfg: DictConfig) -> Optional[float]:
     except (KeyboardInterrupt, boundary.Stopped):
         if multirun:  # a stop by signal stops the whole sweep
             raise
-        message, code = boundary.describe(sys.exc_info()[1], run_dir)
+        failure: Optional[BaseException] = sys.exc_info()[1]
+        message, code = boundary.describe(failure, run_dir)
     except Exception as err:  # noqa: BLE001 - the boundary: every failure is one sentence
+        failure = err
         message, code = boundary.describe(err, run_dir)
         if isinstance(err, lock.RunDirLocked):
             _fail(message, code)  # another process's run dir: touch nothing
         if multirun:  # one failed job must not stop the sweep: its summary says failed, the report marks it
             log.error("fedrun: %s", message)
             _job_failed(cfg, run_dir, message)
+            _FAILED_JOBS[run_dir] = (message, code)
             return float("nan")
     if _writes():  # rank 0 of several
         boundary.clean_failed_start(run_dir, created)
-    _fail(message, code)
+    _fail(message, code, failure)
     return None
 
 
 _PREPARED = Prepared([])
+_FAILED_JOBS: dict[Path, tuple[str, int]] = {}  # this process's sweep jobs that failed or diverged: sentence, exit code
+
+
+def _sweep_failures(sweep_dir: Optional[Path]) -> dict[Path, tuple[str, int]]:
+    """The sweep's jobs that failed or diverged: those of this process, and (jobs another launcher
+    ran in other processes) every job of the sweep dir whose summary says so."""
+    from fedrun.rundir.resume import read_summary
+
+    found = dict(_FAILED_JOBS)
+    if sweep_dir is not None and Path(sweep_dir).is_dir():
+        for summary_path in sorted(Path(sweep_dir).rglob("summary.json")):
+            summary = read_summary(summary_path.parent) or {}
+            if summary.get("status") in ("failed", "diverged") and summary_path.parent not in found:
+                found[summary_path.parent] = (str(summary.get("error") or summary["status"]), 3 if summary["status"] == "diverged" else 2)
+    return found
+
+
+def _report_sweep(sweep_dir: Optional[Path]) -> None:
+    """After a sweep: a line per job that failed or diverged, and a non-zero exit (the largest code)."""
+    failures = _sweep_failures(sweep_dir)
+    _FAILED_JOBS.clear()
+    if not failures:
+        return
+    for run_dir, (message, _) in sorted(failures.items()):
+        print(f"fedrun: error: sweep job {run_dir} did not finish: {message}", file=sys.stderr)
+    sys.exit(max(code for _, code in failures.values()))
 
 
 def _dist():  # noqa: ANN202
@@ -106,6 +141,7 @@ def _writes() -> bool:
 def main() -> None:
     global _PREPARED
     boundary.install_startup_signals()
+    boundary.quiet_logging_errors()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises its errors: the boundary below words them
     argv = sys.argv[1:]
     held = None
@@ -126,12 +162,15 @@ def main() -> None:
         if _PREPARED.run_dir is not None and _writes():
             held = lock.lock_run_dir(_PREPARED.run_dir)  # before Hydra writes .hydra/ and cli.log into it
         sys.argv[1:] = _PREPARED.argv
+        _FAILED_JOBS.clear()
         _main()
+        if any(a in ("-m", "--multirun") for a in argv) and _writes():
+            _report_sweep(_PREPARED.sweep_dir)
     except SystemExit:
         raise
     except BaseException as err:  # noqa: BLE001 - the boundary around everything outside the run itself
         message, code = boundary.describe(err, _PREPARED.run_dir, [a for a in argv if not a.startswith("-")])
-        _fail(message, code)
+        _fail(message, code, err)
     finally:
         if held is not None:
             held.release()

@@ -40,6 +40,7 @@ class Prepared:
     argv: list[str]  # the arguments to give Hydra (maybe with hydra.run.dir added)
     run_dir: Optional[Path] = None  # the explicit or found run dir of a single run
     existed: bool = False  # whether that dir existed before this command
+    sweep_dir: Optional[Path] = None  # a sweep's dir as the pre-check resolved it (its failed jobs are listed at the end)
 
 
 def split_args(argv: list[str]) -> tuple[list[str], bool, bool]:
@@ -228,17 +229,22 @@ def precheck(argv: list[str]) -> Prepared:
         if given is not None and not given.strip():
             ensure_writable(Path(""), key)  # refuses an empty dir: it would mean the current directory
     if multirun:
-        ensure_writable(_resolved(cfg, "hydra.sweep.dir"), "hydra.sweep.dir")
-        return Prepared(argv)
+        sweep_dir = _resolved(cfg, "hydra.sweep.dir")
+        ensure_writable(sweep_dir, "hydra.sweep.dir")
+        return Prepared(argv, sweep_dir=sweep_dir)
     explicit = any(_key_of(o) == "hydra.run.dir" for o in overrides)
     run_dir = _resolved(cfg, "hydra.run.dir")
-    ensure_writable(run_dir, "hydra.run.dir")
     wanted = specs.read_resume(cfg)
+    if explicit and run_dir.is_dir():
+        for name in ("cli.log", "run.lock", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"):
+            if (run_dir / name).exists() and not (run_dir / name).is_file():  # Hydra or the lock would fail on it
+                raise FedrunError(f"{run_dir / name} is not a file, so this run dir cannot be used: remove it, or pick another hydra.run.dir.")
+    if explicit and run_dir.is_dir() and wanted.mode != "false":
+        # first: a finished run says "nothing to do" even where nothing can be written (a read-only copy)
+        resume.decide(wanted, run_dir, clear=False)
+    ensure_writable(run_dir, "hydra.run.dir")
     if explicit:
-        existed = run_dir.exists()
-        if existed and wanted.mode != "false":
-            resume.decide(wanted, run_dir, clear=False)
-        return Prepared(argv, run_dir, existed)
+        return Prepared(argv, run_dir, run_dir.exists())
     if wanted.mode == "true":
         found = resume.find_resumable(wanted, run_dir.parent)
         if found is None:

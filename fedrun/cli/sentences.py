@@ -153,6 +153,8 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
         )
         if "valid bool" in cause_text:
             kind = "true or false"
+        if not m and "ListConfig" in cause_text:
+            kind = f"a list (e.g. {full_key}=[0.5,0.8]; one value as {full_key}=[0.5])"
         return FedrunError(f"{full_key}={value} has the wrong type: {full_key} takes {kind}.")
     if "Config group override must be" in text:
         group = next((_key_of(o) for o in overrides if _key_of(o) in GROUPS and o.split("=", 1)[1] in ("null", "")), "a group")

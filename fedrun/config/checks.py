@@ -88,9 +88,18 @@ def validate(cfg: DictConfig) -> None:
         _check(value is None or value >= 0, f"{key}={value} is negative: use a seed >= 0, or {key}=null to follow seed.")
     _check(cfg.checkpoint_every >= 0, f"checkpoint_every={cfg.checkpoint_every} is negative: checkpoint every N >= 1 rounds, or 0 for only on SIGINT/SIGTERM.")
     _check(str(cfg.resume).lower() in ("auto", "true", "false"), f"resume={cfg.resume} is not valid: use resume=auto, resume=true or resume=false.")
-    check_installed(logger_names(cfg.get("logger")))  # an unknown logger name, or one whose extra is missing: one sentence
+    from omegaconf import ListConfig
+
+    logger = cfg.get("logger")
+    _check(logger is None or isinstance(logger, (str, ListConfig, list)),
+           f"logger={logger} is not valid: give a logger name or a list of them (e.g. logger=tensorboard, logger=[tensorboard,mlflow]), or logger=[] for none.")
+    check_installed(logger_names(logger))  # an unknown logger name, or one whose extra is missing: one sentence
     check_held_out(float(cfg.get("client_test_fraction", 0.0)), float(cfg.get("val_fraction", 0.0)))
     _check(cfg.get("finetune_steps", 0) >= 0, f"finetune_steps={cfg.get('finetune_steps')} is negative: use 0 (off) or a number of local SGD steps.")
+    steps = cfg.get("finetune_steps", 0)
+    _check(steps == 0 or float(cfg.get("client_test_fraction", 0.0)) > 0,  # a key that would do nothing here (issue 23)
+           f"finetune_steps={steps} does nothing without client_test_fraction (the fine-tuned models are measured on each "
+           "client's own test split): add client_test_fraction=0.2, or drop finetune_steps.")
     _check(cfg.get("threads") is None or cfg.threads >= 1, f"threads={cfg.get('threads')} is impossible: use threads=N with N >= 1, or threads=null to choose by model size.")
     f = cfg.divergence_factor
     _check(f == 0 or (f > 1 and math.isfinite(f)), f"divergence_factor={f} is out of range: use a factor > 1 over the initial model's loss (e.g. 100), or 0 to turn the check off.")

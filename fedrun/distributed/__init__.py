@@ -52,6 +52,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -137,6 +138,7 @@ def setup() -> Optional[Ranks]:
         )
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
+    stop_with_launcher()
     backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
     if backend == "nccl":
         if local >= torch.cuda.device_count():
@@ -153,6 +155,24 @@ def setup() -> Optional[Ranks]:
         ) from None
     _CURRENT = Ranks(rank, size, local, backend)
     return _CURRENT
+
+
+def stop_with_launcher() -> None:
+    """Get SIGTERM when the process that started this rank dies (``prctl(PR_SET_PDEATHSIG)``, Linux):
+    a launcher killed with SIGKILL, its process group too, leaves no orphaned ranks training to the
+    end; SIGTERM stops a rank as a scheduler's would (after the round, with a common checkpoint).
+    Elsewhere a no-op."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the prctl: stop now
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def teardown() -> None:
@@ -267,6 +287,8 @@ def share_precheck(ranks: Ranks, precheck: Callable[[list[str]], Any], argv: lis
     if error is not None:
         raise error
     if answer[0] == "exit":
+        # torchrun stops every rank once one exits: leave rank 0 the moment to print its sentence first
+        time.sleep(2.0)
         raise SystemExit(answer[1])
     prepared = answer[1]
     if not ranks.writer:

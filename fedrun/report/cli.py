@@ -39,6 +39,8 @@ Every std is the sample standard deviation over seeds (ddof=1).
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -167,14 +169,67 @@ def report(dirs: Sequence[Path], out: Optional[Path] = None, targets: Optional[S
     return made
 
 
+def input_problem(args: argparse.Namespace) -> Optional[str]:
+    """The one sentence for inputs fedrun-report cannot use (checked before anything is read or
+    written), or None: a missing or non-directory DIR, one that holds no runs, an --out that is a
+    file or cannot be written, a --metric no run has, a --published file that is missing or not a CSV."""
+    for d in args.dirs:
+        if not d.exists():
+            return f"{d} does not exist: give directories that hold run directories."
+        if not d.is_dir():
+            return f"{d} is a file, not a directory: give directories that hold run directories (a sweep's dir, outputs/runs)."
+    found = [p for d in args.dirs for p in Path(d).rglob("*") if p.name in ("summary.json", "metrics.csv") and p.is_file()]
+    if not found:
+        return f"{args.dirs[0]} holds no runs (no summary.json or metrics.csv under it): give the dir a sweep or runs wrote into."
+    out = Path(args.out) if args.out is not None else Path(args.dirs[0])
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file: give --out a directory for runs.csv and the figures."
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK) or _read_only(probe):
+        return f"{out} cannot be written (a read-only or someone else's folder): give --out a directory you can write."
+    columns: set[str] = set()
+    for p in found:
+        if p.name == "metrics.csv":
+            try:
+                with p.open(newline="") as f:
+                    columns.update(next(csv.reader(f), []))
+            except (OSError, UnicodeDecodeError, csv.Error):
+                continue
+    if columns and args.metric not in columns:
+        usable = sorted(c for c in columns if c.startswith(("test_acc", "test_loss", "val_", "client_acc", "train_loss")))
+        return f"--metric {args.metric} is not a column of the runs' metrics.csv: use one of {', '.join(usable)}."
+    if args.published is not None:
+        if not Path(args.published).is_file():
+            return f"--published {args.published} is not a file: give the CSV of published numbers, or leave --published out."
+        try:
+            pd.read_csv(args.published)
+        except Exception as err:  # noqa: BLE001 - any unreadable CSV gets the same advice
+            return f"--published {args.published} cannot be read as CSV ({type(err).__name__}): give a CSV of published numbers."
+    return None
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    missing = [str(d) for d in args.dirs if not d.exists()]
-    if missing:
-        print(f"fedrun-report: error: {missing[0]} does not exist: give directories that hold run directories.", file=sys.stderr)
+    problem = input_problem(args)
+    if problem is not None:
+        print(f"fedrun-report: error: {problem}", file=sys.stderr)
         return 2
-    made = report(args.dirs, args.out, args.targets, args.group_by, args.metric, args.published, not args.no_figures, args.facet, args.x,
-                  args.smooth, args.panels)
+    try:
+        made = report(args.dirs, args.out, args.targets, args.group_by, args.metric, args.published, not args.no_figures, args.facet, args.x,
+                      args.smooth, args.panels)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        where = err.filename or args.out or args.dirs[0]
+        print(f"fedrun-report: error: {where} could not be written ({err.strerror or type(err).__name__}): free space or give another --out.", file=sys.stderr)
+        return 2
     out = args.out or args.dirs[0]
     counts = made["table"]["status"].value_counts().to_dict() if made["runs"] else {}
     print(to_markdown(made["table"].drop(columns=["path", "problems", *HIDDEN], errors="ignore")) if made["runs"] else "no runs found")

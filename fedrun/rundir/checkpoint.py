@@ -5,7 +5,9 @@ models (:mod:`fedrun.simulation.all_models`), the client-state
 store's snapshot (:meth:`fedrun.state.store.ClientStateStore.snapshot`: the tables of a tensor store; the
 files of an mmap store by name and journal epoch, not their content), every RNG state (torch CPU and
 CUDA, numpy, python), the metrics rows written so far, the round loop's :class:`Counters` and the
-config. It is written to a temporary file, fsynced and renamed over the old one (then the run dir is
+config, and a checksum of all of it (:func:`digest`: SHA-256 over every tensor's bytes and every other
+value's repr), verified on load, so a flipped byte, a truncation or a hand edit is refused in one
+sentence instead of resumed from. It is written to a temporary file, fsynced and renamed over the old one (then the run dir is
 fsynced), so a kill at any moment leaves either the old or the new checkpoint, never a torn one; an
 mmap store starts its journal's next epoch only once the new checkpoint is durable (the order of
 writes is in :mod:`fedrun.state.journal`). When and whether to resume is :mod:`fedrun.rundir.resume`'s decision.
@@ -13,6 +15,7 @@ writes is in :mod:`fedrun.state.journal`). When and whether to resume is :mod:`f
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -21,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fedrun.errors import FedrunError
+from fedrun.errors import FedrunError, writing
 
 log = logging.getLogger("fedrun")
 
 CHECKPOINT = "checkpoint.pt"
 STATE_DIR = "state"  # a run's durable memory-mapped client-state files and their journal
-FORMAT = 3
+FORMAT = 4  # 4: with a checksum of the content ("digest")
 TENSOR_PLACEMENTS = ("device", "pinned")  # placements whose snapshot is the tables themselves
 
 
@@ -59,12 +62,25 @@ class Counters:
     wall_s: float = 0.0
     guard_reference: Optional[float] = None  # the divergence guard's reference (fedrun.simulation.guard.reference_loss)
     dropped_streak: int = 0  # rounds in a row that dropped more than half of their clients
+    threads: int = 0  # torch's intra-op thread count the rounds ran with (0: not recorded)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Counters":
         """Older checkpoints kept round 1's train loss as the guard's reference: it is recomputed."""
         pending = Pending(**{**d["pending"], "train_losses": tuple(d["pending"]["train_losses"])})
-        return cls(d["round"], d["comm"], pending, d["wall_s"], d.get("guard_reference"), int(d.get("dropped_streak", 0)))
+        return cls(d["round"], d["comm"], pending, d["wall_s"], d.get("guard_reference"), int(d.get("dropped_streak", 0)),
+                   int(d.get("threads", 0)))
+
+
+def check_threads(counters: Counters, now: int, device: Any, path: Path) -> None:
+    """Refuse to resume CPU rounds with another torch thread count than the checkpoint's: the CPU
+    kernels' reductions split by thread, so the numbers would differ from the uninterrupted run's."""
+    if getattr(device, "type", "cpu") != "cpu" or not counters.threads or counters.threads == now:
+        return
+    raise FedrunError(
+        f"{path} was written by rounds that ran with {counters.threads} torch thread(s) and this run would use {now}, "
+        f"which changes the numbers: resume with threads={counters.threads}, or add resume=false to start over."
+    )
 
 
 def state_dir(run_dir: Path) -> Path:
@@ -72,19 +88,109 @@ def state_dir(run_dir: Path) -> Path:
     return Path(run_dir) / STATE_DIR
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint file (memory-mapped); a truncated or foreign file is one clear sentence."""
+def digest(value: Any) -> str:
+    """SHA-256 of ``value``'s content: every tensor's dtype, shape and bytes, every container's
+    structure, every other value's type and repr (a float's repr is exact)."""
+    h = hashlib.sha256()
+    _feed(h, value)
+    return h.hexdigest()
+
+
+def _feed(h: Any, value: Any) -> None:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)};".encode())
+        for key, item in value.items():
+            _feed(h, key)
+            _feed(h, item)
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__[0]}{len(value)};".encode())
+        for item in value:
+            _feed(h, item)
+    else:
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+
+
+def damaged(path: Path, why: str) -> FedrunError:
+    """The one sentence for a checkpoint (or a file it needs) that cannot be trusted."""
+    path = Path(path)
+    return FedrunError(
+        f"{path.name} in {path.parent} is damaged: {why}; delete it to start over "
+        "(or add resume=false), or restore it from a backup."
+    )
+
+
+def with_digest(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "digest": digest(payload)}
+
+
+def check_digest(payload: Any, path: Path) -> dict[str, Any]:
+    """``payload`` (read from ``path``) when its checksum matches its content; else one sentence."""
+    if not isinstance(payload, dict) or "digest" not in payload:
+        raise damaged(path, "it holds no checksum (not written by this fedrun, or edited by hand)")
+    body = {k: v for k, v in payload.items() if k != "digest"}
+    try:
+        ok = digest(body) == payload["digest"]
+    except Exception:  # noqa: BLE001 - a tensor whose storage is cut short (truncated file)
+        ok = False
+    if not ok:
+        raise damaged(path, "its checksum does not match its content (a disk fault, a truncation or a hand edit)")
+    return body
+
+
+def load(path: Path, verify: bool = True) -> dict[str, Any]:
+    """Read a checkpoint file (memory-mapped); a truncated, damaged or foreign file is one clear sentence.
+
+    ``verify``: check the checksum and that the content is self-consistent (:func:`check_content`),
+    which reads the whole file; without it (looking for a run's config), only the format is checked.
+    """
     import torch
 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise FedrunError(
-            f"{path} cannot be read ({type(err).__name__}): delete it, or add resume=false to start this run dir over."
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise damaged(path, f"it cannot be read ({type(err).__name__}), probably truncated") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, 3):
         raise FedrunError(f"{path} is not a fedrun checkpoint of this version: delete it, or add resume=false to start over.")
+    if ckpt.get("format") == 3:
+        raise FedrunError(f"{path} was written by an older fedrun (no checksum) and cannot be verified: "
+                          "delete it to start over, or add resume=false.")
+    if verify:
+        ckpt = check_digest(ckpt, path)
+        check_content(ckpt, path)
     return ckpt
+
+
+def check_content(ckpt: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose parts do not fit together (a hand edit that kept a valid checksum,
+    or a bug): its round, rows, counters and config."""
+    import torch
+
+    def bad(why: str) -> FedrunError:
+        return damaged(path, why)
+
+    rnd, rows, config = ckpt.get("round"), ckpt.get("rows"), ckpt.get("config")
+    if type(rnd) is not int or rnd < 1:
+        raise bad(f"its round is {rnd!r}, not a round number >= 1")
+    if not isinstance(config, dict) or not isinstance(ckpt.get("theta"), torch.Tensor):
+        raise bad("it has no config or no server model")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and type(r.get("round")) is int for r in rows):
+        raise bad("its metrics rows are not rows fedrun wrote")
+    done = [r["round"] for r in rows]
+    if done != sorted(set(done)) or (done and (done[0] < 1 or done[-1] > rnd)):
+        raise bad(f"its metrics rows (rounds {done[:3]}...) are not increasing rounds within 1..{rnd}")
+    every = config.get("eval_every")
+    if type(every) is int and every >= 1 and not set(range(every, rnd + 1, every)) <= set(done):
+        raise bad(f"it lacks metrics rows of rounds up to {rnd} (eval_every={every})")
+    counters = ckpt.get("counters")
+    if not isinstance(counters, dict) or counters.get("round") != rnd:
+        raise bad("its counters do not belong to its round")
 
 
 def placement(ckpt: dict[str, Any], requested: str, path: Path) -> str:
@@ -121,6 +227,11 @@ def roll_back_files(run_dir: Path, ckpt: dict[str, Any]) -> bool:
         ) from None
     for _, mapped in maps.values():
         mapped.flush()  # the roll-back is on disk before the entries that made it go
+    for name, sums in files.get("sums", {}).items():  # the files as of the checkpoint, byte for byte
+        wrong = (journal.row_sums(maps[name][0]) != sums).nonzero().flatten().tolist()
+        if wrong:
+            raise damaged(journal.table_path(state_dir(run_dir), name),
+                          f"{len(wrong)} client row(s) (first: client {wrong[0]}) differ from what {CHECKPOINT} recorded")
     journal.discard(entries)
     if rows:
         log.info("fedrun: rolled %d client-state rows back to the checkpoint of round %d", rows, ckpt["round"])
@@ -173,12 +284,11 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
     from fedrun.state.journal import fsync_dir
 
     path = Path(run_dir) / CHECKPOINT
-    tmp = path.with_name(CHECKPOINT + ".tmp")
     store = exp.store
     if getattr(store, "durable", False) and Path(store.directory).resolve() != state_dir(run_dir).resolve():
         raise ValueError(f"durable client-state files must live in {state_dir(run_dir)}, not {store.directory}")
     snapshot = store.snapshot()
-    payload = {
+    payload = with_digest({
         "format": FORMAT,
         "round": counters.round,
         "theta": exp.theta,
@@ -189,24 +299,54 @@ def save(run_dir: Path, exp: Any, counters: Counters, rows: list[dict[str, Any]]
         "rows": list(rows),
         "counters": asdict(counters),
         "config": exp.spec.config,
-    }
-    try:
-        with tmp.open("wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:  # a full disk: no half-written .tmp left beside the previous checkpoint
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    })
+    write_file(path, lambda f: torch.save(payload, f), nbytes(payload))
     fsync_dir(Path(run_dir))
     store.committed(snapshot)
     log.debug("fedrun: checkpoint of round %d written to %s", counters.round, path)
     return path
 
 
-def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path) -> Counters:
-    """Put the checkpoint's state into ``exp`` and cut ``metrics.csv`` back to its rows.
+def nbytes(value: Any) -> int:
+    """About how many bytes ``torch.save(value)`` writes: its tensors' bytes, 512 bytes a metrics row
+    and 16 KB for the rest (RNG states, config, the zip's own records)."""
+    import torch
+
+    def tensors(v: Any) -> int:
+        if isinstance(v, torch.Tensor):
+            return v.nelement() * v.element_size()
+        if isinstance(v, dict):
+            return sum(tensors(x) for x in v.values())
+        if isinstance(v, (list, tuple)):
+            return sum(tensors(x) for x in v)
+        return 0
+
+    rows = value.get("rows") if isinstance(value, dict) else None
+    return tensors(value) + 512 * len(rows or ()) + 16_384
+
+
+def write_file(path: Path, write: Any, needed: Optional[int] = None) -> None:
+    """Write ``path`` whole or not at all: ``write(f)`` into ``<path>.tmp``, fsync, rename over ``path``.
+
+    A full disk or an unwritable folder is :class:`~fedrun.errors.DiskFull` naming ``path`` and the
+    ``needed`` bytes; the ``.tmp`` is removed on any failure and ``path`` (the previous checkpoint)
+    stays as it was."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with writing(path, needed):
+            with tmp.open("wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def restore(ckpt: dict[str, Any], exp: Any) -> Counters:
+    """Put the checkpoint's state into ``exp``; returns its counters. (``metrics.csv`` is rewritten
+    from the checkpoint's rows by the caller: :meth:`fedrun.run_files.MetricsWriter.rewrite`.)
 
     A store of the checkpoint's files must map them, rolled back (:func:`roll_back_files`), already.
     """
@@ -219,25 +359,4 @@ def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path) -> Counters:
         exp.all_models.load_state_dict(ckpt["all_models"])
     exp.store.restore(ckpt["store"])
     set_rng_states(ckpt["rng"])
-    truncate_metrics(Path(metrics_path), len(ckpt["rows"]))
     return Counters.from_dict(ckpt["counters"])
-
-
-def truncate_metrics(path: Path, rows: int) -> None:
-    """Keep the header and the first ``rows`` data lines of ``path`` (atomically); none: remove it."""
-    if not path.exists():
-        if rows:
-            raise FedrunError(f"{path} is missing but the checkpoint has {rows} rows: add resume=false to start this run dir over.")
-        return
-    if rows == 0:
-        path.unlink()
-        return
-    with path.open(newline="") as f:
-        lines = f.read().splitlines(keepends=True)
-    if len(lines) < rows + 1:
-        raise FedrunError(
-            f"{path} has {len(lines) - 1} rows but the checkpoint has {rows}: add resume=false to start this run dir over."
-        )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(lines[: rows + 1]))
-    os.replace(tmp, path)

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedrun.errors import writing
+
 
 class MetricsWriter:
     """Appends rows to a CSV file, writing the header with the first row."""
@@ -25,7 +27,8 @@ class MetricsWriter:
 
     def write(self, row: dict[str, Any]) -> None:
         new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
+        # a full disk may leave a cut row: a resumed run rewrites the file from its checkpoint's rows
+        with writing(self.path, 4096), self.path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="raise")
             if new:
                 writer.writeheader()
@@ -33,6 +36,31 @@ class MetricsWriter:
             f.flush()
             os.fsync(f.fileno())
         self.rows.append(row)
+
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
+        """Make the file hold exactly ``rows`` (a resumed run: the checkpoint's rows, whatever a crash or
+        a full disk left in the file after them or in them): a temporary file, fsynced, renamed over it.
+        No rows: no file (a fresh run writes the header with its first row)."""
+        from fedrun.state.journal import fsync_dir
+
+        self.rows = list(rows)
+        if not self.rows:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with writing(self.path, 512 * (len(self.rows) + 1)), tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+                writer.writeheader()
+                for row in self.rows:
+                    writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
+                f.flush()
+                os.fsync(f.fileno())
+            with writing(self.path):
+                os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(self.path.parent)
 
 
 def _fmt(value: Any) -> Any:
@@ -58,9 +86,11 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write valid JSON (non-finite numbers as null) to a temporary file and rename it over ``path``."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
+    text = json.dumps(json_safe(payload), indent=2, default=str, allow_nan=False) + "\n"
     try:
-        tmp.write_text(json.dumps(json_safe(payload), indent=2, default=str, allow_nan=False) + "\n")
-        os.replace(tmp, path)
+        with writing(path, len(text)):
+            tmp.write_text(text)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

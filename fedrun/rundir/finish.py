@@ -19,18 +19,21 @@ missing plot from ``metrics.csv`` and removes the checkpoint and ``state/``, the
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from fedrun.errors import os_error_in, writing
 from fedrun.rundir import resume
 from fedrun.rundir.files import write_json_atomic
 
 log = logging.getLogger("fedrun")
 
 PLOT = "convergence.png"
+PLOT_BYTES = 1_000_000  # about what the PNG, PDF and SVG of a run's figure take (a full disk's sentence says it)
 
 
 def write_plot(rows: list[dict[str, Any]], run_dir: Path, title: str, plot: Callable[..., Any]) -> None:
@@ -41,11 +44,12 @@ def write_plot(rows: list[dict[str, Any]], run_dir: Path, title: str, plot: Call
     run_dir = Path(run_dir)
     tmp = run_dir / ".plot.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        plot(rows, tmp / PLOT, title)
-        for made in sorted(tmp.iterdir(), key=lambda f: f.name == PLOT):
-            os.replace(made, run_dir / made.name)
+        with writing(run_dir / PLOT, PLOT_BYTES):
+            tmp.mkdir()
+            plot(rows, tmp / PLOT, title)
+            for made in sorted(tmp.iterdir(), key=lambda f: f.name == PLOT):
+                os.replace(made, run_dir / made.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -82,14 +86,27 @@ def title_from_config(config: dict[str, Any], data_name: Optional[str] = None) -
 
 def complete_finished(run_dir: Path, summary: dict[str, Any], plot: Callable[..., Any]) -> None:
     """Finish what a finished run's last moments left undone: a missing plot (drawn by ``plot``), a
-    checkpoint, ``state/``."""
-    run_dir = Path(run_dir)
+    checkpoint, ``state/``. On a read-only or full disk the run is still finished: what cannot be
+    tidied is a warning."""
+    try:
+        _complete_finished(Path(run_dir), summary, plot)
+    except Exception as err:  # noqa: BLE001 - only a read-only or full disk is forgiven here
+        if os_error_in(err) is None:
+            raise
+        log.warning("fedrun: %s holds a finished run whose leftovers could not be tidied (%s)", run_dir, err)
+
+
+def _complete_finished(run_dir: Path, summary: dict[str, Any], plot: Callable[..., Any]) -> None:
     keep = bool((summary.get("config") or {}).get("keep_checkpoint"))  # kept to be continued with more rounds
     resume.finish(run_dir, "finished", keep)  # else nothing resumes from its checkpoint or state/
     metrics = run_dir / resume.METRICS
     if (run_dir / PLOT).exists() or not metrics.is_file():
         return
-    rows = [_numbers(r) for r in _read_metrics(metrics)]
+    try:
+        rows = [_numbers(r) for r in _read_metrics(metrics)]
+    except (ValueError, UnicodeDecodeError, csv.Error):  # a junk metrics.csv: no plot to draw from it
+        log.warning("fedrun: %s cannot be read, so the missing %s is not drawn", metrics, PLOT)
+        return
     if rows:
         title = summary.get("plot_title") or title_from_config(summary.get("config") or {})
         write_plot(rows, run_dir, title, plot)
@@ -97,8 +114,6 @@ def complete_finished(run_dir: Path, summary: dict[str, Any], plot: Callable[...
 
 
 def _read_metrics(path: Path) -> list[dict[str, str]]:
-    import csv
-
     with Path(path).open(newline="") as f:
         return list(csv.DictReader(f))
 

@@ -17,13 +17,15 @@ lock would let two processes hold "the" lock on different files); it holds no re
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
 
-from fedrun.errors import FedrunError
+from fedrun.errors import FedrunError, disk_error, os_error_in, writing
 
 log = logging.getLogger("fedrun")
 
@@ -46,9 +48,9 @@ def holder(run_dir: Path) -> str:
 class RunDirLock:
     """One hold of a run dir's lock; release() (or the process's end) gives it back."""
 
-    def __init__(self, key: Path):
+    def __init__(self, key: Path, held: bool = True):
         self.key = key
-        self._held = True
+        self._held = held
 
     def release(self) -> None:
         if not self._held:
@@ -76,7 +78,7 @@ class RunDirLock:
         self.release()
 
 
-# run dir (resolved) -> [open lock file holding the flock, number of holds in this process]
+# run dir (resolved) -> [open lock file holding the flock, number of holds in this process, the holding thread]
 _HELD: dict[Path, list] = {}
 
 
@@ -88,12 +90,23 @@ def held(run_dir: Path) -> bool:
 def lock_run_dir(run_dir: Path) -> RunDirLock:
     """Take ``run_dir``'s lock (creating the dir) or raise :class:`RunDirLocked` with one sentence."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
     key = run_dir.resolve()
     if key in _HELD:
+        if _HELD[key][2] != threading.get_ident():  # re-entrant within a thread, not across threads
+            raise RunDirLocked(
+                f"{run_dir} is in use by another fedrun run in this process (another thread): wait for it to end, "
+                "or pick another run dir."
+            )
         _HELD[key][1] += 1
         return RunDirLock(key)
-    handle = open(run_dir / LOCK_FILE, "a+")
+    try:
+        handle = open(run_dir / LOCK_FILE, "a+")
+    except OSError as err:
+        if err.errno != errno.EROFS:
+            raise disk_error(run_dir / LOCK_FILE, err) if os_error_in(err) else err
+        return RunDirLock(key, held=False)  # a read-only filesystem: no run can write there, nothing to guard
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -107,9 +120,15 @@ def lock_run_dir(run_dir: Path) -> RunDirLock:
     me = [str(os.getpid()), socket.gethostname()]
     if len(previous) >= 2 and previous != me:
         log.info("fedrun: took over the lock of %s left by pid %s on %s, which has ended", run_dir, previous[0], previous[1])
-    handle.seek(0)
-    handle.truncate()
-    handle.write(" ".join(me) + "\n")
-    handle.flush()
-    _HELD[key] = [handle, 1]
+    try:
+        with writing(run_dir / LOCK_FILE, 4096):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(" ".join(me) + "\n")
+            handle.flush()
+    except BaseException:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
+        raise
+    _HELD[key] = [handle, 1, threading.get_ident()]
     return RunDirLock(key)

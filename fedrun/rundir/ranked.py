@@ -20,7 +20,6 @@ round's liveness check: a dead rank makes it fail within seconds.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -30,7 +29,7 @@ import torch
 from fedrun import distributed
 from fedrun.rundir import checkpoint, resume
 from fedrun.distributed import Ranks
-from fedrun.errors import FedrunError
+from fedrun.errors import FedrunError, writing
 from fedrun.state.journal import fsync_dir
 from fedrun.rundir.files import MetricsWriter
 from fedrun.rundir.signals import StopSignals
@@ -87,32 +86,37 @@ def decide(spec: Any, run_dir: Path, ranks: Optional[Ranks]) -> Optional[dict[st
     return ckpt
 
 
-def restore(ckpt: dict[str, Any], exp: Any, metrics_path: Path, run_dir: Path, ranks: Optional[Ranks]) -> checkpoint.Counters:
+def restore(ckpt: dict[str, Any], exp: Any, run_dir: Path, ranks: Optional[Ranks]) -> checkpoint.Counters:
     """The checkpoint's server model, state, RNG and counters on every rank (:func:`fedrun.rundir.checkpoint.restore`),
-    and each rank's shard. Only rank 0 cuts ``metrics.csv`` back to the checkpoint's rows."""
+    and each rank's shard."""
     if ranks is None:
-        return checkpoint.restore(ckpt, exp, metrics_path)
+        return checkpoint.restore(ckpt, exp)
     error: Optional[BaseException] = None
     counters = checkpoint.Counters()
     try:
-        if ranks.writer:
-            counters = checkpoint.restore(ckpt, exp, metrics_path)
-        else:  # no rows and a metrics file that does not exist: rank 0's metrics.csv is left alone
-            absent = Path(run_dir) / SHARDS / f"rank{ranks.rank}-has-no-metrics.csv"
-            counters = checkpoint.restore({**ckpt, "rows": []}, exp, absent)
+        counters = checkpoint.restore(ckpt, exp)
         path = shard_path(run_dir, ranks, int(ckpt["round"]))
-        try:
-            shard = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - missing or torn: one sentence
-            raise FedrunError(
-                f"{path} cannot be read ({type(err).__name__}) but {Path(run_dir) / checkpoint.CHECKPOINT} needs it: "
-                "add resume=false to start this run dir over."
-            ) from None
+        shard = read_shard(path, ranks, int(ckpt["round"]), run_dir)
         exp.store.load_shard(shard["snapshot"])
     except Exception as err:  # noqa: BLE001 - agreed on below
         error = err
     distributed.agree(ranks, error)
     return counters
+
+
+def read_shard(path: Path, ranks: Ranks, round_idx: int, run_dir: Path) -> dict[str, Any]:
+    """This rank's shard of round ``round_idx``, its checksum and its rank, size and round checked."""
+    needs = f"{Path(run_dir) / checkpoint.CHECKPOINT} needs it"
+    if not path.is_file():
+        raise checkpoint.damaged(path, f"it is missing but {needs}")
+    try:
+        shard = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torn: one sentence
+        raise checkpoint.damaged(path, f"it cannot be read ({type(err).__name__}), probably truncated, and {needs}") from None
+    shard = checkpoint.check_digest(shard, path)
+    if (shard.get("rank"), shard.get("size"), shard.get("round")) != (ranks.rank, ranks.size, round_idx):
+        raise checkpoint.damaged(path, f"it is not rank {ranks.rank} of {ranks.size}'s shard of round {round_idx}")
+    return shard
 
 
 def stop_requested(signals: StopSignals, ranks: Optional[Ranks]) -> bool:
@@ -126,13 +130,9 @@ def stop_requested(signals: StopSignals, ranks: Optional[Ranks]) -> bool:
 
 
 def _write_shard(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_file(path, lambda f: torch.save(payload, f), checkpoint.nbytes(payload))
     fsync_dir(path.parent)
 
 
@@ -144,7 +144,7 @@ def save(run_dir: Path, exp: Any, counters: checkpoint.Counters, rows: list[dict
     k = counters.round
     error: Optional[BaseException] = None
     try:
-        payload = {"rank": ranks.rank, "size": ranks.size, "round": k, "snapshot": exp.store.shard()}
+        payload = checkpoint.with_digest({"rank": ranks.rank, "size": ranks.size, "round": k, "snapshot": exp.store.shard()})
         _write_shard(shard_path(run_dir, ranks, k), payload)
     except Exception as err:  # noqa: BLE001 - agreed on below
         error = err
@@ -172,3 +172,6 @@ class RowsOnly(MetricsWriter):
 
     def write(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = list(rows)

@@ -198,7 +198,7 @@ def finish(run_dir: Path, status: str, keep_checkpoint: bool = False) -> None:
     if not state_dir(run_dir).exists():
         return
     try:
-        if (Path(run_dir) / CHECKPOINT).exists() and load(Path(run_dir) / CHECKPOINT)["store"].get("files"):
+        if (Path(run_dir) / CHECKPOINT).exists() and load(Path(run_dir) / CHECKPOINT, verify=False)["store"].get("files"):
             return
     except FedrunError:  # an unreadable checkpoint: nothing can resume from the files
         pass
@@ -214,7 +214,7 @@ def find_resumable(spec: ResumeSpec, base: Path) -> Optional[Path]:
         ckpt, summary = run_dir / CHECKPOINT, run_dir / SUMMARY
         if ckpt.exists():
             try:
-                config = load(ckpt)["config"]  # memory-mapped: reads little
+                config = load(ckpt, verify=False)["config"]  # memory-mapped: reads little (verified on resume)
             except FedrunError:  # an unreadable checkpoint is just not a candidate
                 continue
             stamp = ckpt.stat().st_mtime

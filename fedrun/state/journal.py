@@ -20,6 +20,12 @@ back to the last checkpoint after a crash at any moment:
    checkpoint's epoch newest first, msyncs the files, then deletes every entry. A crash during
    roll-back leaves the entries, and applying them again gives the same files (they hold absolute
    old values).
+
+**Checksums**: a checkpoint also holds a CRC-32 of every row of every table as of the checkpoint
+(:meth:`UndoJournal.sums_now`), kept up to date incrementally: only the rows written since the last
+checkpoint (those the journal saw) are summed again, so a checkpoint reads no more than the round
+wrote. Resuming compares every row with them after the roll-back (:func:`row_sums`, one read of the
+files), so a damaged file is refused instead of resumed from.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ import io
 import mmap
 import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from fedrun.errors import writing
 from fedrun.state import memory
 
 JOURNAL_DIR = "journal"
@@ -77,6 +85,33 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def row_sums(table: torch.Tensor, ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """CRC-32 of the bytes of rows ``ids`` (all rows when None) of a CPU float32 table, as int64."""
+    rows = range(table.shape[0]) if ids is None else ids.tolist()
+    return torch.tensor([zlib.crc32(table[i].numpy().data) for i in rows], dtype=torch.int64)
+
+
+def allocate(path: Path, nbytes: int) -> None:
+    """Allocate every disk block of the table file ``path`` (``posix_fallocate``; it reads as zeros,
+    and blocks already there cost nothing), so that no access through the map can meet a full disk:
+    that would be a SIGBUS in the middle of a round (on tmpfs even a read allocates), and is
+    :class:`~fedrun.errors.DiskFull` here, before the first round. The placement rule
+    (:func:`fedrun.state.memory.choose_placement`) asks for that much free disk anyway."""
+    with writing(path, nbytes):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+        except OSError as err:
+            if err.errno not in (95, 22):  # EOPNOTSUPP, EINVAL: a filesystem without fallocate stays sparse
+                raise OSError(err.errno, err.strerror, str(path)) from None
+        finally:
+            os.close(fd)
+
+
+def zero_row_sum(num_params: int) -> int:
+    return zlib.crc32(bytes(memory.BYTES * num_params))
+
+
 class UndoJournal:
     """Old values of durable table rows, written before the rows are overwritten (module docstring).
 
@@ -92,6 +127,27 @@ class UndoJournal:
         self.epoch = epoch
         self.seq = 0
         self.saved: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {}  # per table, every row's CRC-32 as of the last sums_now
+
+    def track(self, name: str, table: torch.Tensor, zeros: bool) -> None:
+        """Start keeping the row checksums of a new table (``zeros``: every row is still +0.0)."""
+        if zeros:
+            self.sums[name] = torch.full((table.shape[0],), zero_row_sum(table.shape[1]), dtype=torch.int64)
+        else:
+            self.sums[name] = row_sums(table)
+
+    def sums_now(self, tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every row's checksum now: those of the rows written since the last checkpoint recomputed."""
+        out = {}
+        for name, table in tables.items():
+            sums = self.sums.get(name)
+            if sums is None:
+                self.track(name, table, zeros=False)
+            elif name in self.saved:
+                ids = self.saved[name].nonzero().flatten()
+                sums[ids] = row_sums(table, ids)
+            out[name] = self.sums[name].clone()
+        return out
 
     def record(self, name: str, table: torch.Tensor, ids: torch.Tensor) -> None:
         """Journal the current rows ``ids`` of ``table`` that this epoch has not journaled yet."""
@@ -117,14 +173,19 @@ class UndoJournal:
         tmp = path.with_name(path.name + ".tmp")
         buffer = io.BytesIO()
         torch.save(header, buffer)
-        with tmp.open("wb") as f:
-            f.write(len(buffer.getbuffer()).to_bytes(8, "little"))
-            f.write(buffer.getbuffer())
-            for row in rows:
-                f.write(row.numpy().data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        needed = 8 + len(buffer.getbuffer()) + sum(memory.BYTES * len(row) for row in rows)
+        try:  # a full disk: no entry, and the table is not touched
+            with writing(path, needed), tmp.open("wb") as f:
+                f.write(len(buffer.getbuffer()).to_bytes(8, "little"))
+                f.write(buffer.getbuffer())
+                for row in rows:
+                    f.write(row.numpy().data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except Exception:  # a full disk (a crash leaves the torn .tmp, which roll-back ignores)
+            tmp.unlink(missing_ok=True)
+            raise
         fsync_dir(self.directory)
         self.seq += 1
         return path

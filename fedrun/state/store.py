@@ -28,6 +28,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from fedrun.errors import writing
 from fedrun.state import journal, memory
 
 log = logging.getLogger("fedrun")
@@ -110,7 +111,7 @@ class TensorStore(ClientStateStore):
 
 
 class MmapStore(ClientStateStore):
-    """Tables in sparse files ``state_<name>.bin``.
+    """Tables in files ``state_<name>.bin`` (sparse scratch files; durable ones allocated in full).
 
     ``directory=None``: scratch files in a temporary directory, deleted with the store. A directory
     (a run's ``state/``): durable files with an undo journal, which a checkpoint refers to instead of
@@ -139,18 +140,24 @@ class MmapStore(ClientStateStore):
     def _allocate(self, name: str) -> torch.Tensor:
         shape = (self.num_clients, self.num_params)
         path = journal.table_path(self.directory, name)
-        if not self.reuse:
-            with open(path, "wb") as f:  # a sparse file of zeros: nothing is written until rows are set
-                f.truncate(memory.BYTES * shape[0] * shape[1])
-        if not self.durable:
-            weakref.finalize(self, path.unlink, True)
-        self.paths[name] = path
-        table, self.maps[name] = journal.map_table(path, shape)
+        size = memory.BYTES * shape[0] * shape[1]
+        with writing(path, size):  # a full or read-only disk: one sentence naming the file
+            if not self.reuse:
+                with open(path, "wb") as f:  # a sparse file of zeros: nothing is written until rows are set
+                    f.truncate(size)
+            if self.durable:  # every block now: a full disk is one sentence here, not a SIGBUS in a round
+                journal.allocate(path, size)
+            else:
+                weakref.finalize(self, path.unlink, True)
+            self.paths[name] = path
+            table, self.maps[name] = journal.map_table(path, shape)
         return table
 
     def add(self, name: str, init: Optional[torch.Tensor] = None) -> None:
         """As :meth:`ClientStateStore.add`; with ``reuse`` the table is the file as it is (``init`` unused)."""
         super().add(name, None if self.reuse else init)
+        if self.journal is not None and not self.reuse:  # reused files: the checkpoint's checksums (restore)
+            self.journal.track(name, self.tables[name], zeros=init is None)
 
     def set(self, name: str, ids: torch.Tensor, rows: torch.Tensor) -> None:
         """Write rows (durable files: journal the old rows first)."""
@@ -170,7 +177,8 @@ class MmapStore(ClientStateStore):
         if self.journal is None:
             return super().snapshot()
         self.flush()  # the files now hold the state after this round
-        files = {"epoch": self.journal.epoch + 1, "shape": [self.num_clients, self.num_params], "tables": list(self.tables)}
+        files = {"epoch": self.journal.epoch + 1, "shape": [self.num_clients, self.num_params], "tables": list(self.tables),
+                 "sums": self.journal.sums_now(self.tables)}  # every row's CRC-32, verified on resume
         return {"placement": self.placement, "files": files}
 
     def committed(self, snapshot: dict[str, Any]) -> None:
@@ -185,6 +193,8 @@ class MmapStore(ClientStateStore):
         if not self.reuse or missing:
             raise ValueError(f"the store must reuse the checkpoint's files {files['tables']} (missing: {sorted(missing)})")
         self.journal.epoch = int(files["epoch"])  # rows written from now on lead back to this checkpoint
+        for name, sums in files.get("sums", {}).items():  # the files were verified against them (checkpoint.roll_back_files)
+            self.journal.sums[name] = sums.clone()
 
 
 def store_for_run(
