@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedrun.config.checks import GROUPS, check_held_out, option_of, validate
 from fedrun.config.schema import LOWERABLE, choice, logger_names
+from fedrun.errors import FedrunError
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,12 @@ class ClientEvalSpec:
     batch_size: int = 10  # and batch size (the run's)
     seed: int = 0  # fine-tuning's shuffles (training)
     split_seed: Optional[int] = None  # the held-out splits (the run's partition seed; None: seed)
+    split: str = "loop"  # how they are drawn: loop (a randperm per client) | vectorized (all at once; data.generator=vectorized)
 
     def __post_init__(self) -> None:
         check_held_out(self.test_fraction, self.val_fraction)
+        if self.split not in ("loop", "vectorized"):
+            raise FedrunError(f"ClientEvalSpec.split={self.split!r} is unknown: use 'loop' or 'vectorized'.")
 
 
 @dataclass(frozen=True)
@@ -264,4 +268,12 @@ def read_client_eval(cfg: DictConfig) -> ClientEvalSpec:
         float(cfg.get("client_test_fraction", 0.0)), float(cfg.get("val_fraction", 0.0)),
         int(cfg.get("finetune_steps", 0)), float(cfg.lr), int(cfg.batch_size), int(cfg.seed),
         split_seed=int(cfg.seed if cfg.get("partition_seed") is None else cfg.partition_seed),
+        # the vectorised data generator's runs draw the held-out splits vectorised too; every other setting keeps the loop
+        split="vectorized" if _data_generator(cfg) == "vectorized" else "loop",
     )
+
+
+def _data_generator(cfg: DictConfig) -> Optional[str]:
+    """``data.generator`` when the data group has one (the synthetic data), else None."""
+    data = cfg.get("data")
+    return None if data is None or not hasattr(data, "get") else data.get("generator")

@@ -23,7 +23,7 @@ class ClientEvaluator(Observer):
 
     def __init__(self, spec: ClientEvalSpec, exp: Any, held: HeldOut, run_dir: Path, resumed_round: int = 0):
         device = exp.data.x_train.device
-        held = HeldOut([t.to(device) for t in held.tests], held.val.to(device))
+        held = held.to(device)
         self.spec, self.exp, self.held = spec, exp, held
         self.path = Path(run_dir) / TABLE
         self.steps = spec.finetune_steps

@@ -17,6 +17,12 @@ evaluated on every client's split:
 ``val_fraction=v`` holds out a fraction v of every client's partition as validation data; the
 server model's ``val_loss``/``val_acc`` go into ``metrics.csv`` and ``final_val_acc`` into
 ``summary.json``, which a hyper-parameter search maximises instead of the test accuracy.
+
+Both splits follow one rule for a client of n samples: floor(f·n) test samples (at least 1 when
+f > 0 and n >= 2) and floor(v·n) validation samples, at least one left for training. Two draws
+implement it (``ClientEvalSpec.split``): :func:`split_partition`, a loop over clients with one
+``randperm`` each (every existing setting, the pins), and :func:`split_vectorized` with
+``data.generator=vectorized``, all clients at once (same sizes, other samples chosen).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from fedrun.config.specs import ClientEvalSpec  # noqa: F401  (also as client_eval.*)
+from fedrun.data.partition import ClientIndex, Partition, partition_sizes, partition_to
 from fedrun.errors import FedrunError
 from fedrun.simulation.evaluation import evaluate, totals
 from fedrun.seeding import generator
@@ -39,8 +46,16 @@ from fedrun.seeding import generator
 class HeldOut:
     """Indices into the training tensors held out per client (its test split) and for validation."""
 
-    tests: list[torch.Tensor]
+    tests: Partition  # one index tensor per client (a list, or a ClientIndex from split_vectorized)
     val: torch.Tensor
+
+    def to(self, device: torch.device) -> "HeldOut":
+        return HeldOut(partition_to(self.tests, device), self.val.to(device))
+
+
+def _refuse(k: int, n: int, test_fraction: float, val_fraction: float) -> FedrunError:
+    return FedrunError(f"client {k} has {n} samples: client_test_fraction={test_fraction} and val_fraction={val_fraction} "
+                       f"leave none for training: lower them or use fewer clients.")
 
 
 def split_partition(partition: list[torch.Tensor], test_fraction: float, val_fraction: float,
@@ -58,8 +73,7 @@ def split_partition(partition: list[torch.Tensor], test_fraction: float, val_fra
             n_test = 1
         n_val = int(val_fraction * n)
         if n - n_test - n_val < 1:
-            raise FedrunError(f"client {k} has {n} samples: client_test_fraction={test_fraction} and val_fraction={val_fraction} "
-                              f"leave none for training: lower them or use fewer clients.")
+            raise _refuse(k, n, test_fraction, val_fraction)
         order = torch.randperm(n, generator=gen).to(idx.device)
         keep = torch.ones(n, dtype=torch.bool, device=idx.device)
         keep[order[: n_test + n_val]] = False
@@ -70,11 +84,61 @@ def split_partition(partition: list[torch.Tensor], test_fraction: float, val_fra
     return train, HeldOut(tests, val)
 
 
-def hold_out(spec: ClientEvalSpec, partition: list[torch.Tensor]) -> tuple[list[torch.Tensor], Optional[HeldOut]]:
+KEY_SCALE = 2**24  # float32 uniforms' resolution: the (client, key) sort as one integer sort
+
+
+def split_vectorized(partition: Partition, test_fraction: float, val_fraction: float,
+                     gen: torch.Generator) -> tuple[ClientIndex, HeldOut]:
+    """:func:`split_partition`'s rule for every client at once, with no Python call per client.
+
+    One uniform key per sample (``torch.rand`` from ``gen``, in the partition's order); a stable sort
+    by (client, key) gives each sample its rank within its client; ranks below n_test are the test
+    split, the next n_val the validation part, the rest training. The sizes are the loop's exactly,
+    the samples chosen are others (another draw). Training indices keep their order within each
+    client; test and validation indices come in key order. Returns the training partition and the
+    test splits as :class:`ClientIndex` (two tensors each), the validation indices in client order.
+    """
+    if isinstance(partition, ClientIndex):
+        order, sizes = partition.order, partition.sizes
+    else:
+        order = torch.cat(partition) if len(partition) else torch.empty(0, dtype=torch.long)
+        sizes = partition_sizes(partition)
+    device, order = order.device, order.reshape(-1).cpu()
+    n = sizes.cpu().long()
+    # The loop's int(f * n): a float64 product truncated (n >= 0, so floor), then at least 1 test sample.
+    n_test = (test_fraction * n.double()).floor().long() if test_fraction > 0 else torch.zeros_like(n)
+    if test_fraction > 0:
+        n_test = torch.where((n_test == 0) & (n >= 2), torch.ones_like(n), n_test)
+    n_val = (val_fraction * n.double()).floor().long()
+    bad = torch.nonzero(n - n_test - n_val < 1)
+    if len(bad):
+        k = int(bad[0])
+        raise _refuse(k, int(n[k]), test_fraction, val_fraction)
+    client = torch.repeat_interleave(torch.arange(len(n)), n)  # the partition's positions are grouped by client
+    key = torch.rand(len(order), generator=gen)  # float32: multiples of 2^-24, so key * 2^24 is an exact integer
+    # by client, then by key within it: one stable sort of client * 2^24 + key * 2^24 (int64, exact)
+    perm = torch.sort(client * KEY_SCALE + (key * KEY_SCALE).long(), stable=True).indices
+    starts = torch.cumsum(n, 0) - n
+    rank = torch.arange(len(order)) - starts[client]  # the sorted position's rank within its client (blocks unchanged)
+    chosen = order[perm]
+    in_test = rank < n_test[client]
+    in_val = ~in_test & (rank < (n_test + n_val)[client])
+    in_train = torch.ones(len(order), dtype=torch.bool)
+    in_train[perm] = ~(in_test | in_val)  # back to the partition's order, so training keeps it
+    train = ClientIndex(order[in_train].to(device), n - n_test - n_val)
+    tests = ClientIndex(chosen[in_test].to(device), n_test)
+    return train, HeldOut(tests, chosen[in_val].to(device))
+
+
+SPLITS = {"loop": split_partition, "vectorized": split_vectorized}
+
+
+def hold_out(spec: ClientEvalSpec, partition: Partition) -> tuple[Partition, Optional[HeldOut]]:
     """The run's partition with the held-out parts taken out (unchanged when both fractions are 0)."""
     if spec.test_fraction == 0 and spec.val_fraction == 0:
         return partition, None
-    return split_partition(partition, spec.test_fraction, spec.val_fraction, generator(spec.seed if spec.split_seed is None else spec.split_seed, "held_out"))
+    split = SPLITS[spec.split]
+    return split(partition, spec.test_fraction, spec.val_fraction, generator(spec.seed if spec.split_seed is None else spec.split_seed, "held_out"))
 
 
 def columns(spec: ClientEvalSpec) -> list[str]:
