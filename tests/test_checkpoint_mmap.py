@@ -390,6 +390,7 @@ def test_feddyn_mmap_killed_anywhere_resumes_identically(reference: dict[str, Pa
     finish("feddyn", run_dir, tmp_path, reference["feddyn"], mmap)
 
 
+@pytest.mark.slow  # 14 s: make test keeps the FedDyn mmap resume tests
 def test_scaffold_mmap_resumed_keeps_its_placement_and_is_identical(reference: dict[str, Path], tmp_path: Path) -> None:
     needs("scaffold")
     run_dir = tmp_path / "run"
