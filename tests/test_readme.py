@@ -41,7 +41,15 @@ def test_the_readme_has_commands_to_check():
     assert any("feddyn_alpha0.1" in c for _, c in COMMANDS)  # the sweep over a preset
 
 
-@pytest.mark.parametrize("where,command", COMMANDS, ids=[f"{w}:{c[:60]}" for w, c in COMMANDS])
+def _param(where: str, command: str):
+    """A sweep over an experiment's whole grid (``fedrun -m experiment=X ...``) composes dozens of
+    configs; every value of those grids is composed by tests/test_experiments.py and
+    tests/test_fl_simulator.py in make test, so the command as written runs with the slow tests."""
+    slow = re.match(r"^fedrun -m experiment=\S+", command) is not None
+    return pytest.param(where, command, id=f"{where}:{command[:60]}", marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("where,command", [_param(w, c) for w, c in COMMANDS])
 def test_command_composes_as_written(where, command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     register_configs()
