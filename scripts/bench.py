@@ -387,6 +387,11 @@ def main_setup(overrides: list[str], bench: dict[str, str], worker_args: list[st
         result["setup"].append(run_worker(f"setup:{clients}", worker_args))
     result["load_average_after"] = os.getloadavg()
     result["markdown"] = setup_markdown(result)
+    report(result, out)
+
+
+def report(result: dict[str, Any], out: str | None) -> None:
+    """Print the result's markdown table; with ``out``, write the whole result there as JSON."""
     print(result["markdown"])
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -577,11 +582,7 @@ def main(argv: list[str]) -> None:
             r["gflop_per_s"] = 1e3 * r["tflop_per_s"]
             r["fraction_of_matmul_ceiling"] = r["gflop_per_s"] / result["matmul_ceiling"]["gflop_per_s"]
     result["markdown"] = markdown(result)
-    print(result["markdown"])
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"bench: wrote {out}", file=sys.stderr)
+    report(result, out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ archive with its own scripts.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -27,6 +26,7 @@ import torch
 
 from fedrun.data import FederatedData
 from fedrun.data.cache import resolve_root
+from fedrun.data.leaf import read_users
 from fedrun.errors import FedrunError
 from fedrun.seeding import generator
 
@@ -35,18 +35,7 @@ NUM_CLASSES = 62
 
 
 def _read_users(files: list[Path]) -> dict[str, dict]:
-    users: dict[str, dict] = {}
-    for f in files:
-        try:
-            data = json.loads(f.read_text())
-            for u in data["users"]:
-                users[u] = data["user_data"][u]
-        except (ValueError, KeyError, TypeError) as err:
-            raise FedrunError(
-                f"data=femnist: {f} is not whole LEAF JSON ({type(err).__name__}: {str(err)[:80]}): "
-                "write LEAF's FEMNIST files there again (data/femnist/preprocess.sh)."
-            ) from None
-    return users
+    return read_users(files, "femnist", ": write LEAF's FEMNIST files there again (data/femnist/preprocess.sh).")
 
 
 def _arrays(name: str, user: dict) -> tuple[np.ndarray, np.ndarray]:

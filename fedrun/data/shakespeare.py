@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import re
 import tarfile
@@ -47,6 +46,7 @@ import torch
 
 from fedrun.data import FederatedData
 from fedrun.data.cache import resolve_root
+from fedrun.data.leaf import read_users
 from fedrun.errors import FedrunError
 from fedrun.seeding import generator
 
@@ -147,18 +147,7 @@ def _role_from_samples(name: str, xs: list[str], ys: list[str]) -> tuple[np.ndar
 
 
 def _read_leaf_users(files: list[Path]) -> dict[str, dict]:
-    users: dict[str, dict] = {}
-    for f in files:
-        try:
-            data = json.loads(f.read_text())
-            for u in data["users"]:
-                users[u] = data["user_data"][u]
-        except (ValueError, KeyError, TypeError) as err:
-            raise FedrunError(
-                f"data=shakespeare: {f} is not whole LEAF JSON ({type(err).__name__}: {str(err)[:80]}), probably truncated: "
-                "copy LEAF's Shakespeare files there again, or remove them to build the data from the play texts."
-            ) from None
-    return users
+    return read_users(files, "shakespeare", ", probably truncated: copy LEAF's Shakespeare files there again, or remove them to build the data from the play texts.")
 
 
 def read_roles(root: Path) -> list[Role]:

@@ -68,13 +68,9 @@ def _flat_values(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: node if isinstance(node, (bool, int, float)) else str(node)}
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(node, dict):
-        out: dict[str, str] = {}
-        for k, v in node.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: str(node)}
+def _flat(node: Any) -> dict[str, str]:
+    """The config's leaves as text (dotted keys)."""
+    return {k: str(v) for k, v in _flat_values(node).items()}
 
 
 class TensorBoardLogger:
