@@ -47,9 +47,10 @@ from typing import Any, Optional, Sequence
 
 import pandas as pd
 
-from fedrun.report.runs import Run, _cell, collect, setting_of
+from fedrun.report.runs import Run, _cell, collect
+from fedrun.report.settings import setting_of
 from fedrun.report.tables import (
-    HIDDEN, SEED_KEYS, _shared_keys, accuracy_table, add_published, constant_caption, final_display, final_markdown,
+    HIDDEN, _shared_keys, accuracy_table, add_published, constant_caption, final_display, final_markdown,
     final_table, higher_is_better, paper_table, target_table, to_latex, to_markdown, write_table,
 )
 

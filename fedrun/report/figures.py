@@ -70,7 +70,7 @@ def style(curves: list[Curve]) -> list[Curve]:
 def curves_of(runs: Sequence[Any], group_by: Optional[Sequence[str]], keys: Sequence[str]) -> list[Curve]:
     """One styled curve per setting of ``group_by`` (default: the runs' varying keys but the seed), in
     the runs' order (numeric); runs without metrics are left out."""
-    from fedrun.report.runs import _number, figures_family, labels_of, setting_of
+    from fedrun.report.settings import _number, figures_family, labels_of, setting_of
 
     group_keys = [k for k in (group_by if group_by else keys) if k not in SEED_KEYS]
     by_algo = any(k == "algo" or k.startswith("algo.") for k in group_keys)
@@ -165,7 +165,7 @@ def facet_figure(runs: Sequence[Any], table: pd.DataFrame, facet: Sequence[str],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedrun.report.runs import _number
+    from fedrun.report.settings import _number
 
     inner = [k for k in (group_by if group_by else keys) if k not in facet]
     styles = {c.label: c for c in curves_of(runs, inner, inner)}
@@ -199,7 +199,7 @@ def facet_figure(runs: Sequence[Any], table: pd.DataFrame, facet: Sequence[str],
 
 def facet_label(runs: Sequence[Any], key: str, value: Any) -> str:
     """A panel's title part: a group by its display label (``FedDyn``, ``Dir(0.3)``), a key as ``p=0.1``."""
-    from fedrun.report.runs import labels_of
+    from fedrun.report.settings import labels_of
 
     if runs and f"{key}._target_" in runs[0].config:
         method, setting = labels_of(runs[0], [key])

@@ -65,7 +65,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     return cells.rename(columns=UNITS).to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
 
-SETTING_COLUMNS = ("method", "setting")  # display labels of each row (fedrun.report.runs.labels_of)
+SETTING_COLUMNS = ("method", "setting")  # display labels of each row (fedrun.report.settings.labels_of)
 HIDDEN = ("_setting", "_problem", "_fedavg")  # a setting's identity, its problem's, whether it is FedAvg
 
 
