@@ -65,7 +65,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_every_config_and_module(wheel: Path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {n for n in names if n.startswith("fedrun/conf/")} == {f"fedrun/conf/{p.relative_to(CONF_DIR).as_posix()}" for p in CONF_DIR.rglob("*.yaml")}
-    assert {n for n in names if n.endswith(".py")} == {p.relative_to(PACKAGE.parent).as_posix() for p in PACKAGE.rglob("*.py")}
+    sources = [*PACKAGE.rglob("*.py"), *(REPO / "hydra_plugins").rglob("*.py")]  # fedrun and its Hydra sweeper plugin
+    assert {n for n in names if n.endswith(".py")} == {p.relative_to(REPO).as_posix() for p in sources}
 
 
 @pytest.mark.slow
