@@ -60,6 +60,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over_and_said(tmp_path, caplog):
     assert f"took over the lock of {run_dir} left by pid 4242 on otherhost, which has ended" in caplog.text
 
 
+@pytest.mark.slow  # two real processes racing (7 s); make test keeps the in-process refusal tests above
 def test_two_runs_started_at_once_on_one_dir(tmp_path):
     """One runs all 12 rounds; the other is refused with one sentence and exit 2; metrics.csv has
     rounds 1..12 once each, in order."""

@@ -56,7 +56,7 @@ def _one_round(engine: str, precision: str, model: str = "mlp"):
     return step.client_thetas, exp.theta.dtype
 
 
-@pytest.mark.parametrize("model", ["mlp", "logreg"])
+@pytest.mark.parametrize("model", [pytest.param("mlp", marks=pytest.mark.slow), "logreg"])  # mlp: 4 s, with the slow tests
 def test_bf16_changes_the_numbers_a_little_and_both_engines_agree(model: str) -> None:
     import torch
 
