@@ -230,3 +230,16 @@ def test_unexpected_error_before_any_output_keeps_only_the_traceback(monkeypatch
     code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*TINY, f"hydra.run.dir={tmp_path / 'run'}"])
     assert code == 2 and sentence.startswith("unexpected error (KeyError: 'no such key')")
     assert [p.name for p in files_under(tmp_path)] == ["traceback.txt"]
+
+
+@pytest.mark.parametrize("sigma", ["50", "20"])
+def test_synthetic_sizes_too_large_name_sigma(sigma, monkeypatch, capsys, tmp_path):
+    """A huge data.sigma makes the lognormal device sizes explode (sigma=50: sizes past int64, which
+    torch's allocation reported as an overflow, blamed on the command line; sigma=20 with 5 devices
+    of mean 30: 1.7e11 samples in all with seed 0, 41 TB, far more memory than any machine): one sentence naming
+    data.sigma and data.mean_samples, before any sample is drawn, and no run dir left."""
+    code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*TINY, f"data.sigma={sigma}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 2 and "composed" not in sentence, sentence
+    assert sentence.startswith(f"data=synthetic with data.sigma={float(sigma)} and data.mean_samples=30 draws"), sentence
+    assert "lower data.sigma or data.mean_samples" in sentence
+    assert files_under(tmp_path) == []
