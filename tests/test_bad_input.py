@@ -243,3 +243,33 @@ def test_synthetic_sizes_too_large_name_sigma(sigma, monkeypatch, capsys, tmp_pa
     assert sentence.startswith(f"data=synthetic with data.sigma={float(sigma)} and data.mean_samples=30 draws"), sentence
     assert "lower data.sigma or data.mean_samples" in sentence
     assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_dataset_cache_is_rebuilt_once_else_one_sentence_naming_it(damage, monkeypatch, capsys, tmp_path):
+    """A cache file cut short or overwritten with junk, through the CLI: with the source files there
+    the run rebuilds it (one warning saying so) and finishes; with them gone, one sentence naming the
+    cache file, exit 2, no run dir left."""
+    import vision_files as vf
+
+    data = tmp_path / "data"
+    vf.write_mnist(data, 30, 10)
+    args = ["data=mnist", f"data.root={data}", "data.download=false", "model=logreg", "partition=iid", *(a for a in TINY if not a.startswith("data.")), "rounds=1"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["fedrun", *args, f"hydra.run.dir={tmp_path / 'first'}"])
+    cli.main()
+    entry = data / "fedrun_cache" / "mnist.pt"
+    whole = entry.read_bytes()
+    entry.write_bytes(b"junk" * 50 if damage == "garbage" else whole[: len(whole) // 2])
+    monkeypatch.setattr(sys, "argv", ["fedrun", *args, f"hydra.run.dir={tmp_path / 'second'}"])
+    cli.main()
+    log_text = (tmp_path / "second" / "cli.log").read_text()
+    assert log_text.count(f"the dataset cache {entry} is damaged") == 1 and "rebuilding it from the source files" in log_text
+    assert entry.read_bytes() == whole  # rebuilt: the same conversion of the same files
+    entry.write_bytes(whole[:-10])
+    for f in (data / "MNIST" / "raw").iterdir():
+        f.unlink()
+    capsys.readouterr()
+    code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*args, f"hydra.run.dir={tmp_path / 'third'}"])
+    assert code == 2 and sentence.startswith(f"the dataset cache {entry} is damaged (stale or truncated) and rebuilding it failed: "), sentence
+    assert not (tmp_path / "third").exists()
