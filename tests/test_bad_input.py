@@ -273,3 +273,45 @@ def test_damaged_dataset_cache_is_rebuilt_once_else_one_sentence_naming_it(damag
     code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*args, f"hydra.run.dir={tmp_path / 'third'}"])
     assert code == 2 and sentence.startswith(f"the dataset cache {entry} is damaged (stale or truncated) and rebuilding it failed: "), sentence
     assert not (tmp_path / "third").exists()
+
+
+@pytest.mark.parametrize("every", [0, 3])
+def test_two_signals_during_the_final_plot_say_what_the_run_dir_holds(every, monkeypatch, capsys, tmp_path):
+    """Two SIGINTs while the last outputs are written: the second stops the writing, exit 130, with a
+    sentence saying so and what the run dir holds (it used to say "before the round finished").
+    TINY has 4 rounds; a checkpoint is due at rounds divisible by checkpoint_every before the last,
+    so checkpoint_every=3 leaves checkpoint.pt of round 3 and checkpoint_every=0 none. Rerunning the
+    same command then finishes the run with the rows of an uninterrupted run."""
+    import fedrun.observers.plot
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # see test_signal_during_start_up
+    real = fedrun.observers.plot.convergence_plot
+    args = [*TINY, f"checkpoint_every={every}"]
+    run_dir = tmp_path / "run"
+
+    def plot(rows, path, title, **_):
+        os.kill(os.getpid(), signal.SIGINT)  # the first: waits for the outputs
+        os.kill(os.getpid(), signal.SIGINT)  # the second: stops them
+        real(rows, path, title)
+
+    monkeypatch.setattr(runner, "convergence_plot", plot)
+    code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*args, f"hydra.run.dir={run_dir}"])
+    assert code == 130
+    start = "stopped by a second SIGINT while writing the run's last outputs (convergence plot, summary.json) after all 4 rounds; "
+    held = (f"{run_dir} holds metrics.csv with all 4 rounds and checkpoint.pt of round 3: rerun the same command to finish "
+            "(it reruns rounds 4 to 4 from that checkpoint)." if every else
+            f"{run_dir} holds metrics.csv with all 4 rounds but no checkpoint (none was due before the last round): "
+            "rerun the same command to run it again from the start (or keep metrics.csv as it is).")
+    assert sentence == start + held
+    assert (run_dir / "checkpoint.pt").exists() == bool(every)
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4
+    monkeypatch.setattr(runner, "convergence_plot", real)
+    monkeypatch.setattr(sys, "argv", ["fedrun", *args, f"hydra.run.dir={run_dir}"])
+    cli.main()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    monkeypatch.setattr(sys, "argv", ["fedrun", *args, f"hydra.run.dir={tmp_path / 'whole'}"])
+    cli.main()
+    import pandas as pd
+
+    cols = lambda d: pd.read_csv(d / "metrics.csv").drop(columns=["wall_s"])  # noqa: E731 - wall time differs
+    pd.testing.assert_frame_equal(cols(run_dir), cols(tmp_path / "whole"))
