@@ -230,3 +230,16 @@ def test_unexpected_error_before_any_output_keeps_only_the_traceback(monkeypatch
     code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*TINY, f"hydra.run.dir={tmp_path / 'run'}"])
     assert code == 2 and sentence.startswith("unexpected error (KeyError: 'no such key')")
     assert [p.name for p in files_under(tmp_path)] == ["traceback.txt"]
+
+
+@pytest.mark.parametrize("override,first", [("data.dim=100000000", "data.dim"), ("num_clients=2000000000", "num_clients"),
+                                            ("data.mean_samples=10000000000", "data.mean_samples")])
+def test_synthetic_data_too_large_for_memory_names_the_key_that_makes_it(override: str, first: str):
+    """20 clients x 200 samples x 10^8 features in float64 is ~3 PB: the sentence names data.dim first
+    (the factor furthest over the paper's example), not num_clients."""
+    from fedrun.config import specs
+
+    with pytest.raises(FedrunError) as err:
+        specs.read(compose_config(override))
+    sentence = str(err.value)
+    assert f"lower {first} (or " in sentence and "of memory (clients x samples x features)" in sentence, sentence
