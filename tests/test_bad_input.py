@@ -61,7 +61,7 @@ CHECKED_BEFORE_START = [
     (["weight_decay=inf"], ["weight_decay=inf is not a finite number"]),
     (["participation=1e-9"], ["participation=1e-09 with num_clients=5", "sampling=fixed"]),
     (["num_clients=99999999999999999999"], ["num_clients=99999999999999999999 is more than fedrun can index"]),
-    (["num_clients=100000", "data.mean_samples=100000000"], ["data=synthetic with num_clients=100000", "more than this machine"]),
+    (["num_clients=100000", "data.mean_samples=100000000"], ["data=synthetic with data.mean_samples=100000000, num_clients=100000", "more than this machine", "lower data.mean_samples"]),
     (["lr=${oc.env:FEDRUN_TEST_UNSET_VARIABLE}"], ["lr=${oc.env:FEDRUN_TEST_UNSET_VARIABLE} cannot be resolved", "give lr a plain value"]),
     (["hydra.run.dir="], ["hydra.run.dir= is empty"]),
     (["hydra.run.dir=/proc/fedrun_test_dir"], ["hydra.run.dir=/proc/fedrun_test_dir cannot be"]),
