@@ -61,7 +61,7 @@ CHECKED_BEFORE_START = [
     (["weight_decay=inf"], ["weight_decay=inf is not a finite number"]),
     (["participation=1e-9"], ["participation=1e-09 with num_clients=5", "sampling=fixed"]),
     (["num_clients=99999999999999999999"], ["num_clients=99999999999999999999 is more than fedrun can index"]),
-    (["num_clients=100000", "data.mean_samples=100000000"], ["data=synthetic with num_clients=100000", "more than this machine"]),
+    (["num_clients=100000", "data.mean_samples=100000000"], ["data=synthetic with data.mean_samples=100000000, num_clients=100000", "more than this machine", "lower data.mean_samples"]),
     (["lr=${oc.env:FEDRUN_TEST_UNSET_VARIABLE}"], ["lr=${oc.env:FEDRUN_TEST_UNSET_VARIABLE} cannot be resolved", "give lr a plain value"]),
     (["hydra.run.dir="], ["hydra.run.dir= is empty"]),
     (["hydra.run.dir=/proc/fedrun_test_dir"], ["hydra.run.dir=/proc/fedrun_test_dir cannot be"]),
@@ -315,3 +315,16 @@ def test_two_signals_during_the_final_plot_say_what_the_run_dir_holds(every, mon
 
     cols = lambda d: pd.read_csv(d / "metrics.csv").drop(columns=["wall_s"])  # noqa: E731 - wall time differs
     pd.testing.assert_frame_equal(cols(run_dir), cols(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("override,first", [("data.dim=100000000", "data.dim"), ("num_clients=2000000000", "num_clients"),
+                                            ("data.mean_samples=10000000000", "data.mean_samples")])
+def test_synthetic_data_too_large_for_memory_names_the_key_that_makes_it(override: str, first: str):
+    """20 clients x 200 samples x 10^8 features in float64 is ~3 PB: the sentence names data.dim first
+    (the factor furthest over the paper's example), not num_clients."""
+    from fedrun.config import specs
+
+    with pytest.raises(FedrunError) as err:
+        specs.read(compose_config(override))
+    sentence = str(err.value)
+    assert f"lower {first} (or " in sentence and "of memory (clients x samples x features)" in sentence, sentence

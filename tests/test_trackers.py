@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,24 @@ def test_hparams_search_without_the_optuna_extra_names_the_pip_command():
     with pytest.raises(FedrunError, match=r'hydra/sweeper=optuna needs a Hydra plugin that is not installed '
                                           r'\(\+hparams_search=feddyn_optuna asks for it\): pip install "fedrun\[optuna\]"'):
         precheck(["-m", "+hparams_search=feddyn_optuna"])
+
+
+def test_an_unreachable_mlflow_server_is_one_sentence_in_seconds(tmp_path: Path, monkeypatch):
+    """A tracking URI whose server does not answer (a closed port on this machine): one sentence that
+    names the URI and what to do, within a few quick tries (MLflow's defaults retry for minutes), and
+    the run dir's summary says failed, never running."""
+    pytest.importorskip("mlflow")
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    began = time.monotonic()
+    with pytest.raises(FedrunError, match=rf"logger=mlflow cannot reach its tracking store MLFLOW_TRACKING_URI=http://127.0.0.1:{port} .*unset MLFLOW_TRACKING_URI"):
+        fedrun.run([*TINY, "logger=mlflow"], run_dir=tmp_path / "run")
+    assert time.monotonic() - began < 60  # MLflow's own retries alone take about 4 minutes
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text()) if (tmp_path / "run" / "summary.json").exists() else {"status": "failed"}
+    assert summary["status"] == "failed"

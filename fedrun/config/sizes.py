@@ -42,10 +42,15 @@ def check_sizes(m: int, p: float, sampling: str, data: Optional[Mapping[str, Any
                 f"would redraw almost forever: use participation >= {1 / m:.3g} (one client per round on average) or sampling=fixed."
             )
     if data is not None and str(data.get("_target_", "")).endswith("make_synthetic"):
-        need = 8 * m * float(data.get("mean_samples", 200)) * (int(data.get("dim", 30)) + 1)  # float64 features + label
+        samples, dim = float(data.get("mean_samples", 200)), int(data.get("dim", 30))
+        need = 8 * m * samples * (dim + 1)  # float64 features + label
         total = host_total_bytes()
         if need > total:
+            # name the factors in the order they exceed the paper's example (20 clients, 200 samples, 30 features)
+            factors = sorted([(m / 20, f"num_clients={m}"), (samples / 200, f"data.mean_samples={data.get('mean_samples', 200)}"),
+                              (dim / 30, f"data.dim={dim}")], key=lambda f: -f[0])
+            keys = [k for _, k in factors]
             raise FedrunError(
-                f"data=synthetic with num_clients={m} and data.mean_samples={data.get('mean_samples')} needs about {gib(need)} "
-                f"of memory, more than this machine's {gib(total)}: lower num_clients or data.mean_samples."
+                f"data=synthetic with {', '.join(keys)} needs about {gib(need)} of memory (clients x samples x features), "
+                f"more than this machine's {gib(total)}: lower {keys[0].split('=')[0]} (or {' or '.join(k.split('=')[0] for k in keys[1:])})."
             )

@@ -32,6 +32,9 @@ from fedrun.errors import FedrunError
 from fedrun.observers.base import Observer
 
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+# How long a tracking server that does not answer is tried (MLflow's own defaults: 7 retries, backoff 2,
+# 120 s a request); a variable the user sets wins.
+SERVER_TRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 ARTIFACTS = ("metrics.csv", "summary.json", "convergence.png", "client_metrics.csv")
 
 
@@ -103,9 +106,19 @@ class MLflowLogger:
         if uri.startswith("file:"):  # a file store the user named: MLflow 3 opens those only on request
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         _quiet_alembic()
+        if uri.startswith(("http:", "https:")):  # a server: a few quick tries, not MLflow's 7 retries over ~4 minutes
+            for key, value in SERVER_TRIES.items():
+                os.environ.setdefault(key, value)
         self.client = MlflowClient(tracking_uri=uri)
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "fedrun")
-        found = self.client.get_experiment_by_name(experiment)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+        except Exception as err:  # noqa: BLE001 - a server that does not answer, a store that cannot be opened
+            reason = str(err).strip().split("\n", 1)[0][:160]
+            raise FedrunError(
+                f"logger=mlflow cannot reach its tracking store MLFLOW_TRACKING_URI={uri} ({type(err).__name__}: {reason}): "
+                "start that server or fix the variable, unset MLFLOW_TRACKING_URI to log to ./mlflow.db, or leave mlflow out of logger."
+            ) from None
         exp_id = found.experiment_id if found is not None else self.client.create_experiment(experiment)
         self.run_id = self.client.create_run(exp_id, run_name=name, tags={"fedrun.run_dir": str(run_dir)}).info.run_id
         from mlflow.entities import Param
