@@ -61,7 +61,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(threads)
         raise
     spec, tally = exp.spec, Tally(exp.spec, counters)
-    with StopSignals() as signals, Ending(exp, run_dir, writer, tally, counters.round, threads) as end:  # a first signal waits for the last outputs
+    with StopSignals() as signals, Ending(exp, run_dir, writer, tally, counters.round, threads, signals) as end:  # a first signal waits for the last outputs
         watchers = end.observers + [Checkpoints(exp, run_dir, writer, tally.counters, signals, distributed.current())]
         for r in range(counters.round + 1, spec.rounds + 1):
             record = run_round(exp, r)
@@ -126,11 +126,14 @@ class Ending:
     evaluation, ``metrics.csv``, trackers, progress). On exit: the status (finished, diverged,
     interrupted, failed), the summary, the last outputs (rank 0), the trackers closed with the
     summary and the threads restored. A run already failing reports its own error, not the outputs'.
+    ``signals``: told when a finished run's last outputs start, so that a second signal then says
+    what the run dir holds (the checkpoint to finish from), not "before the round finished".
     """
 
     def __init__(self, exp: Experiment, run_dir: Path, writer: MetricsWriter, tally: Tally, resumed_round: int,
-                 threads_before: Optional[int] = None):
+                 threads_before: Optional[int] = None, signals: Optional[StopSignals] = None):
         spec = exp.spec
+        self.signals, self.resumed_round = signals, resumed_round
         self.exp, self.run_dir, self.writer, self.tally = exp, run_dir, writer, tally
         before, threads_choice = apply_threads(spec.threads, exp, default=threads_before)
         self.threads_before = before if threads_before is None else threads_before  # the count before start()
@@ -185,6 +188,11 @@ class Ending:
         self.summary = {**summarize(rows, status, self.tally.wall_s(), exp.model.num_params, exp.spec.config), **self.extra}
         try:  # plot, summary.json last, then checkpoint and state (fedrun/rundir/finish.py)
             if self.writes:
+                if self.signals is not None and status == "finished":  # a second signal now: say what the run dir holds
+                    saved = self.signals.saved_round
+                    if saved is None and (self.run_dir / checkpoint.CHECKPOINT).exists():
+                        saved = self.resumed_round  # the checkpoint this run resumed from
+                    self.signals.writing_outputs(self.run_dir, exp.spec.rounds, saved)
                 finish.finish_run(self.run_dir, rows, self.summary, self.extra["plot_title"], run_plot(exp), keep)
                 if not keep:
                     ranked.finish(self.run_dir, status)  # after checkpoint.pt, which refers to the shards

@@ -232,6 +232,91 @@ def test_unexpected_error_before_any_output_keeps_only_the_traceback(monkeypatch
     assert [p.name for p in files_under(tmp_path)] == ["traceback.txt"]
 
 
+@pytest.mark.parametrize("sigma", ["50", "20"])
+def test_synthetic_sizes_too_large_name_sigma(sigma, monkeypatch, capsys, tmp_path):
+    """A huge data.sigma makes the lognormal device sizes explode (sigma=50: sizes past int64, which
+    torch's allocation reported as an overflow, blamed on the command line; sigma=20 with 5 devices
+    of mean 30: 1.7e11 samples in all with seed 0, 41 TB, far more memory than any machine): one sentence naming
+    data.sigma and data.mean_samples, before any sample is drawn, and no run dir left."""
+    code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*TINY, f"data.sigma={sigma}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 2 and "composed" not in sentence, sentence
+    assert sentence.startswith(f"data=synthetic with data.sigma={float(sigma)} and data.mean_samples=30 draws"), sentence
+    assert "lower data.sigma or data.mean_samples" in sentence
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_dataset_cache_is_rebuilt_once_else_one_sentence_naming_it(damage, monkeypatch, capsys, tmp_path):
+    """A cache file cut short or overwritten with junk, through the CLI: with the source files there
+    the run rebuilds it (one warning saying so) and finishes; with them gone, one sentence naming the
+    cache file, exit 2, no run dir left."""
+    import vision_files as vf
+
+    data = tmp_path / "data"
+    vf.write_mnist(data, 30, 10)
+    args = ["data=mnist", f"data.root={data}", "data.download=false", "model=logreg", "partition=iid", *(a for a in TINY if not a.startswith("data.")), "rounds=1"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["fedrun", *args, f"hydra.run.dir={tmp_path / 'first'}"])
+    cli.main()
+    entry = data / "fedrun_cache" / "mnist.pt"
+    whole = entry.read_bytes()
+    entry.write_bytes(b"junk" * 50 if damage == "garbage" else whole[: len(whole) // 2])
+    monkeypatch.setattr(sys, "argv", ["fedrun", *args, f"hydra.run.dir={tmp_path / 'second'}"])
+    cli.main()
+    log_text = (tmp_path / "second" / "cli.log").read_text()
+    assert log_text.count(f"the dataset cache {entry} is damaged") == 1 and "rebuilding it from the source files" in log_text
+    assert entry.read_bytes() == whole  # rebuilt: the same conversion of the same files
+    entry.write_bytes(whole[:-10])
+    for f in (data / "MNIST" / "raw").iterdir():
+        f.unlink()
+    capsys.readouterr()
+    code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*args, f"hydra.run.dir={tmp_path / 'third'}"])
+    assert code == 2 and sentence.startswith(f"the dataset cache {entry} is damaged (stale or truncated) and rebuilding it failed: "), sentence
+    assert not (tmp_path / "third").exists()
+
+
+@pytest.mark.parametrize("every", [0, 3])
+def test_two_signals_during_the_final_plot_say_what_the_run_dir_holds(every, monkeypatch, capsys, tmp_path):
+    """Two SIGINTs while the last outputs are written: the second stops the writing, exit 130, with a
+    sentence saying so and what the run dir holds (it used to say "before the round finished").
+    TINY has 4 rounds; a checkpoint is due at rounds divisible by checkpoint_every before the last,
+    so checkpoint_every=3 leaves checkpoint.pt of round 3 and checkpoint_every=0 none. Rerunning the
+    same command then finishes the run with the rows of an uninterrupted run."""
+    import fedrun.observers.plot
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # see test_signal_during_start_up
+    real = fedrun.observers.plot.convergence_plot
+    args = [*TINY, f"checkpoint_every={every}"]
+    run_dir = tmp_path / "run"
+
+    def plot(rows, path, title, **_):
+        os.kill(os.getpid(), signal.SIGINT)  # the first: waits for the outputs
+        os.kill(os.getpid(), signal.SIGINT)  # the second: stops them
+        real(rows, path, title)
+
+    monkeypatch.setattr(runner, "convergence_plot", plot)
+    code, sentence = cli_error(monkeypatch, capsys, tmp_path, [*args, f"hydra.run.dir={run_dir}"])
+    assert code == 130
+    start = "stopped by a second SIGINT while writing the run's last outputs (convergence plot, summary.json) after all 4 rounds; "
+    held = (f"{run_dir} holds metrics.csv with all 4 rounds and checkpoint.pt of round 3: rerun the same command to finish "
+            "(it reruns rounds 4 to 4 from that checkpoint)." if every else
+            f"{run_dir} holds metrics.csv with all 4 rounds but no checkpoint (none was due before the last round): "
+            "rerun the same command to run it again from the start (or keep metrics.csv as it is).")
+    assert sentence == start + held
+    assert (run_dir / "checkpoint.pt").exists() == bool(every)
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 4
+    monkeypatch.setattr(runner, "convergence_plot", real)
+    monkeypatch.setattr(sys, "argv", ["fedrun", *args, f"hydra.run.dir={run_dir}"])
+    cli.main()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    monkeypatch.setattr(sys, "argv", ["fedrun", *args, f"hydra.run.dir={tmp_path / 'whole'}"])
+    cli.main()
+    import pandas as pd
+
+    cols = lambda d: pd.read_csv(d / "metrics.csv").drop(columns=["wall_s"])  # noqa: E731 - wall time differs
+    pd.testing.assert_frame_equal(cols(run_dir), cols(tmp_path / "whole"))
+
+
 @pytest.mark.parametrize("override,first", [("data.dim=100000000", "data.dim"), ("num_clients=2000000000", "num_clients"),
                                             ("data.mean_samples=10000000000", "data.mean_samples")])
 def test_synthetic_data_too_large_for_memory_names_the_key_that_makes_it(override: str, first: str):

@@ -94,7 +94,7 @@ def test_cache_round_trip_needs_no_raw_files(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte", "no_sidecar", "garbage", "null_sidecar", "missing_tensor"])
-def test_corrupt_cache_is_rebuilt_never_trusted(tmp_path, damage):
+def test_corrupt_cache_is_rebuilt_never_trusted(tmp_path, damage, caplog):
     raw = vf.write_mnist(tmp_path, 30, 10)
     vision.load_mnist(4, 0, root=str(tmp_path), download=False)
     entry = tmp_path / "fedrun_cache" / "mnist.pt"
@@ -128,15 +128,23 @@ def test_corrupt_cache_is_rebuilt_never_trusted(tmp_path, damage):
 
         side.write_text(json.dumps({**rec, "bytes": 160, "sha256": hashlib.sha256(b"not a torch file" * 10).hexdigest()}))
     assert cache.load(entry) is None
+    caplog.clear()
     d = vision.load_mnist(4, 0, root=str(tmp_path), download=False)  # rebuilt from the raw files
     assert d.y_train.tolist() == raw["y_train"].tolist()
     assert cache.load(entry) is not None
-    # damaged cache and no raw files: an error, not the damaged data
+    said = [r.getMessage() for r in caplog.records if "rebuilding it from the source files" in r.getMessage()]
+    assert len(said) == 1 and f"the dataset cache {entry} is damaged (" in said[0], said  # once, naming the file
+    caplog.clear()
+    vision.load_mnist(4, 0, root=str(tmp_path), download=False)  # the rebuilt entry verifies: no second rebuild
+    assert not [r for r in caplog.records if "rebuilding" in r.getMessage()]
+    # damaged cache and no raw files: an error naming the cache file, not the damaged data
     entry.write_bytes(entry.read_bytes()[:-10])
     for f in (tmp_path / "MNIST" / "raw").iterdir():
         f.unlink()
-    with pytest.raises(FedrunError, match="data.download"):
+    with pytest.raises(FedrunError, match="data.download") as err:
         vision.load_mnist(4, 0, root=str(tmp_path), download=False)
+    assert str(err.value).startswith(f"the dataset cache {entry} is damaged (stale or truncated) and rebuilding it failed: data=mnist:")
+    assert "\n" not in str(err.value)
 
 
 def test_missing_files_one_sentence_names_folder_and_files(tmp_path):

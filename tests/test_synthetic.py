@@ -40,3 +40,26 @@ def test_held_out_split_per_device():
     d = make_synthetic(num_clients=4, seed=0, mean_samples=50, test_fraction=0.2)
     assert len(d.y_train) == 160 and len(d.y_test) == 40
     assert torch.equal(torch.bincount(d.groups), torch.full((4,), 40))
+
+
+def test_sizes_past_the_machine_are_refused_exactly_at_its_memory(monkeypatch):
+    """The refusal of exploding lognormal sizes sits exactly where the drawn samples' float64 features
+    and label (8 (d + 1) bytes each) pass the machine's memory: a draw of N samples at d=30 needs
+    248 N bytes, so a machine of 248 N bytes runs it and one of 248 N - 1 refuses it, naming
+    data.sigma; no memory patch is needed for sigma=50, whose sizes pass int64 (they used to wrap
+    into a negative allocation that Hydra blamed on the command line)."""
+    import pytest
+
+    import fedrun.config.sizes as sizes
+    from fedrun.errors import FedrunError
+
+    kw = dict(num_clients=6, seed=3, sigma=1.5, mean_samples=20)
+    n = len(make_synthetic(**kw).y_train)
+    monkeypatch.setattr(sizes, "host_total_bytes", lambda: 248 * n)
+    assert len(make_synthetic(**kw).y_train) == n
+    monkeypatch.setattr(sizes, "host_total_bytes", lambda: 248 * n - 1)
+    with pytest.raises(FedrunError, match=rf"^data=synthetic with data.sigma=1.5 and data.mean_samples=20 draws {n:.3g} samples"):
+        make_synthetic(**kw)
+    monkeypatch.undo()
+    with pytest.raises(FedrunError, match=r"lower data.sigma or data.mean_samples\.$"):
+        make_synthetic(num_clients=3, seed=0, sigma=50.0)

@@ -3,7 +3,8 @@
 A cache entry is a ``torch.save`` file of named tensors plus a sidecar ``<file>.json`` that records the
 file's byte length and sha256. A load checks both before unpickling; a missing sidecar, a wrong length
 or hash (a truncated or corrupt file, or a write that was interrupted) or a file torch cannot read
-makes the entry invalid, and :func:`cached` rebuilds it. Writes go to a temporary file that is renamed
+makes the entry invalid, and :func:`cached` rebuilds it (once, saying so; when that fails, one
+sentence naming the cache file). Writes go to a temporary file that is renamed
 into place, data first, sidecar last, so a crash never leaves an entry that verifies.
 """
 
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from fedrun.errors import FedrunError
 
 log = logging.getLogger("fedrun")
 
@@ -72,44 +75,61 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: Optional[dict] = No
     _atomic_write(_sidecar(path), json.dumps(record, indent=1).encode())
 
 
-def load(path: Path) -> Optional[dict[str, torch.Tensor]]:
-    """The tensors stored at ``path``, or None when the entry is missing, stale or fails verification."""
+def damage(path: Path) -> tuple[Optional[dict[str, torch.Tensor]], Optional[str]]:
+    """(the tensors stored at ``path``, None) when the entry verifies; (None, None) when there is no
+    entry (no file); (None, why) when there is one that cannot be used (damaged, stale,
+    unreadable)."""
     side = _sidecar(path)
-    if not path.is_file() or not side.is_file():
-        return None
+    if not path.is_file():
+        return None, None
+    if not side.is_file():
+        return None, "it has no sidecar (a write that was interrupted)"
     try:
         record = json.loads(side.read_text())
         payload = path.read_bytes()
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as err:
+        return None, f"unreadable: {getattr(err, 'strerror', None) or type(err).__name__}"
     if not isinstance(record, dict):
-        log.warning("fedrun: cache %s has a sidecar that is not a record; rebuilding it", path)
-        return None
+        return None, "its sidecar is not a record"
     if record.get("format") != FORMAT or record.get("bytes") != len(payload):
-        log.warning("fedrun: cache %s is stale or truncated; rebuilding it", path)
-        return None
+        return None, "stale or truncated"
     if hashlib.sha256(payload).hexdigest() != record.get("sha256"):
-        log.warning("fedrun: cache %s fails its checksum; rebuilding it", path)
-        return None
+        return None, "it fails its checksum"
     try:
         out = torch.load(io.BytesIO(payload), weights_only=True)
     except Exception:  # noqa: BLE001 - any unreadable file is rebuilt
-        log.warning("fedrun: cache %s cannot be read; rebuilding it", path)
-        return None
+        return None, "torch cannot read it"
     if not isinstance(out, dict) or not all(isinstance(v, torch.Tensor) for v in out.values()):
-        return None
+        return None, "it does not hold named tensors"
     if "keys" in record and sorted(out) != record["keys"]:
-        log.warning("fedrun: cache %s lacks some of its tensors; rebuilding it", path)
-        return None
-    return out
+        return None, "it lacks some of its tensors"
+    return out, None
+
+
+def load(path: Path) -> Optional[dict[str, torch.Tensor]]:
+    """The tensors stored at ``path``, or None when the entry is missing, stale or fails verification."""
+    return damage(path)[0]
 
 
 def cached(path: Path, build: Callable[[], dict[str, torch.Tensor]], meta: Optional[dict] = None) -> dict[str, torch.Tensor]:
-    """Load ``path`` if it verifies, else ``build()`` the tensors and store them there."""
-    out = load(path)
+    """Load ``path`` if it verifies, else ``build()`` the tensors and store them there.
+
+    A damaged entry is rebuilt once from the source files, with a warning saying so; when that build
+    fails with a sentence, the sentence names the damaged cache file too (the files it was made
+    from are gone or unreadable, so the cache was the only copy)."""
+    out, why = damage(path)
     if out is not None:
         return out
-    out = build()
+    if why is not None:
+        log.warning("fedrun: the dataset cache %s is damaged (%s); rebuilding it from the source files", path, why)
+    try:
+        out = build()
+    except FedrunError as err:
+        if why is None:
+            raise
+        raise FedrunError(
+            f"the dataset cache {path} is damaged ({why}) and rebuilding it failed: {err}"
+        ) from None
     try:
         save(path, out, meta)
     except OSError as err:  # a read-only data folder still works, only without the cache

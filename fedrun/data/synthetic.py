@@ -74,7 +74,9 @@ def make_synthetic(
     g = _generator(seed, "data")
     m = num_clients
     sizes = torch.exp(math.log(mean_samples) + sigma * torch.randn(m, generator=g, dtype=torch.float64))
-    sizes = (sizes + 1e-6).floor().long().clamp(min=2 if test_fraction > 0 else 1)  # exp(log(n)) may be n - ulp
+    sizes = (sizes + 1e-6).floor().clamp(min=2 if test_fraction > 0 else 1)  # exp(log(n)) may be n - ulp
+    _check_drawn_sizes(sizes, dim, sigma, mean_samples)  # before .long(): a size past int64 would wrap
+    sizes = sizes.long()
     u = alpha * torch.randn(m, generator=g, dtype=torch.float64)
     b_mean = beta * torch.randn(m, generator=g, dtype=torch.float64)
     if iid_data:
@@ -123,6 +125,24 @@ def make_synthetic(
             "synthetic", x_all[train], y_all[train], x_all[is_test], y_all[is_test], num_classes, g_all[train]
         )
     return FederatedData("synthetic", x_all, y_all, x_all, y_all, num_classes, g_all)
+
+
+def _check_drawn_sizes(sizes: torch.Tensor, dim: int, sigma: float, mean_samples: int) -> None:
+    """Refuse device sizes (float64, drawn) whose samples need more memory than the machine has, or
+    that no int64 can hold: one sentence naming data.sigma and data.mean_samples, not an allocation
+    error. The estimate is :func:`fedrun.config.sizes.check_sizes`'s: float64 features and a label."""
+    from fedrun.config.sizes import gib, host_total_bytes
+
+    total = float(sizes.sum())  # float64: inf or past 2**63 when the lognormal explodes
+    need = 8.0 * total * (dim + 1)
+    have = host_total_bytes()
+    if not math.isfinite(need) or total >= 2**62 or need > have:
+        largest = float(sizes.max())
+        raise FedrunError(
+            f"data=synthetic with data.sigma={sigma} and data.mean_samples={mean_samples} draws {total:.3g} samples "
+            f"(the largest device {largest:.3g}), about {gib(need) if math.isfinite(need) else 'infinite'} of memory, "
+            f"more than this machine's {gib(have)}: lower data.sigma or data.mean_samples."
+        )
 
 
 def _generator(seed: int, purpose: str, *keys: int) -> torch.Generator:

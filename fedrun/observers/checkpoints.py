@@ -38,5 +38,6 @@ class Checkpoints(Observer):
         stop = ranked.stop_requested(self.signals, self.ranks) and round_idx < rounds  # in the last round: just finish
         if stop or spec.checkpoint.due(round_idx, rounds) or (spec.keep_checkpoint and round_idx == rounds):  # keep: to continue later
             ranked.save(self.run_dir, self.exp, self.counters(round_idx), self.writer.rows, self.ranks)
+            self.signals.saved_round = round_idx  # what a stop while the last outputs are written leaves
         if stop:
             raise self.signals.stop(round_idx, rounds, self.run_dir)
