@@ -61,7 +61,7 @@ HP = LocalTraining(lr=0.1, epochs=1, batch_size=5, weight_decay=1e-3, clip_norm=
 
 
 def algorithms() -> dict[str, object]:
-    """Every algorithm of fedrun/conf/algo/ that names its class (variants of another's values left out),
+    """Every algorithm of conf/algo/ that names its class (variants of another's values left out),
     with its configured values."""
     import importlib
 

@@ -264,7 +264,7 @@ def write_file(path: Path, write: Any, needed: Optional[int] = None) -> None:
 
 def restore(ckpt: dict[str, Any], exp: Any) -> Counters:
     """Put the checkpoint's state into ``exp``; returns its counters. (``metrics.csv`` is rewritten
-    from the checkpoint's rows by the caller: :meth:`fedrun.run_files.MetricsWriter.rewrite`.)
+    from the checkpoint's rows by the caller: :meth:`fedrun.rundir.files.MetricsWriter.rewrite`.)
 
     A store of the checkpoint's files must map them, rolled back (:func:`roll_back_files`), already.
     """
