@@ -94,16 +94,22 @@ def _plugins_asked(overrides: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _plugin_missing(option: str, extra: str, overrides: list[str]) -> FedrunError:
+    """``hydra/sweeper=optuna needs a Hydra plugin that is not installed (...): pip install "fedrun[optuna]"``."""
+    group, _, name = option.rpartition("/")
+    asked = "".join(f" ({o} asks for it)" for o in overrides if o.lstrip("+").startswith("hparams_search="))
+    return FedrunError(f"{group}={name} needs a Hydra plugin that is not installed{asked}: pip install \"fedrun[{extra}]\".")
+
+
 def translate(err: BaseException, overrides: list[str]) -> FedrunError:
     """One sentence for a Hydra/OmegaConf composition error."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
     text = str(err)
-    if "Could not override 'hydra/" in text and _plugins_asked(overrides):  # the plugin's own sub-options are missing too
-        (option, extra), asked = _plugins_asked(overrides)[0], [o for o in overrides if o.lstrip("+").startswith("hparams_search=")]
-        group, _, name = option.rpartition("/")
-        return FedrunError(f"{group}={name} needs a Hydra plugin that is not installed{''.join(f' ({o} asks for it)' for o in asked)}: "
-                           f"pip install \"fedrun[{extra}]\".")
+    asked = _plugins_asked(overrides) if "Could not override 'hydra/" in text else []
+    if asked:  # the plugin's own sub-options are missing too
+        option, extra = asked[0]
+        return _plugin_missing(option, extra, overrides)
     if isinstance(err, OverrideParseException):
         m = re.search(r"override '(.*)'", text)
         bad = m.group(1) if m else " ".join(overrides)
@@ -119,8 +125,7 @@ def translate(err: BaseException, overrides: list[str]) -> FedrunError:
         if group:
             extra = PLUGIN_EXTRAS.get(f"{group}/{name}")
             if extra is not None:  # a Hydra plugin's option, whose package is not installed
-                asked = "".join(f" ({o} asks for it)" for o in overrides if o.lstrip("+").startswith("hparams_search="))
-                return FedrunError(f"{group}={name} needs a Hydra plugin that is not installed{asked}: pip install \"fedrun[{extra}]\".")
+                return _plugin_missing(missing, extra, overrides)
             options = list(err.options or []) or option_names(group)
             return FedrunError(f"{group}={name} is not an option of {group}: use one of {', '.join(options)}.")
         return FedrunError(f"config '{missing}' was not found: check the names given on the command line.")

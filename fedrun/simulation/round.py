@@ -66,7 +66,7 @@ def run_round(exp: Experiment, round_idx: int) -> RoundRecord:
     work = None
     if exp.hetero is not None:  # this round's local steps per client (fedrun/engines/hetero.py)
         nominal = hetero_mod.nominal_steps(objective.steps, rnd.sizes, hp.epochs, hp.batch_size)
-        work = exp.hetero.work(nominal, clients.cpu(), hp.epochs, spec.seed, round_idx)
+        work = exp.hetero.work(nominal, clients, hp.epochs, spec.seed, round_idx)
         objective = replace(objective, steps=work.steps)
     result = exp.engine.train(exp.model, exp.theta, exp.data, exp.partition, clients, objective, hp, spec.seed, round_idx)
     kept = guard.screen_clients(exp.spec.guard, round_idx, clients, result)  # stop on, or drop, non-finite clients
