@@ -18,7 +18,7 @@ MODELS = [("", "server model", "-", None), ("_active", "mean of active clients' 
           ("_all", "mean of all clients' models", (0, (1, 1.5)), "s")]
 # Colours of the clients' means, per-client and validation accuracy: distinct from each other; the server
 # model has the algorithm's colour, and a colour equal to it is skipped.
-SECOND_COLOURS = ["#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000", "#D55E00", "#0072B2"]
+SECOND_COLOURS = ["#0072B2", "#009E73", "#CC79A7", "#000000", "#E69F00", "#56B4E9", "#D55E00"]  # far from each other first: blue, green, pink
 # Accuracies a run has when it holds out per-client test data or a validation split (fedrun/client_eval.py).
 EXTRA = [("client_acc_mean", "per-client accuracy, mean", "-."), ("client_acc_worst10", "per-client accuracy, worst 10%", "-."),
          ("val_acc", "validation accuracy (server model)", (0, (5, 1)))]
